@@ -1,0 +1,29 @@
+# Two commands do everything on a fresh machine (see README):
+#   make demo   install, fetch the starter weights, run the main job on the embedded default
+#   make test   install, fetch the starter weights, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: install fetch demo test test-fast clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+fetch: install
+	$(BIN)/hfld zoo fetch starter
+
+demo: fetch
+	$(BIN)/hfld train --preset tiny --set iterations=200 --set log_every=20 --set run_name=demo-tiny --set resume=auto
+
+test: fetch
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache

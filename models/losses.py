@@ -1,0 +1,170 @@
+"""The objective of He & McGough (2025): regressor, perceptual, adversarial and HFLD landmark losses.
+
+This layer knows networks and tensors only: no optimiser, no Ray, no MLflow. The stage loop
+(pipeline/train.py) samples inputs, calls `EditObjective`, and steps the optimiser.
+
+    x  = G(w),  x' = G(w + T s)   (same noise)
+    L_reg = BCE(R(x'), clamp(R(x) + s, 0, 1))
+    L_c   = mean_i MSE(F_i(x), F_i(x'))
+    L_D   = softplus(-D(x'))
+    L_h   = mean |H(x) - H(x')| over the chosen landmark points, coordinates in [0, 1]
+    total = l1 L_reg + l2 L_c + l3 L_D + l4 L_h
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.editing import DirectionMatrix, scatter_edits
+
+TERMS = ("regressor", "perceptual", "adversarial", "landmark")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """lambda1..lambda4 (paper: 10, 0.05, 0.05, 0.5e6)."""
+    regressor: float = 10.0
+    perceptual: float = 0.05
+    adversarial: float = 0.05
+    landmark: float = 0.5e6
+
+
+def regressor_loss(probs_edit: torch.Tensor, probs_orig: torch.Tensor, s_full: torch.Tensor) -> torch.Tensor:
+    """BCE of R(x') [B, A] against the target clamp(R(x) + s, 0, 1) [B, A]; mean over B and A."""
+    assert probs_edit.shape == probs_orig.shape == s_full.shape, (
+        f"regressor loss shapes differ: {list(probs_edit.shape)}, {list(probs_orig.shape)}, {list(s_full.shape)}")
+    target = (probs_orig + s_full).clamp(0, 1).float()
+    p = probs_edit.float().clamp(0, 1)
+    # Written out (same as F.binary_cross_entropy, logs clamped at -100) so that a NaN prediction
+    # yields a NaN loss the trainer reports, instead of an opaque range error; fp32 because under
+    # bf16 the log of probabilities near 0/1 loses too much.
+    log_p, log_1mp = torch.log(p).clamp_min(-100), torch.log1p(-p).clamp_min(-100)
+    return -(target * log_p + (1 - target) * log_1mp).mean()
+
+
+def perceptual_loss(feats_orig: Sequence[torch.Tensor], feats_edit: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean over feature layers of the per-layer MSE between F_i(x) and F_i(x')."""
+    assert len(feats_orig) == len(feats_edit) > 0, "perceptual loss needs the same non-empty list of layers"
+    return torch.stack([F.mse_loss(b.float(), a.float()) for a, b in zip(feats_orig, feats_edit)]).mean()
+
+
+def adversarial_loss(logits_edit: torch.Tensor) -> torch.Tensor:
+    """Non-saturating generator loss softplus(-D(x')), logits [B, 1]; mean over B."""
+    return F.softplus(-logits_edit.float()).mean()
+
+
+def landmark_loss(points_orig: torch.Tensor, points_edit: torch.Tensor,
+                  point_index: torch.Tensor | None = None) -> torch.Tensor:
+    """HFLD loss: mean |H(x) - H(x')| over chosen points [B, P, 2] (both coordinates, in [0, 1])."""
+    assert points_orig.shape == points_edit.shape and points_orig.shape[-1] == 2, (
+        f"landmarks must both be [B, P, 2], got {list(points_orig.shape)}, {list(points_edit.shape)}")
+    if point_index is not None:
+        points_orig, points_edit = points_orig[:, point_index], points_edit[:, point_index]
+    return (points_edit.float() - points_orig.float()).abs().mean()
+
+
+def group_point_index(groups: dict[str, Sequence[int]], chosen: Sequence[str]) -> torch.Tensor:
+    """Sorted unique landmark indices of the chosen group names (all groups when `chosen` is empty)."""
+    unknown = [g for g in chosen if g not in groups]
+    if unknown:
+        raise ValueError(f"unknown landmark group(s) {unknown}; this landmark model has {sorted(groups)}")
+    names = list(chosen) or list(groups)
+    return torch.tensor(sorted({i for g in names for i in groups[g]}), dtype=torch.long)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode and no gradients: the pretrained networks are fixed, only T learns."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def assert_frozen(named: dict[str, nn.Module | None]) -> None:
+    trainable = [f"{name}.{pname}" for name, m in named.items() if m is not None
+                 for pname, p in m.named_parameters() if p.requires_grad]
+    if trainable:
+        raise AssertionError(f"networks must be frozen (only T trains); trainable: {trainable[:5]}")
+
+
+@dataclass
+class OriginalPass:
+    """What the objective needs from the unedited image x (computed without grad)."""
+    image: torch.Tensor       # [B, 3, R, R]
+    probs: torch.Tensor       # [B, A]
+    points: torch.Tensor      # [B, P, 2]
+    features: list            # perceptual features of x
+
+
+class EditObjective(nn.Module):
+    """The four-term loss around frozen networks G, R, H, F and optional D.
+
+    Args:
+        generator: has `synthesis(wplus, noise)`.
+        regressor: AttributeRegressor, `names` and image -> probs [B, A].
+        landmarks: LandmarkModel, `groups` and image -> points [B, P, 2].
+        perceptual: image -> list of features.
+        discriminator: image -> logits [B, 1], or None (then weights.adversarial must be 0).
+        attributes: the N edited attribute names (a subset of regressor.names), in T's column order.
+        landmark_groups: landmark groups the HFLD loss covers (empty = all).
+    """
+
+    def __init__(self, generator: nn.Module, regressor: nn.Module, landmarks: nn.Module, perceptual: nn.Module,
+                 discriminator: nn.Module | None, attributes: Sequence[str], landmark_groups: Sequence[str] = (),
+                 weights: LossWeights = LossWeights()):
+        super().__init__()
+        if discriminator is None and weights.adversarial != 0:
+            raise ValueError("losses.adversarial must be 0 when the model preset has no discriminator")
+        unknown = [a for a in attributes if a not in regressor.names]
+        if unknown:
+            raise ValueError(f"unknown attribute(s) {unknown}; the regressor knows {list(regressor.names)}")
+        self.G, self.R, self.H, self.F, self.D = generator, regressor, landmarks, perceptual, discriminator
+        for m in (generator, regressor, landmarks, perceptual, discriminator):
+            if m is not None:
+                freeze(m)
+        self.weights = weights
+        self.attributes = tuple(attributes)
+        self.register_buffer("attribute_index",
+                             torch.tensor([list(regressor.names).index(a) for a in attributes], dtype=torch.long))
+        self.register_buffer("point_index", group_point_index(landmarks.groups, landmark_groups))
+
+    def networks(self) -> dict[str, nn.Module | None]:
+        return {"generator": self.G, "regressor": self.R, "landmarks": self.H, "perceptual": self.F,
+                "discriminator": self.D}
+
+    @torch.no_grad()
+    def original(self, wplus: torch.Tensor, noise) -> OriginalPass:
+        image = self.G.synthesis(wplus, noise)
+        return OriginalPass(image, self.R(image), self.H(image), self.F(image))
+
+    def current_edited_attributes(self, orig: OriginalPass) -> torch.Tensor:
+        """R(x) restricted to the edited attributes [B, N] (for the "target" edit sampling)."""
+        return orig.probs[:, self.attribute_index]
+
+    def forward(self, directions: DirectionMatrix | nn.Module, wplus: torch.Tensor, s: torch.Tensor, noise,
+                orig: OriginalPass) -> dict[str, torch.Tensor]:
+        """Loss terms (each a scalar) and their weighted sum under "total"."""
+        # Call the module (not .apply) so a DDP wrapper around T sees the forward and syncs gradients.
+        edited = self.G.synthesis(directions(wplus, s), noise)
+        s_full = scatter_edits(s.to(orig.probs.dtype), self.attribute_index, orig.probs.shape[1])
+        terms = {
+            "regressor": regressor_loss(self.R(edited), orig.probs, s_full),
+            "perceptual": perceptual_loss(orig.features, self.F(edited)),
+            "landmark": landmark_loss(orig.points, self.H(edited), self.point_index),
+        }
+        terms["adversarial"] = (adversarial_loss(self.D(edited)) if self.D is not None
+                                else edited.new_zeros((), dtype=torch.float32))
+        w = self.weights
+        terms["total"] = (w.regressor * terms["regressor"] + w.perceptual * terms["perceptual"]
+                          + w.adversarial * terms["adversarial"] + w.landmark * terms["landmark"])
+        return terms
+
+
+def is_finite(terms: dict[str, torch.Tensor]) -> bool:
+    return all(math.isfinite(float(v.detach())) for v in terms.values())

@@ -1,0 +1,1 @@
+"""Stages (train, tune, generate, evaluate, run), configuration, tracking and the CLI."""

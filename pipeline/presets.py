@@ -1,0 +1,161 @@
+"""Model presets: one implementation and one weight source per role, chosen by name.
+
+A preset builds a `ModelBundle` (the networks every stage needs). The registry's keys are the CLI's
+choices. Weight files come from the zoo cache (packages fetched by `hfld zoo fetch`) or from paths
+the user gives in `model.weights` (role -> path); nothing is downloaded here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from pipeline.config import ConfigError, require
+from pipeline.seeding import Stream, derive_seed
+
+ROLES = ("generator", "discriminator", "regressor", "landmarks", "perceptual", "emotion")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which networks to use.
+
+    preset: a key of PRESETS.
+    weights: role -> weight file, overriding the preset's default source (roles: see ROLES and the
+      preset's description).
+    cache_dir: zoo cache for fetched package weights ("" = $HFLD_CACHE or ~/.cache/hfld).
+    """
+    preset: str = "tiny"
+    weights: dict[str, str] = field(default_factory=dict)
+    cache_dir: str = ""
+
+    def __post_init__(self):
+        require(self.preset in PRESETS, "model.preset", self.preset, f"is not a preset; choose one of {sorted(PRESETS)}")
+        allowed = PRESETS[self.preset].weight_roles
+        for role, path in self.weights.items():
+            require(role in allowed, f"model.weights.{role}", path,
+                    f"names a role preset {self.preset!r} does not take a file for; it takes: {list(allowed) or 'none'}")
+
+
+@dataclass
+class ModelBundle:
+    """The networks of one preset, all frozen-ready nn.Modules on one device.
+
+    emotion: the emotion model used for training/tuning objectives.
+    judges: further emotion models, e.g. held-out judges for evaluation (name -> model).
+    identity: a face-descriptor model (image -> [B, D]) for identity similarity, or None.
+    """
+    preset: str
+    generator: nn.Module
+    discriminator: nn.Module | None
+    regressor: nn.Module
+    landmarks: nn.Module
+    perceptual: nn.Module
+    emotion: nn.Module
+    judges: dict[str, nn.Module] = field(default_factory=dict)
+    identity: nn.Module | None = None
+    generator_id: str = ""                 # content hash of the generator weights (lineage)
+    notes: tuple[str, ...] = ()            # printed in every log (e.g. "no discriminator: lambda3 = 0")
+    default_attributes: tuple[str, ...] = ()
+
+    def to(self, device: torch.device) -> "ModelBundle":
+        for name in ("generator", "discriminator", "regressor", "landmarks", "perceptual", "emotion", "identity"):
+            m = getattr(self, name)
+            if m is not None:
+                setattr(self, name, m.to(device).eval())
+        self.judges = {k: v.to(device).eval() for k, v in self.judges.items()}
+        return self
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    build: Callable[[ModelConfig], ModelBundle]
+    weight_roles: tuple[str, ...] = ()
+    default_attributes: tuple[str, ...] = ()
+    default_attribute_targets: tuple[str, ...] = ()  # attributes evaluate edits by default
+    has_discriminator: bool = True
+
+
+def tensor_hash(module: nn.Module) -> str:
+    """sha256 over a module's state dict (names + bytes), for lineage of random or loaded weights."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# tiny: random networks for tests and the CPU smoke demo
+# ---------------------------------------------------------------------------------------------
+
+TINY_ATTRIBUTES = ("Male", "Young", "Smiling", "Eyeglasses")
+TINY_CHANNELS = {4: 16, 8: 16, 16: 8, 32: 8}
+
+
+def build_tiny(cfg: ModelConfig) -> ModelBundle:
+    from models.stylegan2 import Discriminator, Generator
+    from models.tiny import TINY_LANDMARK_GROUPS, TinyEmotion, TinyLandmarks, TinyPerceptual, TinyRegressor
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(0, Stream.INIT, 0))
+        g = Generator(32, w_dim=32, n_mlp=2, channels=TINY_CHANNELS)
+        g.estimate_mean_latent(n=256)
+        bundle = ModelBundle(
+            preset="tiny", generator=g, discriminator=Discriminator(32, channels=TINY_CHANNELS),
+            regressor=TinyRegressor(TINY_ATTRIBUTES), landmarks=TinyLandmarks(TINY_LANDMARK_GROUPS),
+            perceptual=TinyPerceptual(), emotion=TinyEmotion(), judges={"tiny-judge": TinyEmotion()},
+            notes=("tiny preset: randomly initialised networks, for tests and smoke runs; results are meaningless",),
+            default_attributes=("Male", "Young"))
+    bundle.generator_id = "random:" + tensor_hash(g)[:16]
+    return bundle
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register(preset: Preset) -> Preset:
+    if preset.name in PRESETS:
+        raise ValueError(f"preset {preset.name!r} registered twice")
+    PRESETS[preset.name] = preset
+    return preset
+
+
+register(Preset("tiny", "Random tiny StyleGAN2 (32 px, 8 latent layers, w_dim 32) with a discriminator, and tiny "
+                "random regressor/landmark/emotion/perceptual nets. For tests and smoke runs only: "
+                "its numbers mean nothing.",
+                build_tiny, default_attributes=("Male", "Young"), default_attribute_targets=("Male", "Young")))
+
+
+def build_bundle(cfg: ModelConfig, device: torch.device | str = "cpu") -> ModelBundle:
+    """Build the preset's networks and move them to `device` (eval mode)."""
+    preset = PRESETS[cfg.preset]
+    bundle = preset.build(cfg)
+    if not bundle.default_attributes:
+        bundle.default_attributes = preset.default_attributes
+    return bundle.to(torch.device(device))
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> cuda when available else cpu; otherwise the named device, checked to exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} asked for but no CUDA GPU is visible; use 'cpu' or 'auto'")
+    return dev

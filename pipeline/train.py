@@ -1,0 +1,369 @@
+"""Stage `train`: optimise the edit directions T with the four-term objective.
+
+`run_train(cfg)` is the single-process trainer used by the CLI and tests; `pipeline/ray_train.py`
+runs the same `train_loop` on every Ray Train worker. The step function (`train_step`) does no I/O.
+
+Run directory: <work_dir>/<run_name>/ with config.yaml, metrics.jsonl, checkpoint.safetensors(+.json)
+(latest trainer state, for resuming) and directions.safetensors(+.json) (the final T).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+import yaml
+from torch import nn
+
+from models.editing import DirectionMatrix, EditSampling, sample_edits
+from models.losses import TERMS, EditObjective, LossWeights, assert_frozen, is_finite
+from pipeline.checkpoints import DirectionsFile, load_directions, save_directions
+from pipeline.config import ConfigError, require, to_dict
+from pipeline.presets import ModelBundle, ModelConfig, build_bundle, resolve_device
+from pipeline.seeding import Stream, global_sample_ids, rng_for
+
+NoiseMode = Literal["const", "random", "zero"]
+Precision = Literal["fp32", "bf16"]
+
+
+def default_work_dir() -> str:
+    return os.environ.get("HFLD_WORK_DIR", str(Path.home() / "hfld-work"))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training of T. Defaults follow the paper (Adam 1e-4, batch 4, 50,000 iterations).
+
+    attributes: edited attributes (T's columns), names of the regressor; empty = preset default.
+    landmark_groups: groups of the landmark model the HFLD loss covers; empty = all.
+    layer_mask: latent layers T may edit; empty = all.
+    edit_sampling: "uniform" (s ~ U[-1,1], paper) or "target" (s = U[0,1] - R(x), reference code).
+    truncation: psi applied to the sampled training latents (1 = none).
+    noise_mode: generator noise for x and x' (always the same for both): const, random, zero.
+    resume: "" (fresh run), "auto" (the run dir's latest checkpoint, if any) or a checkpoint path.
+    """
+    model: ModelConfig = field(default_factory=ModelConfig)
+    attributes: tuple[str, ...] = ()
+    landmark_groups: tuple[str, ...] = ()
+    layer_mask: tuple[int, ...] = ()
+    losses: LossWeights = field(default_factory=LossWeights)
+    edit_sampling: EditSampling = "uniform"
+    truncation: float = 1.0
+    noise_mode: NoiseMode = "const"
+    iterations: int = 50_000
+    batch_size: int = 4
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.99)
+    init_std: float = 0.02
+    seed: int = 0
+    device: str = "auto"
+    precision: Precision = "fp32"
+    log_every: int = 50
+    checkpoint_every: int = 1000
+    work_dir: str = field(default_factory=default_work_dir)
+    run_name: str = ""
+    resume: str = ""
+
+    def __post_init__(self):
+        require(self.iterations >= 1, "iterations", self.iterations, "must be >= 1")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        require(self.lr > 0, "lr", self.lr, "must be > 0")
+        require(all(0 <= b < 1 for b in self.betas), "betas", self.betas, "must be in [0, 1)")
+        require(0 < self.truncation <= 1, "truncation", self.truncation, "must be in (0, 1]")
+        require(self.log_every >= 1, "log_every", self.log_every, "must be >= 1")
+        require(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "must be >= 1")
+        require(self.init_std > 0, "init_std", self.init_std, "must be > 0")
+        for name in ("regressor", "perceptual", "adversarial", "landmark"):
+            v = getattr(self.losses, name)
+            require(v >= 0 and math.isfinite(v), f"losses.{name}", v, "must be a finite number >= 0")
+        require(len(set(self.attributes)) == len(self.attributes), "attributes", self.attributes, "has duplicates")
+
+    @property
+    def name(self) -> str:
+        """Deterministic run name: given, or derived from preset, lambda4 and seed."""
+        return self.run_name or f"train-{self.model.preset}-l4_{self.losses.landmark:g}-seed{self.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.work_dir).expanduser() / self.name
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+@dataclass
+class Batch:
+    wplus: torch.Tensor                 # [B, L, w_dim]
+    uniforms: torch.Tensor              # [B, N] U[0,1) numbers for the edit amounts
+    noise: list | str                   # per-layer noise tensors [B, 1, r, r], or a noise mode
+
+
+@dataclass
+class TrainState:
+    objective: EditObjective
+    directions: DirectionMatrix          # the bare module (a DDP wrapper, if any, is `model`)
+    model: nn.Module                     # what the objective calls: directions or DDP(directions)
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    step: int = 0                        # number of completed optimisation steps
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    directions_path: Path
+    steps: int
+    final_metrics: dict
+    history: list[dict] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks (no I/O)
+# ---------------------------------------------------------------------------------------------
+
+def resolve_attributes(cfg: TrainConfig, bundle: ModelBundle) -> tuple[str, ...]:
+    attributes = cfg.attributes or bundle.default_attributes
+    names = list(bundle.regressor.names)
+    unknown = [a for a in attributes if a not in names]
+    if unknown:
+        raise ConfigError(f"attributes: {unknown} not known to the {bundle.preset!r} regressor; it has {names}")
+    if not attributes:
+        raise ConfigError("attributes: empty and the preset has no default; name the attributes to edit")
+    return tuple(attributes)
+
+
+def build_objective(cfg: TrainConfig, bundle: ModelBundle, attributes: tuple[str, ...]) -> EditObjective:
+    groups = getattr(bundle.landmarks, "groups", {})
+    unknown = [g for g in cfg.landmark_groups if g not in groups]
+    if unknown:
+        raise ConfigError(f"landmark_groups: {unknown} unknown; the {bundle.preset!r} landmark model has {sorted(groups)}")
+    if bundle.discriminator is None and cfg.losses.adversarial != 0:
+        raise ConfigError(f"losses.adversarial: {cfg.losses.adversarial} but preset {bundle.preset!r} has no "
+                          "discriminator; set it to 0")
+    return EditObjective(bundle.generator, bundle.regressor, bundle.landmarks, bundle.perceptual,
+                         bundle.discriminator, attributes, cfg.landmark_groups, cfg.losses)
+
+
+def new_directions(cfg: TrainConfig, generator: nn.Module, n_attributes: int) -> DirectionMatrix:
+    n_latent, w_dim = generator.n_latent, generator.w_dim
+    bad = [i for i in cfg.layer_mask if not 0 <= i < n_latent]
+    if bad:
+        raise ConfigError(f"layer_mask: {bad} outside this generator's latent layers 0..{n_latent - 1}")
+    return DirectionMatrix(n_latent, w_dim, n_attributes, init_std=cfg.init_std, layer_mask=cfg.layer_mask,
+                           generator=rng_for(cfg.seed, Stream.INIT, 1))
+
+
+def setup_training(cfg: TrainConfig, bundle: ModelBundle, device: torch.device,
+                   wrap: Callable[[nn.Module], nn.Module] | None = None) -> TrainState:
+    """Objective + T + Adam; `wrap` (e.g. Ray's prepare_model) wraps T for data parallelism."""
+    attributes = resolve_attributes(cfg, bundle)
+    objective = build_objective(cfg, bundle, attributes).to(device)
+    directions = new_directions(cfg, bundle.generator, len(attributes)).to(device)
+    assert_frozen(objective.networks())
+    model = wrap(directions) if wrap else directions
+    optimizer = torch.optim.Adam(directions.parameters(), lr=cfg.lr, betas=cfg.betas)
+    return TrainState(objective, directions, model, optimizer, device)
+
+
+def latents_from_z(generator: nn.Module, z: torch.Tensor, psi: float) -> torch.Tensor:
+    """z [B, Z] -> wplus [B, L, w_dim] through mapping, truncation towards mean_latent, broadcast."""
+    w = generator.mapping(z)
+    if psi != 1:
+        w = generator.mean_latent.reshape(1, -1) + psi * (w - generator.mean_latent.reshape(1, -1))
+    return w[:, None, :].expand(-1, generator.n_latent, -1).contiguous()
+
+
+def sample_noise(generator: nn.Module, mode: NoiseMode, rngs: list[torch.Generator], device) -> list | str:
+    """Per-sample random noise from each sample's own generator; other modes are passed by name."""
+    if mode != "random" or not hasattr(generator, "make_noise"):
+        return mode
+    shapes = [n.shape[-2:] for n in generator.make_noise("const", 1)]
+    return [torch.cat([torch.randn(1, 1, *hw, generator=r) for r in rngs]).to(device) for hw in shapes]
+
+
+@torch.no_grad()
+def sample_batch(cfg: TrainConfig, generator: nn.Module, n_attributes: int, sample_ids: list[int],
+                 device: torch.device, stream: Stream = Stream.TRAIN) -> Batch:
+    """Latents, edit uniforms and noise for the given global sample indices (each from its own seed)."""
+    rngs = [rng_for(cfg.seed, stream, i) for i in sample_ids]
+    z = torch.stack([torch.randn(generator.z_dim, generator=r) for r in rngs]).to(device)
+    uniforms = torch.stack([torch.rand(n_attributes, generator=r) for r in rngs]).to(device)
+    noise = sample_noise(generator, cfg.noise_mode, rngs, device)
+    return Batch(latents_from_z(generator, z, cfg.truncation), uniforms, noise)
+
+
+def autocast_context(device: torch.device, precision: Precision):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def compute_terms(state: TrainState, batch: Batch, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    with autocast_context(state.device, cfg.precision):
+        orig = state.objective.original(batch.wplus, batch.noise)
+        current = state.objective.current_edited_attributes(orig) if cfg.edit_sampling == "target" else None
+        s = sample_edits(cfg.edit_sampling, batch.uniforms, current)
+        return state.objective(state.model, batch.wplus, s, batch.noise, orig)
+
+
+def train_step(state: TrainState, batch: Batch, cfg: TrainConfig) -> dict[str, float]:
+    """One Adam step on T. Raises NonFiniteLoss (and leaves T untouched) on a NaN/inf loss."""
+    terms = compute_terms(state, batch, cfg)
+    if not is_finite(terms):
+        values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+        raise NonFiniteLoss(f"non-finite loss at step {state.step + 1} ({values}); T was not updated. "
+                            "Lower lr or a lambda, or check the weights of the networks.")
+    state.optimizer.zero_grad(set_to_none=True)
+    terms["total"].backward()
+    state.optimizer.step()
+    state.step += 1
+    return {k: float(v.detach()) for k, v in terms.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint <-> state
+# ---------------------------------------------------------------------------------------------
+
+def directions_meta(cfg: TrainConfig, bundle: ModelBundle, state: TrainState, **extra) -> dict:
+    return {"attributes": list(state.objective.attributes), "layer_mask": list(cfg.layer_mask),
+            "landmark_groups": list(cfg.landmark_groups), "preset": cfg.model.preset,
+            "generator_id": bundle.generator_id, "lambdas": to_dict(cfg.losses), "step": state.step,
+            "regressor_names": list(bundle.regressor.names), "config": to_dict(cfg), **extra}
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    st = optimizer.state_dict()["state"].get(0)
+    if not st:
+        return {}
+    return {"exp_avg": st["exp_avg"], "exp_avg_sq": st["exp_avg_sq"], "step": torch.as_tensor(st["step"]).float()}
+
+
+def save_checkpoint(path: Path, cfg: TrainConfig, bundle: ModelBundle, state: TrainState, **extra) -> Path:
+    return save_directions(path, state.directions.T, directions_meta(cfg, bundle, state, **extra),
+                           optimizer_tensors(state.optimizer))
+
+
+def restore_state(state: TrainState, ckpt: DirectionsFile, source: Path | str) -> None:
+    """Load T, Adam moments and step count from a checkpoint that fits this run."""
+    if ckpt.attributes != list(state.objective.attributes):
+        raise ConfigError(f"resume: {source} edits {ckpt.attributes}, this run edits {list(state.objective.attributes)}")
+    if tuple(ckpt.T.shape) != tuple(state.directions.T.shape):
+        raise ConfigError(f"resume: {source} has T of shape {list(ckpt.T.shape)}, this run needs "
+                          f"{list(state.directions.T.shape)} (different generator?)")
+    with torch.no_grad():
+        state.directions.T.copy_(ckpt.T.to(state.device))
+    if ckpt.optimizer:
+        osd = state.optimizer.state_dict()
+        osd["state"] = {0: {"step": ckpt.optimizer["step"].reshape(()).cpu(),
+                            "exp_avg": ckpt.optimizer["exp_avg"].to(state.device),
+                            "exp_avg_sq": ckpt.optimizer["exp_avg_sq"].to(state.device)}}
+        state.optimizer.load_state_dict(osd)
+    state.step = int(ckpt.meta.get("step", 0))
+
+
+def resolve_resume(cfg: TrainConfig) -> Path | None:
+    """The checkpoint to resume from, or None; refuses to overwrite a finished or started run silently."""
+    run_dir, latest = cfg.run_dir, cfg.run_dir / "checkpoint.safetensors"
+    if cfg.resume == "auto":
+        return latest if latest.is_file() else None
+    if cfg.resume:
+        p = Path(cfg.resume).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"resume: checkpoint {p} not found")
+        return p
+    if (run_dir / "directions.safetensors").exists() or latest.exists():
+        raise ConfigError(f"run_name: {run_dir} already holds a run; choose another run_name, or set "
+                          "resume=auto to continue it")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+class ProgressLine:
+    """Human-readable progress: step, losses, samples/s since start (or resume) and ETA."""
+
+    def __init__(self, total: int, batch: int, start_step: int, print_fn=print):
+        self.total, self.batch, self.start_step, self.print = total, batch, start_step, print_fn
+        self.t0 = time.perf_counter()
+
+    def __call__(self, step: int, metrics: dict) -> dict:
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        rate = (step - self.start_step) * self.batch / elapsed
+        eta = (self.total - step) * self.batch / max(rate, 1e-9)
+        terms = " ".join(f"{k}={metrics[k]:.4g}" for k in ("total",) + TERMS if k in metrics)
+        self.print(f"[train] step {step}/{self.total} {terms} | {rate:.1f} samples/s | eta {eta:.0f}s", flush=True)
+        return {"samples_per_s": rate}
+
+
+def train_loop(cfg: TrainConfig, bundle: ModelBundle, state: TrainState, *, rank: int = 0, world_size: int = 1,
+               on_log: Callable[[int, dict], None] | None = None,
+               on_checkpoint: Callable[[TrainState], None] | None = None) -> dict:
+    """Run steps state.step .. cfg.iterations; every worker calls this with its own rank.
+
+    cfg.batch_size is the per-worker batch; sample ids are global so workers never repeat a sample.
+    on_log(step, metrics) every log_every steps and at the end; on_checkpoint(state) every
+    checkpoint_every steps. Returns the last step's metrics.
+    """
+    n_attr = state.directions.n_attributes
+    metrics: dict = {}
+    while state.step < cfg.iterations:
+        ids = global_sample_ids(state.step, rank, cfg.batch_size, world_size)
+        batch = sample_batch(cfg, bundle.generator, n_attr, ids, state.device)
+        metrics = train_step(state, batch, cfg)
+        if on_log and (state.step % cfg.log_every == 0 or state.step == cfg.iterations):
+            on_log(state.step, metrics)
+        if on_checkpoint and state.step % cfg.checkpoint_every == 0 and state.step < cfg.iterations:
+            on_checkpoint(state)
+    return metrics
+
+
+def run_train(cfg: TrainConfig, *, bundle: ModelBundle | None = None, tracker=None,
+              print_fn=print) -> TrainResult:
+    """Single-process training of T; writes the run directory and returns where T is."""
+    resume_from = resolve_resume(cfg)  # before any work: a bad resume/run_name fails fast
+    device = resolve_device(cfg.device)
+    bundle = bundle or build_bundle(cfg.model, device)
+    for note in bundle.notes:
+        print_fn(f"[train] note: {note}")
+    state = setup_training(cfg, bundle, device)
+    if resume_from:
+        restore_state(state, load_directions(resume_from), resume_from)
+        print_fn(f"[train] resumed from {resume_from} at step {state.step}")
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if tracker:
+        tracker.log_params(to_dict(cfg))
+    history: list[dict] = []
+    progress = ProgressLine(cfg.iterations, cfg.batch_size, state.step, print_fn)
+
+    def on_log(step, metrics):
+        row = {"step": step, **metrics, **progress(step, metrics)}
+        history.append(row)
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if tracker:
+            tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
+
+    def on_checkpoint(st):
+        save_checkpoint(run_dir / "checkpoint.safetensors", cfg, bundle, st)
+
+    final = train_loop(cfg, bundle, state, on_log=on_log, on_checkpoint=on_checkpoint)
+    out = save_checkpoint(run_dir / "directions.safetensors", cfg, bundle, state, final_metrics=final)
+    save_checkpoint(run_dir / "checkpoint.safetensors", cfg, bundle, state)
+    if tracker:
+        tracker.log_artifact(out)
+        tracker.log_artifact(out.with_suffix(".json"))
+    print_fn(f"[train] done: {state.step} steps; T written to {out}")
+    return TrainResult(run_dir, out, state.step, final, history)
+
+
+def with_overrides(cfg: TrainConfig, **changes) -> TrainConfig:
+    return replace(cfg, **changes)

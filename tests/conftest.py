@@ -1,0 +1,59 @@
+"""Session-wide test setup: isolated home-like dirs, fixture paths, tiny presets."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Keep every tool's state out of the user's home and the CWD, for the whole session.
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="hfld-tests-"))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ["DEEPFACE_HOME"] = str(_SESSION_TMP / "deepface")
+os.environ["HFLD_WORK_DIR"] = str(_SESSION_TMP / "work")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def shared_fixtures_dir() -> Path:
+    """../shared/fixtures beside the checkout (CI clones main with shared/ beside it)."""
+    env = os.environ.get("HFLD_SHARED_FIXTURES")
+    return Path(env) if env else REPO.parent / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def stylegan2_fixtures() -> Path:
+    d = shared_fixtures_dir() / "stylegan2"
+    if not (d / "rosinality_small64.pt").is_file():
+        pytest.fail(f"StyleGAN2 reference fixtures not found in {d}; set HFLD_SHARED_FIXTURES to the "
+                    "shared/fixtures folder")
+    return d
+
+
+@pytest.fixture(scope="session")
+def starter_cache() -> Path:
+    """The zoo cache holding the fetched starter weights (`hfld zoo fetch starter` runs before tests)."""
+    cache = Path(os.environ.get("HFLD_CACHE", Path.home() / ".cache" / "hfld")).expanduser()
+    if not (cache / "starter").is_dir():
+        pytest.fail(f"starter weights not in {cache}/starter: run `hfld zoo fetch starter` (the Makefile's "
+                    "test target does) or set HFLD_CACHE")
+    return cache / "starter"
+
+
+@pytest.fixture
+def tiny_bundle():
+    from pipeline.presets import ModelConfig, build_bundle
+    return build_bundle(ModelConfig(preset="tiny"), "cpu")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; this machine has none (run on the GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

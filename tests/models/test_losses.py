@@ -1,0 +1,94 @@
+import math
+
+import pytest
+import torch
+
+from models.editing import DirectionMatrix
+from models.losses import (EditObjective, LossWeights, adversarial_loss, group_point_index, landmark_loss,
+                           perceptual_loss, regressor_loss)
+
+
+def test_regressor_loss_by_hand():
+    probs_edit = torch.tensor([[0.8, 0.5]])
+    probs_orig = torch.tensor([[0.3, 0.9]])
+    s = torch.tensor([[1.0, 0.0]])  # target = clamp([1.3, 0.9]) = [1, 0.9]
+    expected = (-math.log(0.8) + -(0.9 * math.log(0.5) + 0.1 * math.log(0.5))) / 2
+    assert regressor_loss(probs_edit, probs_orig, s).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_perceptual_loss_is_mean_of_layer_mse():
+    a = [torch.zeros(1, 2, 2, 2), torch.zeros(1, 1, 1, 1)]
+    b = [torch.ones(1, 2, 2, 2), torch.full((1, 1, 1, 1), 3.0)]
+    assert perceptual_loss(a, b).item() == pytest.approx((1.0 + 9.0) / 2)
+
+
+def test_adversarial_loss_by_hand():
+    logits = torch.tensor([[0.0], [2.0]])
+    expected = (math.log(2) + math.log(1 + math.exp(-2))) / 2
+    assert adversarial_loss(logits).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_landmark_loss_and_subset_masking():
+    a = torch.zeros(1, 4, 2)
+    b = torch.tensor([[[0.1, 0.1], [0.0, 0.2], [0.5, 0.5], [0.0, 0.0]]])
+    assert landmark_loss(a, b).item() == pytest.approx((0.2 + 0.2 + 1.0) / 8)
+    groups = {"jaw": [0, 1], "mouth": [2], "nose": [3]}
+    idx = group_point_index(groups, ["jaw", "nose"])
+    assert idx.tolist() == [0, 1, 3]
+    assert landmark_loss(a, b, idx).item() == pytest.approx((0.2 + 0.2) / 6)
+    assert group_point_index(groups, []).tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="unknown landmark group"):
+        group_point_index(groups, ["ears"])
+
+
+def make_objective(bundle, weights=LossWeights()):
+    return EditObjective(bundle.generator, bundle.regressor, bundle.landmarks, bundle.perceptual,
+                         bundle.discriminator, ("Male", "Young"), ("jaw", "mouth"), weights)
+
+
+def test_gradient_reaches_only_T(tiny_bundle):
+    obj = make_objective(tiny_bundle)
+    g = tiny_bundle.generator
+    d = DirectionMatrix(g.n_latent, g.w_dim, 2)
+    wplus = g.broadcast(g.mapping(torch.randn(4, g.w_dim)))
+    noise = g.make_noise("random", 4, generator=torch.Generator().manual_seed(0))
+    orig = obj.original(wplus, noise)
+    terms = obj(d, wplus, torch.rand(4, 2) * 2 - 1, noise, orig)
+    terms["total"].backward()
+    assert d.T.grad is not None and d.T.grad.abs().sum() > 0
+    for name, net in obj.networks().items():
+        assert all(p.grad is None and not p.requires_grad for p in net.parameters()), name
+    assert set(terms) == {"regressor", "perceptual", "adversarial", "landmark", "total"}
+
+
+def test_same_noise_for_x_and_x_prime(tiny_bundle):
+    obj = make_objective(tiny_bundle)
+    g = tiny_bundle.generator
+    d = DirectionMatrix(g.n_latent, g.w_dim, 2)
+    with torch.no_grad():
+        d.T.zero_()
+    wplus = g.broadcast(g.mapping(torch.randn(2, g.w_dim)))
+    noise = g.make_noise("random", 2, generator=torch.Generator().manual_seed(3))
+    orig = obj.original(wplus, noise)
+    terms = obj(d, wplus, torch.zeros(2, 2), noise, orig)
+    # With T = 0 the edit is the identity: identical images, so zero landmark/perceptual terms.
+    assert terms["landmark"].item() == 0 and terms["perceptual"].item() == 0
+
+
+def test_total_is_weighted_sum(tiny_bundle):
+    w = LossWeights(regressor=2, perceptual=3, adversarial=5, landmark=7)
+    obj = make_objective(tiny_bundle, w)
+    g = tiny_bundle.generator
+    d = DirectionMatrix(g.n_latent, g.w_dim, 2)
+    wplus = g.broadcast(g.mapping(torch.randn(2, g.w_dim)))
+    t = obj(d, wplus, torch.ones(2, 2), "const", obj.original(wplus, "const"))
+    expected = 2 * t["regressor"] + 3 * t["perceptual"] + 5 * t["adversarial"] + 7 * t["landmark"]
+    assert torch.allclose(t["total"], expected)
+
+
+def test_objective_validates_inputs(tiny_bundle):
+    b = tiny_bundle
+    with pytest.raises(ValueError, match="unknown attribute"):
+        EditObjective(b.generator, b.regressor, b.landmarks, b.perceptual, b.discriminator, ("Bald",))
+    with pytest.raises(ValueError, match="adversarial must be 0"):
+        EditObjective(b.generator, b.regressor, b.landmarks, b.perceptual, None, ("Male",))

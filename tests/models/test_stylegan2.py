@@ -1,0 +1,113 @@
+import json
+
+import pytest
+import torch
+
+from models.load.stylegan2 import build_from_state, load_rosinality_checkpoint
+from models.stylegan2 import Discriminator, Generator, upfirdn2d
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def small64(stylegan2_fixtures):
+    weights = load_rosinality_checkpoint(stylegan2_fixtures / "rosinality_small64.pt")
+    io = torch.load(stylegan2_fixtures / "rosinality_small64_io.pt", weights_only=True)
+    return weights, io
+
+
+def max_err(a, b):
+    return (a - b).abs().max().item()
+
+
+def test_small64_architecture_read_from_checkpoint(small64, stylegan2_fixtures):
+    weights, _ = small64
+    cfg = json.loads((stylegan2_fixtures / "rosinality_small64_config.json").read_text())
+    g = weights.generator
+    assert g.resolution == cfg["size"] and g.n_latent == cfg["n_latent"] and g.w_dim == cfg["style_dim"]
+    assert weights.config["channels"] == {int(k): v for k, v in cfg["channels"].items() if int(k) <= 64}
+
+
+@torch.no_grad()
+def test_parity_every_stored_output(small64):
+    weights, io = small64
+    g, d = weights.generator, weights.discriminator
+    assert max_err(g.mapping(io["z"]), io["w"]) < TOL
+    assert max_err(g.broadcast(g.mapping(io["z"])), io["latents_from_z"]) < TOL
+    assert max_err(g(io["z"], noise="const"), io["img_from_z"]) < TOL
+    assert max_err(g(io["z"], truncation=0.7, noise="const"), io["img_trunc07"]) < TOL
+    assert max_err(g.synthesis(io["wplus"], "const"), io["img_from_wplus"]) < TOL
+    assert max_err(g.synthesis(g.broadcast(io["w"]), "const"), io["img_from_w"]) < TOL
+    assert max_err(d(io["img_from_wplus"]), io["d_logits_of_img_from_wplus"]) < TOL
+
+
+@pytest.fixture
+def small64_copy(stylegan2_fixtures):
+    return load_rosinality_checkpoint(stylegan2_fixtures / "rosinality_small64.pt")
+
+
+@torch.no_grad()
+def test_noise_modes(small64_copy):
+    g = small64_copy.generator
+    for m in g.modules():  # the fixture keeps rosinality's zero-initialised noise strengths: make noise matter
+        if type(m).__name__ == "NoiseInjection":
+            m.weight.fill_(0.5)
+    w = g.broadcast(g.mapping(torch.randn(2, g.w_dim)))
+    const_a, const_b = g.synthesis(w, "const"), g.synthesis(w, "const")
+    assert torch.equal(const_a, const_b)
+    zero = g.synthesis(w, "zero")
+    assert not torch.allclose(zero, const_a)  # the fixture's noise weights are perturbed, so noise matters
+    gen = torch.Generator().manual_seed(1)
+    r1 = g.synthesis(w, g.make_noise("random", 2, generator=gen))
+    r2 = g.synthesis(w, g.make_noise("random", 2, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(r1, r2) and not torch.allclose(r1, const_a)
+    with pytest.raises(ValueError, match="noise mode"):
+        g.make_noise("sometimes", 2)
+
+
+def test_truncation_moves_towards_mean(small64):
+    g = small64[0].generator
+    w = g.mapping(torch.randn(3, g.w_dim))
+    t = g.truncate(w, 0.5)
+    assert torch.allclose(t - g.mean_latent, 0.5 * (w - g.mean_latent), atol=1e-6)
+    assert torch.equal(g.truncate(w, 1.0), w)
+
+
+@pytest.mark.parametrize("size,n_latent", [(256, 14), (1024, 18)])
+def test_real_ffhq_shape_maps_load_strictly(stylegan2_fixtures, size, n_latent):
+    shapes = json.loads((stylegan2_fixtures / f"rosinality_shapes_{size}.json").read_text())
+    g_state = {k: torch.zeros(v) for k, v in shapes["g_ema"].items()}
+    d_state = {k: torch.zeros(v) for k, v in shapes["d"].items()}
+    weights = build_from_state(g_state, d_state, torch.zeros(512), f"shapes_{size}", expected_resolution=size)
+    assert weights.generator.n_latent == n_latent == shapes["n_latent"]
+    assert set(weights.generator.state_dict()) == set(shapes["g_ema"])
+    assert set(weights.discriminator.state_dict()) == set(shapes["d"])
+
+
+def test_synthesis_checks_wplus_shape():
+    g = Generator(16, w_dim=8, n_mlp=1, channels={4: 4, 8: 4, 16: 4})
+    assert g.n_latent == 6
+    with pytest.raises(AssertionError, match=r"\[B, 6, 8\]"):
+        g.synthesis(torch.zeros(1, 5, 8))
+
+
+def test_bad_resolution_is_rejected():
+    with pytest.raises(ValueError, match="power of two"):
+        Generator(48, w_dim=8, channels={4: 4, 8: 4, 16: 4, 32: 4, 64: 4})
+
+
+def test_upfirdn2d_box_filter_by_hand():
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    k = torch.ones(2, 2) / 4
+    out = upfirdn2d(x, k, pad=(0, 0))
+    # mean of each 2x2 window
+    assert torch.allclose(out[0, 0, 0, 0], torch.tensor((0 + 1 + 4 + 5) / 4))
+    assert out.shape == (1, 1, 3, 3)
+    up = upfirdn2d(torch.ones(1, 1, 2, 2), torch.ones(1, 1), up=2)
+    assert torch.equal(up[0, 0], torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]))
+
+
+def test_discriminator_odd_batch_uses_divisor_group():
+    d = Discriminator(16, channels={4: 4, 8: 4, 16: 4})
+    assert d(torch.randn(6, 3, 16, 16)).shape == (6, 1)
+    assert d(torch.randn(3, 3, 16, 16)).shape == (3, 1)
