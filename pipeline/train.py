@@ -144,11 +144,16 @@ def build_objective(cfg: TrainConfig, bundle: ModelBundle, attributes: tuple[str
     unknown = [g for g in cfg.landmark_groups if g not in groups]
     if unknown:
         raise ConfigError(f"landmark_groups: {unknown} unknown; the {bundle.preset!r} landmark model has {sorted(groups)}")
-    if bundle.discriminator is None and cfg.losses.adversarial != 0:
-        raise ConfigError(f"losses.adversarial: {cfg.losses.adversarial} but preset {bundle.preset!r} has no "
-                          "discriminator; set it to 0")
     return EditObjective(bundle.generator, bundle.regressor, bundle.landmarks, bundle.perceptual,
-                         bundle.discriminator, attributes, cfg.landmark_groups, cfg.losses)
+                         bundle.discriminator, attributes, cfg.landmark_groups, effective_weights(cfg, bundle))
+
+
+def effective_weights(cfg: TrainConfig, bundle: ModelBundle) -> LossWeights:
+    """The lambdas actually used: a preset without a discriminator forces lambda3 (adversarial) to 0
+    (its notes say so in every log)."""
+    if bundle.discriminator is None:
+        return replace(cfg.losses, adversarial=0.0)
+    return cfg.losses
 
 
 def new_directions(cfg: TrainConfig, generator: nn.Module, n_attributes: int) -> DirectionMatrix:
@@ -232,7 +237,7 @@ def train_step(state: TrainState, batch: Batch, cfg: TrainConfig) -> dict[str, f
 def directions_meta(cfg: TrainConfig, bundle: ModelBundle, state: TrainState, **extra) -> dict:
     return {"attributes": list(state.objective.attributes), "layer_mask": list(cfg.layer_mask),
             "landmark_groups": list(cfg.landmark_groups), "preset": cfg.model.preset,
-            "generator_id": bundle.generator_id, "lambdas": to_dict(cfg.losses), "step": state.step,
+            "generator_id": bundle.generator_id, "lambdas": to_dict(state.objective.weights), "step": state.step,
             "regressor_names": list(bundle.regressor.names), "config": to_dict(cfg), **extra}
 
 
