@@ -59,6 +59,15 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def cmd_preview(args) -> int:
+    from pipeline.presets import ModelConfig, build_bundle
+    from pipeline.preview import write_contact_sheet
+    bundle = build_bundle(ModelConfig(preset=args.preset, cache_dir=args.cache or ""), "cpu")
+    out = write_contact_sheet(bundle, Path(args.out), n=args.n, seed=args.seed)
+    print(f"wrote {out}: {args.n} {args.preset} faces with landmarks and emotion labels")
+    return 0
+
+
 def cmd_not_yet(stage: str, issue: int):
     def run(args) -> int:
         print(f"hfld {stage}: not implemented in this version yet (tracked as issue {issue}).", file=sys.stderr)
@@ -88,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list the model presets and the weight files they take")
     p.set_defaults(func=cmd_presets)
+
+    from pipeline.presets import PRESETS
+    p = sub.add_parser("preview", help="contact sheet of generated faces with landmarks and emotion labels")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="starter")
+    p.add_argument("--out", default="faces.png", help="output PNG path")
+    p.add_argument("--n", type=int, default=16, help="number of faces")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", help="zoo cache (default $HFLD_CACHE or ~/.cache/hfld)")
+    p.set_defaults(func=cmd_preview)
 
     for stage, issue, text in (("tune", 5, "sweep lambda4 and landmark subsets (Ray Tune)"),
                                ("generate", 6, "generate a labelled augmented dataset (Ray Data)"),

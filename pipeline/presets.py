@@ -30,7 +30,7 @@ class ModelConfig:
       preset's description).
     cache_dir: zoo cache for fetched package weights ("" = $HFLD_CACHE or ~/.cache/hfld).
     """
-    preset: str = "tiny"
+    preset: str = "starter"
     weights: dict[str, str] = field(default_factory=dict)
     cache_dir: str = ""
 

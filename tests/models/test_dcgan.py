@@ -6,7 +6,6 @@ class and loading code (tools/reference/dcgan_reference.py).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +18,6 @@ from models.load.dcgan import load_dcgan_generator
 
 REFERENCE = Path(__file__).resolve().parents[1] / "fixtures" / "dcgan" / "reference.npz"
 WEIGHTS_SHA256 = "0c3b90b138cfc4e8a73310b9fd5ce2a8f1f3a542a037de277412307fcd28771f"
-
-
-@pytest.fixture(scope="module")
-def starter_cache() -> Path:
-    """$HFLD_CACHE/starter (default ~/.cache/hfld/starter), filled by `hfld zoo fetch starter`."""
-    root = Path(os.environ.get("HFLD_CACHE") or "~/.cache/hfld").expanduser() / "starter"
-    if not (root / "gan_face_generate" / "weights.tar").is_file():
-        pytest.fail(f"{root}/gan_face_generate/weights.tar is missing; run `hfld zoo fetch starter` "
-                    f"(set HFLD_CACHE to the zoo cache)")
-    return root
 
 
 @pytest.fixture(scope="module")

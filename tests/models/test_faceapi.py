@@ -8,7 +8,6 @@ CPU backend and face-api 1.7.15's own net classes.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -29,16 +28,6 @@ from models.load.tfjs import read_tfjs_weights, tf_conv_to_torch, tf_depthwise_t
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "faceapi" / "landmarks_expression_reference.npz"
 PARITY_TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def starter_cache() -> Path:
-    """Folder where `hfld zoo fetch starter` extracts files ($HFLD_CACHE/starter, default ~/.cache/hfld)."""
-    root = Path(os.environ.get("HFLD_CACHE", Path.home() / ".cache" / "hfld")).expanduser() / "starter"
-    if not (root / "face_api" / "model" / "face_landmark_68_model.bin").is_file():
-        pytest.fail(f"face-api model files not found under {root / 'face_api' / 'model'}; "
-                    "run `hfld zoo fetch starter` or set HFLD_CACHE")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ are stored there too (uint8 HWC), fed at the nets' native sizes.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -27,17 +26,6 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "faceapi" / "age_ge
 PARITY_TOLERANCE = 1e-4
 MODEL_FILES = ("age_gender_model-weights_manifest.json", "age_gender_model.bin",
                "face_recognition_model-weights_manifest.json", "face_recognition_model.bin")
-
-
-@pytest.fixture(scope="module")
-def starter_cache() -> Path:
-    """Local stand-in for the shared fixture: $HFLD_CACHE/starter (default ~/.cache/hfld/starter)."""
-    root = Path(os.environ.get("HFLD_CACHE", "~/.cache/hfld")).expanduser() / "starter"
-    absent = [f for f in MODEL_FILES if not (root / "face_api" / "model" / f).is_file()]
-    if absent:
-        pytest.fail(f"face-api model files {absent} not found under {root / 'face_api' / 'model'}; "
-                    "run `hfld zoo fetch starter` (or set HFLD_CACHE to a cache that has them)")
-    return root
 
 
 @pytest.fixture(scope="module")

