@@ -231,3 +231,8 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device: {name!r} asked for but no CUDA GPU is visible; use 'cpu' or 'auto'")
     return dev
+
+
+from pipeline.presets_paper import register_paper_presets  # noqa: E402 (uses register/Preset above)
+
+register_paper_presets(register)
