@@ -40,13 +40,19 @@ def _stage_config(cls, args):
 
 
 def cmd_train(args) -> int:
+    """In this process (scaling.num_workers=0) or on Ray Train workers (>= 1), tracked in MLflow."""
     from pipeline.config import to_dict
-    from pipeline.train import TrainConfig, run_train
+    from pipeline.ray_train import RayTrainFailed
+    from pipeline.train import TrainConfig, run_training
     cfg = _stage_config(TrainConfig, args)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
-    run_train(cfg)
+    try:
+        run_training(cfg)
+    except RayTrainFailed as e:  # a worker's error, summarised (Ray's log above has the details)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -107,9 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="zoo cache (default $HFLD_CACHE or ~/.cache/hfld)")
     p.set_defaults(func=cmd_preview)
 
+    from pipeline import cli_evaluate
+    p = sub.add_parser("evaluate", help="the paper's tables, figures and a report for a baseline vs HFLD pair of T")
+    add_stage_args(p)
+    cli_evaluate.add_arguments(p)
+    p.set_defaults(func=cli_evaluate.cmd_evaluate)
+
     for stage, issue, text in (("tune", 5, "sweep lambda4 and landmark subsets (Ray Tune)"),
                                ("generate", 6, "generate a labelled augmented dataset (Ray Data)"),
-                               ("evaluate", 7, "the paper's tables and figures for trained T"),
                                ("run", 7, "the whole chain on the embedded default")):
         p = sub.add_parser(stage, help=text + " [not yet implemented]")
         add_stage_args(p)

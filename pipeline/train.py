@@ -2,6 +2,8 @@
 
 `run_train(cfg)` is the single-process trainer used by the CLI and tests; `pipeline/ray_train.py`
 runs the same `train_loop` on every Ray Train worker. The step function (`train_step`) does no I/O.
+`run_training(cfg)` picks between them (`scaling.num_workers`: 0 = in this process, >= 1 = Ray
+Train) and records the run in MLflow (`tracking`).
 
 Run directory: <work_dir>/<run_name>/ with config.yaml, metrics.jsonl, checkpoint.safetensors(+.json)
 (latest trainer state, for resuming) and directions.safetensors(+.json) (the final T).
@@ -27,6 +29,7 @@ from pipeline.checkpoints import DirectionsFile, load_directions, save_direction
 from pipeline.config import ConfigError, require, to_dict
 from pipeline.presets import ModelBundle, ModelConfig, build_bundle, resolve_device
 from pipeline.seeding import Stream, global_sample_ids, rng_for
+from pipeline.tracking import TrackingConfig, open_tracker
 
 NoiseMode = Literal["const", "random", "zero"]
 Precision = Literal["fp32", "bf16"]
@@ -34,6 +37,37 @@ Precision = Literal["fp32", "bf16"]
 
 def default_work_dir() -> str:
     return os.environ.get("HFLD_WORK_DIR", str(Path.home() / "hfld-work"))
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    """How many workers optimise T, and with which resources.
+
+    num_workers: 0 = run in this process without Ray; >= 1 = Ray Train (TorchTrainer, DDP over T)
+      with that many workers, each drawing its own `batch_size` samples per step (global batch =
+      num_workers * batch_size).
+    use_gpu: one GPU per worker (NCCL); false = CPU workers (gloo).
+    cpus_per_worker: CPUs Ray reserves per worker (fractions allowed, e.g. 0.5).
+    gpus_per_worker: GPUs per worker when use_gpu (fractions allowed).
+    max_failures: worker-group restarts from the latest checkpoint before the run fails (-1 = no limit).
+    storage_path: where Ray keeps checkpoints ("" = <work_dir>/ray); shared storage on a multi-node cluster.
+    """
+    num_workers: int = 0
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+    max_failures: int = 0
+    storage_path: str = ""
+
+    def __post_init__(self):
+        require(self.num_workers >= 0, "scaling.num_workers", self.num_workers, "must be >= 0 (0 = no Ray)")
+        require(self.cpus_per_worker > 0 and math.isfinite(self.cpus_per_worker), "scaling.cpus_per_worker",
+                self.cpus_per_worker, "must be a finite number > 0")
+        require(self.gpus_per_worker >= 0 and math.isfinite(self.gpus_per_worker), "scaling.gpus_per_worker",
+                self.gpus_per_worker, "must be a finite number >= 0")
+        require(not self.use_gpu or self.gpus_per_worker > 0, "scaling.gpus_per_worker", self.gpus_per_worker,
+                "must be > 0 when scaling.use_gpu is true")
+        require(self.max_failures >= -1, "scaling.max_failures", self.max_failures, "must be >= 0, or -1 for no limit")
 
 
 @dataclass(frozen=True)
@@ -47,6 +81,8 @@ class TrainConfig:
     truncation: psi applied to the sampled training latents (1 = none).
     noise_mode: generator noise for x and x' (always the same for both): const, random, zero.
     resume: "" (fresh run), "auto" (the run dir's latest checkpoint, if any) or a checkpoint path.
+    scaling: in-process (num_workers 0) or Ray Train workers; see ScalingConfig.
+    tracking: MLflow run of this stage; see pipeline.tracking.TrackingConfig.
     """
     model: ModelConfig = field(default_factory=ModelConfig)
     attributes: tuple[str, ...] = ()
@@ -69,6 +105,8 @@ class TrainConfig:
     work_dir: str = field(default_factory=default_work_dir)
     run_name: str = ""
     resume: str = ""
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self):
         require(self.iterations >= 1, "iterations", self.iterations, "must be >= 1")
@@ -234,8 +272,16 @@ def train_step(state: TrainState, batch: Batch, cfg: TrainConfig) -> dict[str, f
 # Checkpoint <-> state
 # ---------------------------------------------------------------------------------------------
 
+def sampling_position(cfg: TrainConfig, step: int, world_size: int = 1) -> dict:
+    """The training RNG "state": every sample derives from (seed, global sample id), so the next id is
+    all a resumed run needs (a different global batch would make it draw other samples)."""
+    return {"seed": cfg.seed, "stream": Stream.TRAIN.name, "global_batch": cfg.batch_size * world_size,
+            "next_sample_id": step * cfg.batch_size * world_size}
+
+
 def directions_meta(cfg: TrainConfig, bundle: ModelBundle, state: TrainState, **extra) -> dict:
-    return {"attributes": list(state.objective.attributes), "layer_mask": list(cfg.layer_mask),
+    return {"rng": sampling_position(cfg, state.step, extra.get("world_size", 1)),
+            "attributes": list(state.objective.attributes), "layer_mask": list(cfg.layer_mask),
             "landmark_groups": list(cfg.landmark_groups), "preset": cfg.model.preset,
             "generator_id": bundle.generator_id, "lambdas": to_dict(state.objective.weights), "step": state.step,
             "regressor_names": list(bundle.regressor.names), "config": to_dict(cfg), **extra}
@@ -309,12 +355,15 @@ class ProgressLine:
 
 def train_loop(cfg: TrainConfig, bundle: ModelBundle, state: TrainState, *, rank: int = 0, world_size: int = 1,
                on_log: Callable[[int, dict], None] | None = None,
-               on_checkpoint: Callable[[TrainState], None] | None = None) -> dict:
+               on_checkpoint: Callable[[TrainState], None] | None = None,
+               on_step: Callable[[TrainState], None] | None = None) -> dict:
     """Run steps state.step .. cfg.iterations; every worker calls this with its own rank.
 
     cfg.batch_size is the per-worker batch; sample ids are global so workers never repeat a sample.
     on_log(step, metrics) every log_every steps and at the end; on_checkpoint(state) every
-    checkpoint_every steps. Returns the last step's metrics.
+    checkpoint_every steps (not after the last step: the caller saves the final state);
+    on_step(state) after every step (fault injection in tests). Every rank reaches on_log and
+    on_checkpoint at the same steps, so they may hold collectives. Returns the last step's metrics.
     """
     n_attr = state.directions.n_attributes
     metrics: dict = {}
@@ -326,6 +375,8 @@ def train_loop(cfg: TrainConfig, bundle: ModelBundle, state: TrainState, *, rank
             on_log(state.step, metrics)
         if on_checkpoint and state.step % cfg.checkpoint_every == 0 and state.step < cfg.iterations:
             on_checkpoint(state)
+        if on_step:
+            on_step(state)
     return metrics
 
 
@@ -346,6 +397,9 @@ def run_train(cfg: TrainConfig, *, bundle: ModelBundle | None = None, tracker=No
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     if tracker:
         tracker.log_params(to_dict(cfg))
+        if hasattr(tracker, "set_tags"):
+            tracker.set_tags(lineage_tags(cfg, bundle, resumed_from=resume_from))
+    lineage = {"mlflow_run_id": tracker.run_id} if getattr(tracker, "run_id", None) else {}
     history: list[dict] = []
     progress = ProgressLine(cfg.iterations, cfg.batch_size, state.step, print_fn)
 
@@ -361,13 +415,63 @@ def run_train(cfg: TrainConfig, *, bundle: ModelBundle | None = None, tracker=No
         save_checkpoint(run_dir / "checkpoint.safetensors", cfg, bundle, st)
 
     final = train_loop(cfg, bundle, state, on_log=on_log, on_checkpoint=on_checkpoint)
-    out = save_checkpoint(run_dir / "directions.safetensors", cfg, bundle, state, final_metrics=final)
+    out = save_checkpoint(run_dir / "directions.safetensors", cfg, bundle, state, final_metrics=final, **lineage)
     save_checkpoint(run_dir / "checkpoint.safetensors", cfg, bundle, state)
     if tracker:
-        tracker.log_artifact(out)
-        tracker.log_artifact(out.with_suffix(".json"))
+        log_final_directions(tracker, cfg, out, print_fn)
     print_fn(f"[train] done: {state.step} steps; T written to {out}")
     return TrainResult(run_dir, out, state.step, final, history)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tracking and dispatch (shared by the in-process and the Ray path)
+# ---------------------------------------------------------------------------------------------
+
+DIRECTIONS_ARTIFACT = "directions"   # MLflow artifact folder holding directions.safetensors + .json
+
+
+def lineage_tags(cfg: TrainConfig, bundle: ModelBundle, **extra) -> dict:
+    return {"preset": cfg.model.preset, "generator_id": bundle.generator_id,
+            "attributes": ",".join(resolve_attributes(cfg, bundle)), **{k: v for k, v in extra.items() if v}}
+
+
+def log_final_directions(tracker, cfg: TrainConfig, directions_path: Path, print_fn=print) -> None:
+    """T (safetensors + json) as the run's `directions` artifact, and as a registered model version."""
+    directions_path = Path(directions_path)
+    files = (directions_path, directions_path.with_suffix(".json"))
+    if not hasattr(tracker, "register_model"):  # a plain log_params/log_metrics/log_artifact(path) tracker
+        for f in files:
+            tracker.log_artifact(f)
+        return
+    for f in files:
+        tracker.log_artifact(f, DIRECTIONS_ARTIFACT)
+    if cfg.tracking.register_model:
+        version = tracker.register_model(DIRECTIONS_ARTIFACT, cfg.tracking.model_name,
+                                         tags={"run_name": cfg.name, "preset": cfg.model.preset})
+        if version:
+            print_fn(f"[train] registered T as model {cfg.tracking.model_name!r} version {version}")
+
+
+def train_tracker(cfg: TrainConfig):
+    """The MLflow run of one training invocation (a null tracker when tracking is disabled)."""
+    return open_tracker(cfg.tracking, work_dir=cfg.work_dir, run_name=cfg.name, stage="train",
+                        tags={"preset": cfg.model.preset, "num_workers": cfg.scaling.num_workers})
+
+
+def run_training(cfg: TrainConfig, *, bundle: ModelBundle | None = None, print_fn=print) -> TrainResult:
+    """What `hfld train` runs: in this process (scaling.num_workers == 0) or on Ray Train workers.
+
+    Both write the same run directory (config.yaml, metrics.jsonl, directions.safetensors + .json,
+    checkpoint.safetensors + .json) and record one MLflow run (unless tracking.enabled is false).
+    """
+    if cfg.scaling.num_workers == 0:
+        resolve_resume(cfg)  # a bad run_name/resume fails before an MLflow run is created
+        with train_tracker(cfg) as tracker:
+            return run_train(cfg, bundle=bundle, tracker=tracker, print_fn=print_fn)
+    if bundle is not None:
+        raise ValueError("run_training: a prebuilt bundle cannot be sent to Ray workers; they build their own")
+    from pipeline.ray_train import run_train_ray
+    return run_train_ray(cfg, print_fn=print_fn)
 
 
 def with_overrides(cfg: TrainConfig, **changes) -> TrainConfig:

@@ -17,6 +17,12 @@ os.environ["DEEPFACE_HOME"] = str(_SESSION_TMP / "deepface")
 os.environ["HFLD_WORK_DIR"] = str(_SESSION_TMP / "work")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import torch  # noqa: E402
+
+# Two cores are shared by pytest, Ray workers and helper processes: one intra-op thread avoids the
+# oversubscription that made tiny CPU models ~30x slower under contention.
+torch.set_num_threads(1)
+
 
 def shared_fixtures_dir() -> Path:
     """../shared/fixtures beside the checkout (CI clones main with shared/ beside it)."""

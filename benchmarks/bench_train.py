@@ -1,0 +1,415 @@
+#!/usr/bin/env python3
+"""Throughput of the full four-loss training step of T, on 1 GPU and on 2 GPUs of one host (DDP).
+
+    python benchmarks/bench_train.py                          # 256 and 1024 px, fp32 and bf16, 1 and 2 GPUs
+    python benchmarks/bench_train.py --resolutions 256 --gpus 1 --batches 1 2 4 8 16 32
+    python benchmarks/bench_train.py --tiny                   # CPU smoke test with the tiny networks
+
+What is timed is exactly one iteration of pipeline/train.py's loop: draw the batch's latents and
+edit amounts from their global sample ids (sample_batch), then train_step: x = G(w) and x' =
+G(w + T s) through the StyleGAN2 synthesis network, the regressor (ResNet50, 40 CelebA outputs), the
+landmark model (ResNet18, 106 points), VGG19 conv1_1..conv2_2 features and the StyleGAN2
+discriminator on both images as the objective needs them, backward through x' to T, Adam step.
+With 2 GPUs, T is wrapped in DistributedDataParallel (NCCL), each GPU draws its own per-GPU batch.
+
+All networks are RANDOMLY INITIALISED (no weights are at hand on the benchmark machine): the
+architectures and input sizes are the paper presets' (models/paper_nets.py defaults: regressor at
+256 px, landmarks at 112 px, VGG19 at the generator's resolution; StyleGAN2 config-f channels), so
+the cost per step is that of the real thing, but the loss values mean nothing.
+
+Output: one table row per (resolution, precision, GPUs, per-GPU batch) with iterations/s,
+samples/s, ms/iteration and peak GPU memory; the best per-GPU batch for each resolution and
+precision; the 2-GPU scaling efficiency (2-GPU samples/s / (2 x 1-GPU samples/s) at the same
+per-GPU batch); the projected wall time of the paper's recipe (50,000 iterations x batch 4).
+--json PATH also writes every figure as JSON.
+
+Runs torchrun-free: the 2-GPU mode spawns its processes with torch.multiprocessing. NVLink
+multicast stays off (NCCL_NVLS_ENABLE=0 and friends) on the shared GPU hosts this runs on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# Before torch initialises CUDA/NCCL, here and in every spawned process (they inherit os.environ).
+for _k, _v in {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}.items():
+    os.environ.setdefault(_k, _v)
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a plain script from a checkout, installed or not
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+PAPER_ITERATIONS, PAPER_BATCH = 50_000, 4
+PAPER_ATTRIBUTES = ("Male", "Bald", "Black_Hair", "Young", "Eyeglasses")
+
+
+@dataclass
+class Row:
+    resolution: int
+    precision: str
+    gpus: int
+    batch_per_gpu: int
+    iters_per_s: float | None = None
+    samples_per_s: float | None = None
+    ms_per_iter: float | None = None
+    peak_mem_gib: float | None = None
+    status: str = "ok"          # ok | OOM | error: ...
+
+    @property
+    def global_batch(self) -> int:
+        return self.gpus * self.batch_per_gpu
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks and config
+# ---------------------------------------------------------------------------------------------
+
+def random_paper_bundle(resolution: int, device: torch.device):
+    """The paper preset's architectures, randomly initialised, as a ModelBundle on `device`."""
+    from torch import nn
+
+    from models.paper_nets import CelebAAttributeRegressor, Landmark106, VGGPerceptual
+    from models.stylegan2 import Discriminator, Generator
+    from pipeline.presets import ModelBundle
+
+    torch.manual_seed(0)
+    bundle = ModelBundle(
+        preset="tiny",  # a placeholder name: the bundle is passed in, never built from a preset
+        generator=Generator(resolution), discriminator=Discriminator(resolution),
+        regressor=CelebAAttributeRegressor(output="sigmoid"), landmarks=Landmark106(),
+        perceptual=VGGPerceptual(), emotion=nn.Identity(),
+        generator_id=f"random-stylegan2-{resolution}", default_attributes=PAPER_ATTRIBUTES)
+    return bundle.to(device)
+
+
+def tiny_bundle(device: torch.device):
+    from pipeline.presets import ModelConfig, build_bundle
+    return build_bundle(ModelConfig(preset="tiny"), device)
+
+
+def make_config(precision: str, batch: int, device: torch.device, attributes: tuple[str, ...]):
+    """The paper's training settings (all four losses, Adam 1e-4) at one per-GPU batch."""
+    from pipeline.config import from_dict
+    from pipeline.train import TrainConfig
+    return from_dict(TrainConfig, {
+        "model": {"preset": "tiny"}, "attributes": list(attributes), "batch_size": batch,
+        "precision": precision, "device": str(device), "iterations": 10**9, "work_dir": "/nonexistent",
+        "tracking": {"enabled": False},
+    }, "bench")
+
+
+def build(args, resolution: int, device: torch.device):
+    return tiny_bundle(device) if args.tiny else random_paper_bundle(resolution, device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------------------------
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_iterations(cfg, bundle, state, rank: int, world: int, warmup: int, steps: int,
+                    barrier=lambda: None) -> tuple[float, float]:
+    """(seconds per iteration, peak GiB) of sample_batch + train_step, as in pipeline.train.train_loop."""
+    from pipeline.seeding import global_sample_ids
+    from pipeline.train import sample_batch, train_step
+
+    device = state.device
+    n_attr = state.directions.n_attributes
+
+    def iteration():
+        ids = global_sample_ids(state.step, rank, cfg.batch_size, world)
+        batch = sample_batch(cfg, bundle.generator, n_attr, ids, device)
+        train_step(state, batch, cfg)
+
+    for _ in range(warmup):
+        iteration()
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    barrier()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        iteration()
+    sync(device)
+    barrier()
+    elapsed = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return elapsed / steps, peak
+
+
+def is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def free_memory(device: torch.device) -> None:
+    import gc
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def bench_one_device(args, device: torch.device) -> list[Row]:
+    from pipeline.train import setup_training
+
+    rows: list[Row] = []
+    for resolution in args.resolutions:
+        bundle = build(args, resolution, device)
+        res = bundle.generator.resolution
+        for precision in args.precisions:
+            for batch in args.batches:
+                row = Row(res, precision, 1, batch)
+                state = None
+                try:
+                    cfg = make_config(precision, batch, device, bundle.default_attributes)
+                    state = setup_training(cfg, bundle, device)
+                    per_iter, peak = time_iterations(cfg, bundle, state, 0, 1, args.warmup, args.steps)
+                    row.iters_per_s, row.samples_per_s = 1 / per_iter, batch / per_iter
+                    row.ms_per_iter, row.peak_mem_gib = 1000 * per_iter, peak
+                except RuntimeError as e:
+                    if not is_oom(e):
+                        raise
+                    row.status = "OOM"
+                finally:
+                    del state
+                    free_memory(device)
+                rows.append(row)
+                print(format_row(row), flush=True)
+                if row.status == "OOM":
+                    break  # larger batches will not fit either
+        del bundle
+        free_memory(device)
+    return rows
+
+
+def ddp_worker(rank: int, world: int, args, port: int, out_path: str) -> None:
+    """One process per GPU (or per CPU rank with --tiny): DDP over T, same timing as above."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from pipeline.train import setup_training
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    use_cuda = torch.cuda.is_available() and not args.tiny
+    if use_cuda:
+        torch.cuda.set_device(rank)
+    device = torch.device(f"cuda:{rank}") if use_cuda else torch.device("cpu")
+    dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world,
+                            **({"device_id": device} if use_cuda else {}))
+    barrier = (lambda: dist.barrier(device_ids=[rank])) if use_cuda else dist.barrier
+    rows: list[Row] = []
+    try:
+        for resolution in args.resolutions:
+            bundle = build(args, resolution, device)
+            res = bundle.generator.resolution
+            for precision in args.precisions:
+                for batch in args.ddp_batches:
+                    row = Row(res, precision, world, batch)
+                    state = None
+                    try:
+                        cfg = make_config(precision, batch, device, bundle.default_attributes)
+                        wrap = (lambda m: DDP(m, device_ids=[rank])) if use_cuda else DDP
+                        state = setup_training(cfg, bundle, device, wrap=wrap)
+                        per_iter, peak = time_iterations(cfg, bundle, state, rank, world, args.warmup, args.steps,
+                                                         barrier)
+                        row.iters_per_s, row.samples_per_s = 1 / per_iter, world * batch / per_iter
+                        row.ms_per_iter, row.peak_mem_gib = 1000 * per_iter, peak
+                    except RuntimeError as e:
+                        if not is_oom(e):
+                            raise
+                        # An OOM on one rank leaves the others waiting in a collective: stop here.
+                        row.status = "OOM"
+                        rows.append(row)
+                        raise SystemExit(f"rank {rank}: out of memory at batch {batch}; "
+                                         "rerun with smaller --ddp-batches") from e
+                    finally:
+                        del state
+                        free_memory(device)
+                    rows.append(row)
+                    if rank == 0:
+                        print(format_row(row), flush=True)
+            del bundle
+            free_memory(device)
+    finally:
+        if rank == 0:
+            Path(out_path).write_text(json.dumps([asdict(r) for r in rows]))
+        dist.destroy_process_group()
+
+
+def bench_ddp(args, world: int) -> list[Row]:
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="bench-ddp-") as d:
+        out = Path(d) / "rows.json"
+        try:
+            mp.spawn(ddp_worker, args=(world, args, port, str(out)), nprocs=world, join=True)
+        finally:
+            rows = [Row(**r) for r in json.loads(out.read_text())] if out.is_file() else []
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+HEADER = (f"{'res':>5} {'prec':>5} {'gpus':>4} {'b/gpu':>5} {'global':>6} {'it/s':>8} {'samples/s':>10} "
+          f"{'ms/it':>9} {'peak GiB':>8}  status")
+
+
+def fmt(value, spec: str) -> str:
+    return "-" if value is None or value != value else format(value, spec)
+
+
+def format_row(r: Row) -> str:
+    return (f"{r.resolution:>5} {r.precision:>5} {r.gpus:>4} {r.batch_per_gpu:>5} {r.global_batch:>6} "
+            f"{fmt(r.iters_per_s, '8.2f')} {fmt(r.samples_per_s, '10.2f')} {fmt(r.ms_per_iter, '9.1f')} "
+            f"{fmt(r.peak_mem_gib, '8.2f')}  {r.status}")
+
+
+def hms(seconds: float) -> str:
+    h, rem = divmod(int(round(seconds)), 3600)
+    return f"{h}h{rem // 60:02d}m"
+
+
+def find(rows: list[Row], res: int, prec: str, gpus: int, batch: int) -> Row | None:
+    for r in rows:
+        if (r.resolution, r.precision, r.gpus, r.batch_per_gpu, r.status) == (res, prec, gpus, batch, "ok"):
+            return r
+    return None
+
+
+def summary(rows: list[Row]) -> list[str]:
+    lines = ["", "Best per-GPU batch (highest samples/s):"]
+    keys = sorted({(r.resolution, r.precision, r.gpus) for r in rows})
+    for res, prec, gpus in keys:
+        ok = [r for r in rows if (r.resolution, r.precision, r.gpus) == (res, prec, gpus) and r.status == "ok"]
+        if ok:
+            best = max(ok, key=lambda r: r.samples_per_s)
+            lines.append(f"  {res:>5} px {prec:>4} {gpus} GPU(s): batch {best.batch_per_gpu}/GPU -> "
+                         f"{best.samples_per_s:.1f} samples/s, {best.iters_per_s:.2f} it/s")
+    scaling = []
+    for r2 in (r for r in rows if r.gpus > 1 and r.status == "ok"):
+        r1 = find(rows, r2.resolution, r2.precision, 1, r2.batch_per_gpu)
+        if r1:
+            eff = r2.samples_per_s / (r2.gpus * r1.samples_per_s)
+            scaling.append(f"  {r2.resolution:>5} px {r2.precision:>4} batch {r2.batch_per_gpu}/GPU: "
+                           f"{r2.gpus} GPUs {r2.samples_per_s:.1f} vs 1 GPU {r1.samples_per_s:.1f} samples/s "
+                           f"-> efficiency {100 * eff:.0f}%")
+    if scaling:
+        lines += ["", "Scaling efficiency (N-GPU samples/s / (N x 1-GPU samples/s), same per-GPU batch):", *scaling]
+    lines += ["", f"Projected wall time of the paper's recipe ({PAPER_ITERATIONS:,} iterations x global batch "
+                  f"{PAPER_BATCH} = {PAPER_ITERATIONS * PAPER_BATCH:,} samples):"]
+    for res in sorted({r.resolution for r in rows}):
+        for prec in sorted({r.precision for r in rows}):
+            for gpus in sorted({r.gpus for r in rows}):
+                if PAPER_BATCH % gpus:
+                    continue
+                r = find(rows, res, prec, gpus, PAPER_BATCH // gpus)
+                if r:
+                    lines.append(f"  {res:>5} px {prec:>4} {gpus} GPU(s) x batch {PAPER_BATCH // gpus}: "
+                                 f"{hms(PAPER_ITERATIONS / r.iters_per_s)}  ({r.iters_per_s:.2f} it/s)")
+                else:
+                    lines.append(f"  {res:>5} px {prec:>4} {gpus} GPU(s) x batch {PAPER_BATCH // gpus}: not measured")
+    lines.append("  (same number of samples at the best batch instead: "
+                 + "; ".join(f"{res} px {prec} {gpus} GPU(s) {hms(PAPER_ITERATIONS * PAPER_BATCH / best)}"
+                             for (res, prec, gpus), best in best_rates(rows).items()) + ")")
+    return lines
+
+
+def best_rates(rows: list[Row]) -> dict:
+    out: dict = {}
+    for r in rows:
+        if r.status == "ok":
+            key = (r.resolution, r.precision, r.gpus)
+            out[key] = max(out.get(key, 0.0), r.samples_per_s)
+    return dict(sorted(out.items()))
+
+
+def environment(device: torch.device) -> list[str]:
+    lines = [f"torch {torch.__version__}, device {device}"]
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        lines.append(f"GPU: {p.name}, {p.total_memory / 2**30:.0f} GiB, {torch.cuda.device_count()} visible; "
+                     f"cudnn.benchmark={torch.backends.cudnn.benchmark}, "
+                     f"TF32 matmul={torch.backends.cuda.matmul.allow_tf32}, "
+                     f"TF32 conv={torch.backends.cudnn.allow_tf32}")
+    return lines
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--resolutions", type=int, nargs="+", default=[256, 1024], help="StyleGAN2 resolutions")
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32],
+                   help="per-GPU batches for 1 GPU (stops at the first OOM)")
+    p.add_argument("--ddp-batches", type=int, nargs="+", default=[2, 4, 8], help="per-GPU batches with 2+ GPUs")
+    p.add_argument("--gpus", type=int, nargs="+", default=[1, 2], help="GPU counts to run (1 and/or 2+)")
+    p.add_argument("--steps", type=int, default=10, help="timed iterations per configuration")
+    p.add_argument("--warmup", type=int, default=3, help="untimed iterations first (cuDNN autotuning)")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls in fp32 (default: PyTorch's, off)")
+    p.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny random networks, gloo for 2 ranks")
+    p.add_argument("--json", type=Path, help="also write all rows as JSON here")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.resolutions = [32]
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.backends.cudnn.benchmark = True
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    use_cuda = torch.cuda.is_available() and not args.tiny
+    if not use_cuda and not args.tiny:
+        print("no CUDA GPU visible: run on a GPU machine, or pass --tiny for the CPU smoke test", file=sys.stderr)
+        return 2
+    device = torch.device("cuda:0" if use_cuda else "cpu")
+    print("bench_train: full four-loss step of T (sample_batch + train_step)")
+    print("NOTE: all networks are randomly initialised (StyleGAN2 G+D config-f, ResNet50-40 regressor, "
+          "ResNet18-106 landmarks, VGG19 conv1_1..conv2_2); timings are real, loss values meaningless."
+          if not args.tiny else "NOTE: --tiny smoke test: tiny random networks on CPU; figures mean nothing.")
+    for line in environment(device):
+        print(line)
+    print(HEADER, flush=True)
+
+    rows: list[Row] = []
+    if 1 in args.gpus:
+        rows += bench_one_device(args, device)
+    for world in sorted(g for g in args.gpus if g > 1):
+        available = torch.cuda.device_count() if use_cuda else world
+        if available < world:
+            print(f"skipping {world}-GPU mode: only {available} GPU(s) visible", flush=True)
+            continue
+        try:
+            rows += bench_ddp(args, world)
+        except Exception as e:  # keep the 1-GPU figures: report what failed and carry on
+            print(f"{world}-GPU mode failed: {type(e).__name__}: {e}", flush=True)
+
+    for line in summary(rows):
+        print(line)
+    if args.json:
+        args.json.write_text(json.dumps([{**asdict(r), "global_batch": r.global_batch} for r in rows], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
