@@ -96,6 +96,9 @@ def tiny_bundle(device: torch.device):
     return build_bundle(ModelConfig(preset="tiny"), device)
 
 
+CUDA_GRAPH = True  # set from --no-cuda-graph
+
+
 def make_config(precision: str, batch: int, device: torch.device, attributes: tuple[str, ...]):
     """The paper's training settings (all four losses, Adam 1e-4) at one per-GPU batch."""
     from pipeline.config import from_dict
@@ -103,7 +106,7 @@ def make_config(precision: str, batch: int, device: torch.device, attributes: tu
     return from_dict(TrainConfig, {
         "model": {"preset": "tiny"}, "attributes": list(attributes), "batch_size": batch,
         "precision": precision, "device": str(device), "iterations": 10**9, "work_dir": "/nonexistent",
-        "tracking": {"enabled": False},
+        "tracking": {"enabled": False}, "cuda_graph": CUDA_GRAPH,
     }, "bench")
 
 
@@ -122,17 +125,24 @@ def sync(device: torch.device) -> None:
 
 def time_iterations(cfg, bundle, state, rank: int, world: int, warmup: int, steps: int,
                     barrier=lambda: None) -> tuple[float, float]:
-    """(seconds per iteration, peak GiB) of sample_batch + train_step, as in pipeline.train.train_loop."""
+    """(seconds per iteration, peak GiB) of sample_batch + the step, as in pipeline.train.train_loop.
+
+    The step is pipeline.train.make_step's: a replayed CUDA graph on one GPU (unless
+    --no-cuda-graph), eager otherwise; warm-up covers the graph's eager steps and its capture.
+    """
     from pipeline.seeding import global_sample_ids
-    from pipeline.train import sample_batch, train_step
+    from pipeline.train import GraphedTrainStep, make_step, sample_batch
 
     device = state.device
     n_attr = state.directions.n_attributes
+    step = make_step(state, cfg)
+    if isinstance(step, GraphedTrainStep):
+        warmup = max(warmup, GraphedTrainStep.WARMUP + 2)
 
     def iteration():
         ids = global_sample_ids(state.step, rank, cfg.batch_size, world)
         batch = sample_batch(cfg, bundle.generator, n_attr, ids, device)
-        train_step(state, batch, cfg)
+        step(batch)
 
     for _ in range(warmup):
         iteration()
@@ -365,6 +375,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=10, help="timed iterations per configuration")
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations first (cuDNN autotuning)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls in fp32 (default: PyTorch's, off)")
+    p.add_argument("--no-cuda-graph", action="store_true", help="eager steps on one GPU (default: CUDA graph)")
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny random networks, gloo for 2 ranks")
     p.add_argument("--json", type=Path, help="also write all rows as JSON here")
     args = p.parse_args(argv)
@@ -374,7 +385,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    global CUDA_GRAPH
     args = parse_args(argv)
+    CUDA_GRAPH = not args.no_cuda_graph
     torch.backends.cudnn.benchmark = True
     if args.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True

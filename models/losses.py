@@ -40,12 +40,14 @@ def regressor_loss(probs_edit: torch.Tensor, probs_orig: torch.Tensor, s_full: t
     assert probs_edit.shape == probs_orig.shape == s_full.shape, (
         f"regressor loss shapes differ: {list(probs_edit.shape)}, {list(probs_orig.shape)}, {list(s_full.shape)}")
     target = (probs_orig + s_full).clamp(0, 1).float()
-    p = probs_edit.float().clamp(0, 1)
-    # Written out (same as F.binary_cross_entropy, logs clamped at -100) so that a NaN prediction
-    # yields a NaN loss the trainer reports, instead of an opaque range error; fp32 because under
-    # bf16 the log of probabilities near 0/1 loses too much.
-    log_p, log_1mp = torch.log(p).clamp_min(-100), torch.log1p(-p).clamp_min(-100)
-    return -(target * log_p + (1 - target) * log_1mp).mean()
+    p = probs_edit.float()
+    # fp32: under bf16 the log of probabilities near 0/1 loses too much. torch's BCE has the
+    # numerically safe gradient at p = 0 or 1 (clamp-style outputs hit them exactly), but it raises
+    # on NaN input; so NaNs are swapped out for it and added back (0 * NaN) to make the loss NaN,
+    # which the trainer reports, while finite inputs get exactly torch's value and gradient.
+    with torch.autocast(device_type=p.device.type, enabled=False):  # CUDA autocast refuses BCE
+        bce = F.binary_cross_entropy(torch.nan_to_num(p, nan=0.5).clamp(0, 1), torch.nan_to_num(target, nan=0.5))
+    return bce + 0.0 * (p.sum() + target.sum())
 
 
 def perceptual_loss(feats_orig: Sequence[torch.Tensor], feats_edit: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -152,7 +152,9 @@ class ModulatedConv2d(nn.Module):
     """Style-modulated convolution with optional demodulation and 2x upsampling.
 
     x [B, Cin, H, W], style [B, w_dim] -> [B, Cout, H', W'] (H' = 2H when upsampling).
-    Implemented as one grouped convolution over the batch (each sample has its own weights).
+    Computed as scale-input -> shared-weight convolution -> scale-output, which equals convolving
+    each sample with its own modulated (and demodulated) weights, as the reference does with a
+    grouped convolution, but runs as one ordinary batched convolution (much faster on GPUs).
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, w_dim: int, demodulate: bool = True,
@@ -171,21 +173,18 @@ class ModulatedConv2d(nn.Module):
 
     def forward(self, x, style):
         b, c, h, w = x.shape
-        s = self.modulation(style).view(b, 1, c, 1, 1)
-        weight = self.scale * self.weight * s  # [B, Cout, Cin, k, k]
-        if self.demodulate:
-            demod = torch.rsqrt(weight.pow(2).sum(dim=(2, 3, 4)) + 1e-8)
-            weight = weight * demod.view(b, self.out_ch, 1, 1, 1)
-        k = self.kernel_size
-        x = x.reshape(1, b * c, h, w)
+        s = self.modulation(style)                           # [B, Cin]
+        weight = self.scale * self.weight[0]                 # [Cout, Cin, k, k]
+        x = x * s.view(b, c, 1, 1).to(x.dtype)
         if self.upsample:
-            weight = weight.transpose(1, 2).reshape(b * c, self.out_ch, k, k)
-            out = F.conv_transpose2d(x, weight, padding=0, stride=2, groups=b)
-            out = out.reshape(b, self.out_ch, out.shape[2], out.shape[3])
-            return self.blur(out)
-        weight = weight.reshape(b * self.out_ch, c, k, k)
-        out = F.conv2d(x, weight, padding=self.padding, groups=b)
-        return out.reshape(b, self.out_ch, h, w)
+            out = self.blur(F.conv_transpose2d(x, weight.transpose(0, 1).to(x.dtype), padding=0, stride=2))
+        else:
+            out = F.conv2d(x, weight.to(x.dtype), padding=self.padding)
+        if self.demodulate:
+            # |W * s|^2 summed over (Cin, k, k) for each output channel: [B, Cout]
+            demod = torch.rsqrt(s.pow(2) @ weight.pow(2).sum(dim=(2, 3)).t() + 1e-8)
+            out = out * demod.view(b, self.out_ch, 1, 1).to(out.dtype)
+        return out
 
 
 class NoiseInjection(nn.Module):

@@ -92,3 +92,16 @@ def test_objective_validates_inputs(tiny_bundle):
         EditObjective(b.generator, b.regressor, b.landmarks, b.perceptual, b.discriminator, ("Bald",))
     with pytest.raises(ValueError, match="adversarial must be 0"):
         EditObjective(b.generator, b.regressor, b.landmarks, b.perceptual, None, ("Male",))
+
+
+def test_regressor_loss_gradient_is_finite_at_exact_0_and_1():
+    # clamp-style regressors output exactly 0 or 1; the gradient must stay finite there
+    probs = torch.tensor([[0.0, 1.0, 0.5]], requires_grad=True)
+    loss = regressor_loss(probs, torch.tensor([[0.2, 0.9, 0.5]]), torch.zeros(1, 3))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(probs.grad).all()
+
+
+def test_regressor_loss_is_nan_for_nan_predictions():
+    loss = regressor_loss(torch.tensor([[float("nan"), 0.5]]), torch.tensor([[0.5, 0.5]]), torch.zeros(1, 2))
+    assert torch.isnan(loss)
