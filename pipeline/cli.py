@@ -119,8 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     cli_evaluate.add_arguments(p)
     p.set_defaults(func=cli_evaluate.cmd_evaluate)
 
+    from pipeline import cli_generate
+    p = sub.add_parser("generate", help="generate a labelled augmented dataset into parquet (Ray Data)")
+    add_stage_args(p)
+    cli_generate.add_arguments(p)
+    p.set_defaults(func=cli_generate.cmd_generate)
+
     for stage, issue, text in (("tune", 5, "sweep lambda4 and landmark subsets (Ray Tune)"),
-                               ("generate", 6, "generate a labelled augmented dataset (Ray Data)"),
                                ("run", 7, "the whole chain on the embedded default")):
         p = sub.add_parser(stage, help=text + " [not yet implemented]")
         add_stage_args(p)

@@ -2,6 +2,7 @@
 
     resolve_directions("runs/x/directions.safetensors")             # a file written by save_directions
     resolve_directions("runs:/<run_id>/directions", tracking_uri)    # an artifact of an MLflow run
+    resolve_directions("runs:/<run_id>", tracking_uri)               # the same: its `directions/` folder
     resolve_directions("models:/hfld-directions/3", tracking_uri)    # a registered model version
 
 MLflow artifacts are downloaded with MLflow's own client from the given tracking store (offline
@@ -27,7 +28,8 @@ import torch
 from pipeline.checkpoints import CheckpointError, DirectionsFile, load_directions
 from pipeline.config import ConfigError
 
-RUNS_URI = re.compile(r"^runs:/([^/]+)/(.+)$")
+RUNS_URI = re.compile(r"^runs:/([^/]+)/?(.*)$")
+DEFAULT_ARTIFACT = "directions"      # the folder the train stage logs T into (pipeline.train.DIRECTIONS_ARTIFACT)
 MODELS_URI = re.compile(r"^models:/([^/@]+)(?:/([^/]+)|@([^/]+))$")
 
 
@@ -106,7 +108,7 @@ def _model_version(name: str, version: str | None, alias: str | None, tracking_u
 
 
 def resolve_directions(source: str, tracking_uri: str | None = None, field: str = "directions") -> ResolvedDirections:
-    """T from a path, "runs:/<run_id>/<artifact path>" or "models:/<name>/<version>" (or @alias).
+    """T from a path, "runs:/<run_id>[/<artifact path>]" or "models:/<name>/<version>" (or @alias).
 
     Errors are ConfigError naming `field`; nothing is left behind in temporary folders.
     """
@@ -114,14 +116,15 @@ def resolve_directions(source: str, tracking_uri: str | None = None, field: str 
         raise ConfigError(f"{field}: empty; give T as a file path, runs:/<run_id>/<path> or models:/<name>/<version>")
     runs, models = RUNS_URI.match(source), MODELS_URI.match(source)
     if source.startswith(("runs:", "models:")) and not (runs or models):
-        raise ConfigError(f"{field}: {source!r} is not runs:/<run_id>/<artifact path> or models:/<name>/<version>")
+        raise ConfigError(f"{field}: {source!r} is not runs:/<run_id>[/<artifact path>] or models:/<name>/<version>")
     if not (runs or models):
         return _from_file(Path(source).expanduser(), source, None, field)
     tmp = Path(tempfile.mkdtemp(prefix="hfld-T-"))
     try:
         if runs:
             run_id, artifact_path = runs.groups()
-            path = _download_directions(source, tracking_uri, tmp, source, field)
+            uri = f"runs:/{run_id}/{artifact_path.strip('/') or DEFAULT_ARTIFACT}"
+            path = _download_directions(uri, tracking_uri, tmp, source, field)
         else:
             name, version, alias = models.groups()
             mv = _model_version(name, version, alias, tracking_uri, field)
