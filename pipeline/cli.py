@@ -56,6 +56,17 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from pipeline.config import to_dict
+    from pipeline.run import RunConfig, run_pipeline
+    cfg = _stage_config(RunConfig, args)
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return 0
+    run_pipeline(cfg)
+    return 0
+
+
 def cmd_presets(args) -> int:
     from pipeline.presets import PRESETS
     for name, p in PRESETS.items():
@@ -125,8 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     cli_generate.add_arguments(p)
     p.set_defaults(func=cli_generate.cmd_generate)
 
-    for stage, issue, text in (("tune", 5, "sweep lambda4 and landmark subsets (Ray Tune)"),
-                               ("run", 7, "the whole chain on the embedded default")):
+    p = sub.add_parser("run", help="the whole chain (tune, train baseline + HFLD, generate, evaluate, report)")
+    add_stage_args(p)
+    p.set_defaults(func=cmd_run)
+
+    for stage, issue, text in (("tune", 5, "sweep lambda4 and landmark subsets (Ray Tune)"),):
         p = sub.add_parser(stage, help=text + " [not yet implemented]")
         add_stage_args(p)
         p.set_defaults(func=cmd_not_yet(stage, issue))
