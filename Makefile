@@ -20,7 +20,7 @@ fetch: install
 	$(BIN)/hfld zoo fetch starter
 
 demo: fetch
-	$(BIN)/hfld train --preset starter --set iterations=200 --set log_every=20 --set run_name=demo-starter --set resume=auto
+	$(BIN)/hfld run --preset starter
 
 test: fetch
 	$(BIN)/python -m pytest -q

@@ -85,13 +85,6 @@ def cmd_preview(args) -> int:
     return 0
 
 
-def cmd_not_yet(stage: str, issue: int):
-    def run(args) -> int:
-        print(f"hfld {stage}: not implemented in this version yet (tracked as issue {issue}).", file=sys.stderr)
-        return 2
-    return run
-
-
 def add_stage_args(p: argparse.ArgumentParser, with_preset: bool = True):
     p.add_argument("--config", "-c", help="YAML config file (optional: defaults apply)")
     p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
@@ -140,10 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_stage_args(p)
     p.set_defaults(func=cmd_run)
 
-    for stage, issue, text in (("tune", 5, "sweep lambda4 and landmark subsets (Ray Tune)"),):
-        p = sub.add_parser(stage, help=text + " [not yet implemented]")
-        add_stage_args(p)
-        p.set_defaults(func=cmd_not_yet(stage, issue))
+    from pipeline import cli_tune
+    p = sub.add_parser("tune", help="sweep lambda4 and landmark subsets against emotion drift (Ray Tune)")
+    add_stage_args(p)
+    cli_tune.add_arguments(p)
+    p.set_defaults(func=cli_tune.cmd_tune)
 
     from pipeline import cli_tools
     cli_tools.add_subcommands(sub)

@@ -49,11 +49,13 @@ def cmd_evaluate(args) -> int:
     from pipeline.config import to_dict
     from pipeline.evaluate import run_evaluate
     from pipeline.tracking import open_tracker
+    from pipeline.train import check_output_locations
 
     cfg = load_evaluate_config(args)
     if getattr(args, "print_config", False):
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
+    check_output_locations({"work_dir": cfg.work_dir, "output_dir": cfg.output_dir})  # before the MLflow run
     with open_tracker(cfg.tracking, work_dir=cfg.work_dir, run_name=cfg.name, stage="evaluate",
                       tags={"preset": cfg.model.preset}) as tracker:
         result = run_evaluate(cfg, tracker)

@@ -55,7 +55,7 @@ from pipeline.presets import (
 )
 from pipeline.seeding import Stream, rng_for
 from pipeline.tracking import TrackingConfig, resolve_tracking_uri
-from pipeline.train import NoiseMode, default_work_dir, latents_from_z, sample_noise
+from pipeline.train import NoiseMode, check_output_locations, default_work_dir, latents_from_z, sample_noise
 
 EditMode = Literal["target", "fixed"]
 METHODS = ("baseline", "hfld")
@@ -564,6 +564,7 @@ def run_evaluate(cfg: EvaluateConfig, tracker=None, *, bundle: ModelBundle | Non
     """
     from pipeline import report as R
 
+    check_output_locations({"work_dir": cfg.work_dir, "output_dir": cfg.output_dir})
     pair = load_pair(cfg, baseline, hfld)          # before any heavy work: a bad path fails fast
     if bundle is None:
         device = resolve_device(cfg.device)

@@ -69,7 +69,7 @@ from pipeline.policies import EditPolicy, EditPolicyConfig, build_policy
 from pipeline.presets import ModelBundle, ModelConfig, build_bundle
 from pipeline.seeding import Stream, derive_seed
 from pipeline.tracking import TrackingConfig, open_tracker, resolve_tracking_uri
-from pipeline.train import NoiseMode, default_work_dir, latents_from_z, sample_noise
+from pipeline.train import NoiseMode, check_output_locations, default_work_dir, latents_from_z, sample_noise
 
 FORMAT = "hfld-generate"
 FORMAT_VERSION = 1
@@ -1108,6 +1108,7 @@ def generate_tracker(cfg: GenerateConfig):
 def run_generation(cfg: GenerateConfig, *, bundle_factory: BundleFactory | None = None,
                    print_fn=print) -> GenerateResult:
     """What `hfld generate` runs: validate (no MLflow run for a bad config), then track the job."""
+    check_output_locations({"work_dir": cfg.work_dir, "output_dir": cfg.output_dir})
     job = prepare(cfg, bundle_factory)
     with generate_tracker(cfg) as tracker:
         return run_generate(cfg, tracker, job=job, print_fn=print_fn)

@@ -67,7 +67,7 @@ from pipeline.checkpoints import atomic_write_bytes, load_directions
 from pipeline.config import ConfigError, from_dict, to_dict
 from pipeline.presets import build_bundle
 from pipeline.tracking import NullTracker, attach_tracker
-from pipeline.train import (ProgressLine, TrainConfig, TrainResult, lineage_tags, log_final_directions,
+from pipeline.train import (ProgressLine, TrainConfig, TrainResult, is_uri, lineage_tags, log_final_directions,
                             resolve_resume, restore_state, save_checkpoint, setup_training, train_loop,
                             train_tracker)
 
@@ -131,9 +131,27 @@ def fault_plan_from_env(default_marker: Path, world_size: int) -> FaultPlan | No
 # Small helpers
 # ---------------------------------------------------------------------------------------------
 
-def storage_path(cfg: TrainConfig) -> Path:
-    """Ray's storage for checkpoints: scaling.storage_path, or <work_dir>/ray (absolute)."""
-    return Path(cfg.scaling.storage_path or Path(cfg.work_dir) / "ray").expanduser().resolve()
+def storage_path(cfg: TrainConfig) -> Path | str:
+    """Ray's storage for checkpoints: scaling.storage_path, or <work_dir>/ray. A path is made absolute;
+    a URI (s3://bucket/prefix, gs://..., any pyarrow filesystem) is given to Ray as it is."""
+    raw = cfg.scaling.storage_path
+    if raw and is_uri(raw):
+        return raw.rstrip("/")
+    return Path(raw or Path(cfg.work_dir) / "ray").expanduser().resolve()
+
+
+def ray_run_location(cfg: TrainConfig) -> Path | str:
+    """Where Ray keeps this run's checkpoints: <storage>/<run name> (a path or a URI)."""
+    storage = storage_path(cfg)
+    return f"{storage}/{cfg.name}" if isinstance(storage, str) else storage / cfg.name
+
+
+def location_exists(location: Path | str) -> bool:
+    if isinstance(location, Path):
+        return location.exists()
+    import pyarrow.fs
+    fs, path = pyarrow.fs.FileSystem.from_uri(location)
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
 
 def check_device(cfg: TrainConfig) -> None:
@@ -286,8 +304,18 @@ def train_worker(loop_config: dict) -> dict:
         save_checkpoint(d / CHECKPOINT_FILE, cfg, bundle, state, world_size=world)
         (d / METRICS_FILE).write_bytes(jsonl_bytes(history))
 
+    probe = loop_config["probe"](cfg, bundle, device) if chief and loop_config.get("probe") else None
+
+    def probed(metrics: dict, st, final: bool) -> dict:
+        """Rank 0 adds the probe's metrics (e.g. the tune stage's held-out objective) to a report."""
+        if probe is None:
+            return metrics
+        extra = probe(st, final)
+        tracker.log_metrics(extra, step=st.step)
+        return {**metrics, **extra}
+
     def on_checkpoint(st) -> None:
-        _report({**last, "step": st.step}, rank, write_checkpoint)
+        _report(probed({**last, "step": st.step}, st, False), rank, write_checkpoint)
 
     fault = FaultPlan(**loop_config["fault"]) if loop_config.get("fault") else None
     on_step = (lambda st: fault.maybe_fail(rank, st.step)) if fault else None
@@ -305,7 +333,7 @@ def train_worker(loop_config: dict) -> dict:
         if tracker:
             log_final_directions(tracker, cfg, d / DIRECTIONS_FILE, say)
 
-    _report({**final, "step": state.step, "final": 1}, rank, write_final)
+    _report(probed({**final, "step": state.step, "final": 1}, state, True), rank, write_final)
     say(f"[train] workers done: {state.step} steps")
     return {"step": state.step}
 
@@ -336,7 +364,9 @@ def ray_connection():
         ray.shutdown()
 
 
-def make_trainer(cfg: TrainConfig, loop_config: dict, storage: Path):
+def make_trainer(cfg: TrainConfig, loop_config: dict, storage: Path, callbacks=()):
+    """The TorchTrainer of one run; `callbacks`: Ray Train callbacks (the tune stage passes Ray Tune's
+    TuneReportCallback so every report reaches the Tune trial)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train import ScalingConfig as RayScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -353,7 +383,8 @@ def make_trainer(cfg: TrainConfig, loop_config: dict, storage: Path):
         run_config=RunConfig(name=cfg.name, storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=sc.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             worker_runtime_env={"env_vars": env} if env else None),
+                             worker_runtime_env={"env_vars": env} if env else None,
+                             callbacks=list(callbacks) or None),
     )
 
 
@@ -377,22 +408,29 @@ def _copy_outputs(checkpoint_dir: Path, run_dir: Path) -> list[dict]:
     return rows
 
 
-def run_train_ray(cfg: TrainConfig, *, print_fn=print) -> TrainResult:
-    """Optimise T on cfg.scaling.num_workers Ray Train workers; returns where T is (in the run dir)."""
+def run_train_ray(cfg: TrainConfig, *, print_fn=print, callbacks=(), probe=None) -> TrainResult:
+    """Optimise T on cfg.scaling.num_workers Ray Train workers; returns where T is (in the run dir).
+
+    Hooks for the tune stage (pipeline/tune.py): `callbacks` go to the TorchTrainer's RunConfig;
+    `probe` is a picklable factory probe(cfg, bundle, device) -> fn(state, final) -> {name: float},
+    built on rank 0, whose metrics join every report (each checkpoint and the final one) and the
+    MLflow run.
+    """
     if cfg.scaling.num_workers < 1:
         raise ConfigError("scaling.num_workers: 0 means in-process training; use run_train / run_training")
     check_device(cfg)
     resume_from = resolve_resume(cfg)   # a bad resume/run_name fails before anything starts
     storage = storage_path(cfg)
-    ray_run = storage / cfg.name
-    if ray_run.exists() and cfg.resume != "auto":
+    ray_run = ray_run_location(cfg)
+    if location_exists(ray_run) and cfg.resume != "auto":
         # Ray would restore its own latest checkpoint of that run, taking precedence over any path.
         raise ConfigError(f"run_name: Ray already holds a run named {cfg.name!r} in {ray_run}; choose another "
                           "run_name, or set resume=auto to continue it")
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    fault = fault_plan_from_env(ray_run / "fault-injected", cfg.scaling.num_workers)
+    marker_dir = ray_run if isinstance(ray_run, Path) else run_dir   # the marker is a local file
+    fault = fault_plan_from_env(marker_dir / "fault-injected", cfg.scaling.num_workers)
 
     with ray_connection(), train_tracker(cfg) as tracker:
         loop_config = {
@@ -401,6 +439,7 @@ def run_train_ray(cfg: TrainConfig, *, print_fn=print) -> TrainResult:
             "mlflow_run_id": tracker.run_id,
             "tracking_uri": tracker.tracking_uri,
             "fault": asdict(fault) if fault else None,
+            "probe": probe,
         }
         if tracker:
             tracker.set_tags({"ray_storage": str(ray_run), "run_dir": str(run_dir)})
@@ -408,7 +447,7 @@ def run_train_ray(cfg: TrainConfig, *, print_fn=print) -> TrainResult:
                  f"({'GPU' if cfg.scaling.use_gpu else 'CPU'}), checkpoints in {ray_run}")
         from ray.train import TrainingFailedError
         try:
-            result = make_trainer(cfg, loop_config, storage).fit()
+            result = make_trainer(cfg, loop_config, storage, callbacks).fit()
         except TrainingFailedError as e:
             raise RayTrainFailed(f"Ray Train run {cfg.name!r} failed (max_failures={cfg.scaling.max_failures}):"
                                  f"\n  {_failure_message(e)}") from e
@@ -425,4 +464,10 @@ def run_train_ray(cfg: TrainConfig, *, print_fn=print) -> TrainResult:
 
 def remove_ray_run(cfg: TrainConfig) -> None:
     """Delete Ray's stored checkpoints of this run (e.g. to start it afresh under the same name)."""
-    shutil.rmtree(storage_path(cfg) / cfg.name, ignore_errors=True)
+    location = ray_run_location(cfg)
+    if isinstance(location, Path):
+        shutil.rmtree(location, ignore_errors=True)
+    elif location_exists(location):
+        import pyarrow.fs
+        fs, path = pyarrow.fs.FileSystem.from_uri(location)
+        fs.delete_dir(path)

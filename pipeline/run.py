@@ -23,7 +23,8 @@ from pipeline.evaluate import EvaluateConfig, EvaluateResult, run_evaluate
 from pipeline.generate import GenerateConfig, GenerateResult, run_generation
 from pipeline.presets import ModelConfig
 from pipeline.tracking import TrackingConfig, open_tracker, resolve_tracking_uri
-from pipeline.train import ScalingConfig, TrainConfig, TrainResult, default_work_dir, run_training
+from pipeline.train import (ScalingConfig, TrainConfig, TrainResult, check_output_locations, default_work_dir,
+                            run_training)
 from pipeline.tune import TuneConfig, TuneResult, run_tune
 
 
@@ -32,7 +33,7 @@ PRESET_SPACES = {"tiny": "tiny", "starter": "starter", "ffhq256": "ffhq", "ffhq1
 
 def default_run_train() -> TrainConfig:
     """A budget that trains both T's in a few minutes on a 2-core CPU with the starter preset."""
-    return TrainConfig(iterations=400, batch_size=4, log_every=50, checkpoint_every=100, device="auto",
+    return TrainConfig(iterations=300, batch_size=4, log_every=50, checkpoint_every=100, device="auto",
                        scaling=ScalingConfig(num_workers=2, cpus_per_worker=0.5))
 
 
@@ -47,7 +48,7 @@ def default_run_evaluate() -> EvaluateConfig:
 def default_run_tune() -> TuneConfig:
     """A small sweep (a few minutes on 2 CPU cores); scale num_samples and max_steps up on a cluster."""
     from pipeline.tune import ObjectiveConfig, SchedulerConfig
-    return TuneConfig(num_samples=2, scheduler=SchedulerConfig(max_steps=120, eval_every=40, grace_period=40),
+    return TuneConfig(num_samples=1, scheduler=SchedulerConfig(max_steps=80, eval_every=40, grace_period=40),
                       objective=ObjectiveConfig(n_samples=32, intermediate_samples=8))
 
 
@@ -130,6 +131,7 @@ def banner(print_fn, k: int, n: int, text: str) -> None:
 def run_pipeline(cfg: RunConfig, *, print_fn=print) -> RunResult:
     """Run every stage; returns where everything is (also printed at the end)."""
     check_stage_sections(cfg)
+    check_output_locations({"work_dir": cfg.work_dir})
     t0 = time.perf_counter()
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,39 @@ def default_work_dir() -> str:
     return os.environ.get("HFLD_WORK_DIR", str(Path.home() / "hfld-work"))
 
 
+# Set by Ray for the entrypoint of a `ray job submit` job (and inherited by the commands it runs).
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def is_uri(location: str) -> bool:
+    """s3://bucket/prefix, gs://..., file:///...: a pyarrow/fsspec filesystem URI rather than a path."""
+    return "://" in location
+
+
+def check_output_locations(paths: dict[str, str], uris_allowed: dict[str, str] | None = None) -> None:
+    """Refuse output locations that would silently land in the wrong place (field name -> value).
+
+    `paths` must be filesystem paths (local, NFS...): a URI there would become a folder named "s3:"
+    in the current directory. Inside a `ray job submit` job, the current directory is a temporary copy
+    of --working-dir on the head node, deleted with the job, so relative paths are refused there too
+    (`uris_allowed` fields, e.g. Ray's storage_path, may also be URIs).
+    """
+    in_job = bool(os.environ.get(RAY_JOB_ENV))
+    for field_name, value in {**paths, **(uris_allowed or {})}.items():
+        if not value:
+            continue
+        if is_uri(value):
+            if field_name in paths:
+                raise ConfigError(f"{field_name}: {value!r} is a URI; it must be a filesystem path (a shared "
+                                  "mount such as NFS on a cluster)")
+            continue
+        if in_job and not Path(value).expanduser().is_absolute():
+            raise ConfigError(f"{field_name}: {value!r} is a relative path, and this runs as a Ray job whose "
+                              "current directory is a temporary copy of --working-dir on the head node, deleted "
+                              "with the job; give an absolute path on storage every node mounts (e.g. "
+                              "/mnt/hfld/work), or set HFLD_WORK_DIR")
+
+
 @dataclass(frozen=True)
 class ScalingConfig:
     """How many workers optimise T, and with which resources.
@@ -50,7 +83,8 @@ class ScalingConfig:
     cpus_per_worker: CPUs Ray reserves per worker (fractions allowed, e.g. 0.5).
     gpus_per_worker: GPUs per worker when use_gpu (fractions allowed).
     max_failures: worker-group restarts from the latest checkpoint before the run fails (-1 = no limit).
-    storage_path: where Ray keeps checkpoints ("" = <work_dir>/ray); shared storage on a multi-node cluster.
+    storage_path: where Ray keeps checkpoints ("" = <work_dir>/ray): on a multi-node cluster a path every
+      node mounts (NFS) or a URI Ray's pyarrow filesystems take (s3://bucket/prefix, gs://...).
     """
     num_workers: int = 0
     use_gpu: bool = False
@@ -558,6 +592,7 @@ def run_training(cfg: TrainConfig, *, bundle: ModelBundle | None = None, print_f
     Both write the same run directory (config.yaml, metrics.jsonl, directions.safetensors + .json,
     checkpoint.safetensors + .json) and record one MLflow run (unless tracking.enabled is false).
     """
+    check_output_locations({"work_dir": cfg.work_dir}, {"scaling.storage_path": cfg.scaling.storage_path})
     if cfg.scaling.num_workers == 0:
         resolve_resume(cfg)  # a bad run_name/resume fails before an MLflow run is created
         with train_tracker(cfg) as tracker:

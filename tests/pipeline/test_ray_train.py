@@ -8,13 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,7 +21,9 @@ from pipeline.config import ConfigError, from_dict, to_dict
 from pipeline.presets import ModelConfig, build_bundle
 from pipeline.train import TrainConfig, run_train, setup_training, train_loop
 
-VENV_BIN = Path(sys.executable).parent
+# `ray start` nodes of our own, stopped by killing exactly their processes (shared with tests/cluster).
+from tests.cluster.ray_cluster import VENV_BIN, LocalHead, processes_mentioning
+
 PER_WORKER_BATCH = 2
 STEPS = 6
 CHECKPOINT_EVERY = 2
@@ -236,98 +233,6 @@ def test_killed_worker_resumes_from_last_checkpoint_and_ends_with_the_same_T(
 # ---------------------------------------------------------------------------------------------
 # `ray job submit` against a head node started (and stopped) here
 # ---------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def process_tree(root: int) -> list[int]:
-    """root and all its descendants (from /proc), parents first."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop(0)
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
-def processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                if text in Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace"):
-                    pids.append(int(entry))
-            except OSError:
-                pass
-    return pids
-
-
-def stop_processes(pids: list[int], grace_s: float = 5.0) -> None:
-    """SIGTERM these processes (ours only), then SIGKILL whatever is left after the grace period."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace_s
-        while sig == signal.SIGTERM and time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
-            time.sleep(0.2)
-
-
-class LocalHead:
-    """`ray start --head --block` with its own temp dir and ports; stopped by killing exactly the
-    processes it started (never `ray stop`, which kills every Ray on the machine)."""
-
-    def __init__(self, temp_dir: Path, env: dict, log_path: Path):
-        self.temp_dir, self.env = temp_dir, env
-        self.dashboard_port = free_port()
-        self.log = open(log_path, "w")
-        cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--num-cpus=2",
-               f"--object-store-memory={300 * 2**20}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
-               f"--port={free_port()}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-               f"--dashboard-port={self.dashboard_port}", f"--dashboard-agent-listen-port={free_port()}",
-               f"--ray-client-server-port={free_port()}", "--node-ip-address=127.0.0.1"]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    @property
-    def address(self) -> str:
-        return f"http://127.0.0.1:{self.dashboard_port}"
-
-    def wait_ready(self, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ray start exited with {self.proc.returncode}: {self.log_text()}")
-            try:
-                with urllib.request.urlopen(f"{self.address}/api/version", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        raise TimeoutError(f"the Ray head's dashboard did not answer in {timeout_s} s: {self.log_text()}")
-
-    def log_text(self) -> str:
-        self.log.flush()
-        return Path(self.log.name).read_text()[-3000:]
-
-    def stop(self) -> None:
-        stop_processes(process_tree(self.proc.pid))
-        self.proc.wait(timeout=10)
-        stop_processes(processes_mentioning(str(self.temp_dir)))  # anything that left the tree
-        self.log.close()
-
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
