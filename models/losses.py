@@ -13,7 +13,6 @@ This layer knows networks and tensors only: no optimiser, no Ray, no MLflow. The
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -166,7 +165,3 @@ class EditObjective(nn.Module):
         terms["total"] = (w.regressor * terms["regressor"] + w.perceptual * terms["perceptual"]
                           + w.adversarial * terms["adversarial"] + w.landmark * terms["landmark"])
         return terms
-
-
-def is_finite(terms: dict[str, torch.Tensor]) -> bool:
-    return all(math.isfinite(float(v.detach())) for v in terms.values())

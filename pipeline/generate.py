@@ -48,7 +48,6 @@ All measurements are taken on the uint8 images (what the files hold before encod
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import json
 import logging
@@ -69,6 +68,8 @@ from pipeline.policies import EditPolicy, EditPolicyConfig, build_policy
 from pipeline.presets import ModelBundle, ModelConfig, build_bundle
 from pipeline.seeding import Stream, derive_seed
 from pipeline.tracking import TrackingConfig, open_tracker, resolve_tracking_uri
+from models.load.common import file_sha256
+from pipeline.checkpoints import atomic_write_bytes as atomic_write, current_umask
 from pipeline.train import NoiseMode, check_output_locations, default_work_dir, latents_from_z, sample_noise
 
 FORMAT = "hfld-generate"
@@ -802,7 +803,7 @@ def write_shard(job: GenerateJob, shard: int, rows: dict) -> dict:
                        write_statistics=False)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, readable_mode())
+        os.chmod(tmp, 0o666 & ~current_umask())
         record = {"file": final.name, "shard": shard, "rows": table.num_rows, "bytes": os.path.getsize(tmp),
                   "sha256": file_sha256(Path(tmp)), "qc_pass": int(np.asarray(rows["qc_pass"]).sum())}
         atomic_write(record_path(job, shard), json.dumps(record, sort_keys=True, indent=1).encode())
@@ -811,37 +812,6 @@ def write_shard(job: GenerateJob, shard: int, rows: dict) -> dict:
         Path(tmp).unlink(missing_ok=True)
         raise
     return record
-
-
-def readable_mode() -> int:
-    """rw-r--r-- within the umask (mkstemp makes 0600 files; datasets are meant to be read by others)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to a hidden temp file beside `path`, fsync, then rename: never a partial `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, readable_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def record_path(job: GenerateJob, shard: int) -> Path:

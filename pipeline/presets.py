@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from models.load.common import file_sha256  # noqa: F401 (also used by presets_paper)
 from pipeline.config import ConfigError, require
 from pipeline.seeding import Stream, derive_seed
 
@@ -89,14 +90,6 @@ def tensor_hash(module: nn.Module) -> str:
     for k, v in sorted(module.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().float().numpy().tobytes())
-    return h.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
     return h.hexdigest()
 
 

@@ -24,7 +24,7 @@ import yaml
 from torch import nn
 
 from models.editing import DirectionMatrix, EditSampling, sample_edits
-from models.losses import TERMS, EditObjective, LossWeights, assert_frozen, is_finite
+from models.losses import TERMS, EditObjective, LossWeights, assert_frozen
 from pipeline.checkpoints import DirectionsFile, load_directions, save_directions
 from pipeline.config import ConfigError, require, to_dict
 from pipeline.presets import ModelBundle, ModelConfig, build_bundle, resolve_device

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from models.errors import WeightsError
-from models.load.common import require_file
+from models.load.common import file_sha256, require_file
 from models.load.stylegan2 import StyleGAN2Weights, build_from_state, save_stylegan2_safetensors
 from models.stylegan2 import make_blur_kernel
 
@@ -651,14 +651,6 @@ def read_nvidia_pickle(pkl_path: str | Path, expected_resolution: int | None = N
     return convert_network_records(read_network_pickle(path), path, expected_resolution)[0]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def convert_nvidia_pickle(pkl_path: str | Path, out_path: str | Path) -> Path:
     """Convert an ada network pickle to `<out>.safetensors` + `<out>.json` (load with load_stylegan2).
 
@@ -670,7 +662,7 @@ def convert_nvidia_pickle(pkl_path: str | Path, out_path: str | Path) -> Path:
         raise WeightsError(f"{ROLE}: output {out_path} must end with .safetensors (the loaders dispatch on it)")
     weights, settings = convert_network_records(read_network_pickle(pkl_path), pkl_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    extra = {"source_file": pkl_path.name, "source_sha256": _sha256(pkl_path), "source_format": SOURCE_FORMAT,
+    extra = {"source_file": pkl_path.name, "source_sha256": file_sha256(pkl_path), "source_format": SOURCE_FORMAT,
              "source_settings": settings}
     return save_stylegan2_safetensors(weights, out_path, extra)
 
