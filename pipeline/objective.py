@@ -58,7 +58,14 @@ from models.editing import DirectionMatrix
 from pipeline import metrics as M
 from pipeline.checkpoints import atomic_write_bytes
 from pipeline.config import ConfigError
-from pipeline.evaluate import EXTREMES, TRAINING_JUDGE, EvaluateConfig, extreme_amount, face_batch, judges_of
+from pipeline.evaluate import (
+    EXTREMES,
+    TRAINING_JUDGE,
+    EvaluateConfig,
+    extreme_amount,
+    face_batch,
+    judges_of,
+)
 from pipeline.presets import ModelBundle
 from pipeline.seeding import Stream
 from pipeline.train import NoiseMode
@@ -104,7 +111,7 @@ class HeldOutSet:
     def noise_rows(self, index: slice) -> list[torch.Tensor] | str:
         return self.noise if isinstance(self.noise, str) else [n[index] for n in self.noise]
 
-    def head(self, n: int) -> "HeldOutSet":
+    def head(self, n: int) -> HeldOutSet:
         """The first n faces (the intermediate evaluations' subset)."""
         n = min(n, len(self))
         rows = slice(0, n)
@@ -129,7 +136,7 @@ class HeldOutSet:
         return path
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> "HeldOutSet":
+    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> HeldOutSet:
         meta = _safetensors_metadata(data, source)
         if meta.get("format") != HELD_OUT_FORMAT or meta.get("version") != HELD_OUT_VERSION:
             raise ConfigError(f"{source}: not a held-out set of this version (format {meta.get('format')!r}, "
@@ -142,13 +149,13 @@ class HeldOutSet:
                    t["original_attributes"], meta)
 
     @classmethod
-    def load(cls, path: str | Path) -> "HeldOutSet":
+    def load(cls, path: str | Path) -> HeldOutSet:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"held-out set {path} not found")
         return cls.from_bytes(path.read_bytes(), str(path))
 
-    def to(self, device: torch.device) -> "HeldOutSet":
+    def to(self, device: torch.device) -> HeldOutSet:
         noise = self.noise if isinstance(self.noise, str) else [n.to(device) for n in self.noise]
         return HeldOutSet(self.wplus.to(device), noise, self.attributes, self.amounts.to(device),
                           self.targets.to(device), self.original_attributes.to(device), self.meta)

@@ -39,9 +39,10 @@ lambda4, landmark groups, attributes and layer mask: `hfld train --config best_t
 trials.csv (every trial: status COMPLETED / STOPPED (early stopping; its metrics are the last
 intermediate ones) / ERROR, its choices, every objective component, score, feasibility, MLflow run
 id, the trial's T; a first line starting with "#" states the score's definition, so read it with
-pandas.read_csv(path, comment="#") or pipeline.tune.read_table), pareto.png (edit success vs. emotion drift, baseline and best marked), held_out.safetensors (the
-fixed faces and edits), summary.json, space.yaml (a copy of the space) and config.yaml. The best is
-the argmin of `score` over COMPLETED trials. Trial runs live in trials/, Ray's state in ray/.
+pandas.read_csv(path, comment="#") or pipeline.tune.read_table), pareto.png (edit success vs.
+emotion drift, baseline and best marked), held_out.safetensors (the fixed faces and edits),
+summary.json, space.yaml (a copy of the space) and config.yaml. The best is the argmin of `score`
+over COMPLETED trials. Trial runs live in trials/, Ray's state in ray/ (see trial_scaling).
 MLflow: a parent run for the sweep (params = the resolved config, metrics best.* and baseline.*,
 the files above as artifacts) and a nested run per trial (its TrainConfig, lambda4 and subset params,
 objective metrics at every evaluation step; early-stopped trials end KILLED, failed ones FAILED).
@@ -64,18 +65,32 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import yaml
 
 from pipeline.config import ConfigError, read_yaml, require, to_dict
 from pipeline.evaluate import EditMode, json_safe
-from pipeline.objective import (SCORE_DEFINITION, HeldOutSet, ObjectiveEvaluator, build_held_out, emotion_judge,
-                                score)
+from pipeline.objective import (
+    SCORE_DEFINITION,
+    HeldOutSet,
+    ObjectiveEvaluator,
+    build_held_out,
+    emotion_judge,
+    score,
+)
 from pipeline.tracking import TrackingConfig, open_tracker
-from pipeline.train import ScalingConfig, TrainConfig, default_work_dir
+from pipeline.train import (
+    ScalingConfig,
+    TrainConfig,
+    check_output_locations,
+    default_work_dir,
+    is_uri,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SPACES_DIR = REPO / "tune_spaces"
@@ -180,7 +195,10 @@ class TuneConfig:
     search_seed: seed of Tune's sampler (BasicVariantGenerator).
     max_concurrent_trials: trials running at once.
     trial_scaling: Ray Train workers of every trial (num_workers >= 1; gpus_per_worker may be a
-      fraction so trials share a GPU; storage_path "" = <sweep dir>/ray/train).
+      fraction so trials share a GPU). Its storage_path is where Ray keeps the sweep's state (Tune's
+      experiments baseline/ and sweep/, and the trials' Train checkpoints in train/): "" =
+      <sweep dir>/ray; otherwise <storage_path>/tune/<name>, a path every node mounts or a URI
+      (s3://bucket/prefix) on a multi-node cluster.
     driver_memory_mb: memory Ray reserves for each trial's driver (which holds no CPU).
     resume: "" = a new sweep (an existing sweep folder of the same name is an error); "auto" = if the
       folder holds a finished sweep (summary.json), return its results without running anything.
@@ -249,7 +267,10 @@ def preset_vocabulary(preset: str) -> Vocabulary | None:
         from pipeline.presets import TINY_ATTRIBUTES
         return Vocabulary(tuple(TINY_LANDMARK_GROUPS), TINY_ATTRIBUTES, 8)
     if preset in ("ffhq256", "ffhq1024"):
-        from models.paper_nets import CELEBA_ATTRIBUTES, JD106_GROUPS   # load_landmark106's default layout
+        from models.paper_nets import (  # load_landmark106's default layout
+            CELEBA_ATTRIBUTES,
+            JD106_GROUPS,
+        )
         return Vocabulary(tuple(JD106_GROUPS), CELEBA_ATTRIBUTES, 14 if preset == "ffhq256" else 18)
     return None
 
@@ -473,7 +494,7 @@ class ObjectiveProbe:
 
     def reference_at(self, step: int) -> float | None:
         """The baseline's edit success at `step` (its last evaluation at or before it)."""
-        if self.reference is None:
+        if not self.reference:          # None: a baseline; (): a baseline that never evaluated
             return None
         earlier = [v for s, v in self.reference if s <= step]
         return earlier[-1] if earlier else self.reference[0][1]
@@ -552,10 +573,18 @@ class TuneResult:
     mlflow_run_id: str | None = None
 
 
+def ray_storage(cfg: TuneConfig) -> str:
+    """Where Ray keeps the sweep: <storage_path>/tune/<name> (a path or a URI), else <sweep dir>/ray."""
+    given = cfg.trial_scaling.storage_path
+    if not given:
+        return str(cfg.out_dir / "ray")
+    if is_uri(given):
+        return f"{given.rstrip('/')}/tune/{cfg.name}"
+    return str(Path(given).expanduser().resolve() / "tune" / cfg.name)
+
+
 def trial_base_config(cfg: TuneConfig, out_dir: Path, tracking: TrackingConfig) -> TrainConfig:
-    scaling = cfg.trial_scaling
-    if not scaling.storage_path:
-        scaling = replace(scaling, storage_path=str(out_dir / "ray" / "train"))
+    scaling = replace(cfg.trial_scaling, storage_path=f"{ray_storage(cfg)}/train")
     return replace(cfg.train, iterations=cfg.scheduler.max_steps, checkpoint_every=cfg.scheduler.eval_every,
                    log_every=min(cfg.train.log_every, cfg.scheduler.eval_every), scaling=scaling,
                    device="auto", work_dir=str(out_dir / "trials"), resume="", tracking=tracking, run_name="")
@@ -580,7 +609,7 @@ def choice_grid(space: TuneSpace) -> dict:
 
 
 def make_tuner(cfg: TuneConfig, setup: TrialSetup, param_space: dict, name: str, num_samples: int, scheduler,
-               storage: Path):
+               storage: str):
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -662,7 +691,7 @@ def baseline_curve(result) -> tuple[tuple[int, float], ...]:
 
 
 def run_phase(cfg: TuneConfig, setup: TrialSetup, param_space: dict, name: str, num_samples: int, scheduler,
-              storage: Path) -> list:
+              storage: str) -> list:
     grid = make_tuner(cfg, setup, param_space, name, num_samples, scheduler, storage).fit()
     return [grid[i] for i in range(len(grid))]
 
@@ -813,7 +842,7 @@ def log_sweep(tracker, cfg: TuneConfig, rows: list[dict], best: dict, files: dic
     metrics = {"n_trials": float(len(rows)), "n_completed": float(sum(r["status"] == COMPLETED for r in rows)),
                "n_stopped": float(sum(r["status"] == STOPPED for r in rows)),
                "n_errors": float(sum(r["status"] == ERROR for r in rows))}
-    for prefix, r in (("best", best), *((("baseline", b) for b in baselines[:1]))):
+    for prefix, r in (("best", best), *(("baseline", b) for b in baselines[:1])):
         for key in ("score", "lambda4", "emotion_tv_pp", "landmark_drift", "edit_success_pp"):
             metrics[f"{prefix}.{key}"] = r[key]
     tracker.log_metrics(metrics)
@@ -837,6 +866,7 @@ def prepare(cfg: TuneConfig, print_fn=print):
     from pipeline.presets import build_bundle, resolve_device
     from pipeline.train import resolve_attributes
 
+    check_output_locations({"work_dir": cfg.work_dir}, {"trial_scaling.storage_path": cfg.trial_scaling.storage_path})
     space = load_space(cfg.space, cfg.train.model.preset)              # cheap: fails first
     out_dir = cfg.out_dir
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -881,16 +911,15 @@ def run_tune(cfg: TuneConfig, tracker=None, *, print_fn=print) -> TuneResult:
     shutil.copyfile(resolve_space_path(cfg.space), files["space"])
     files["config"].write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
-    own = tracker is None
-    tracker_cm = open_tracker(cfg.tracking, work_dir=cfg.work_dir, run_name=cfg.name, stage="tune",
-                              tags={"preset": cfg.train.model.preset, "space": str(resolve_space_path(cfg.space))}) \
-        if own else _borrowed(tracker)
-    with tracker_cm as tracker:
-        if tracker:
-            tracker.log_params(to_dict(cfg))
-        rows = _sweep(cfg, space, held_out, tracker, out_dir, print_fn)
-        if tracker and hasattr(tracker, "client"):
-            annotate_child_runs(tracker, rows)
+    opened = open_tracker(cfg.tracking, work_dir=cfg.work_dir, run_name=cfg.name, stage="tune",
+                          tags={"preset": cfg.train.model.preset, "space": str(resolve_space_path(cfg.space))}) \
+        if tracker is None else nullcontext(tracker)      # a caller's run is the caller's to end
+    with opened as run:
+        if run:
+            run.log_params(to_dict(cfg))
+        rows = _sweep(cfg, space, held_out, run, out_dir, print_fn)
+        if run and hasattr(run, "client"):
+            annotate_child_runs(run, rows)
         try:
             best = pick_best(rows)
         except TuneFailed:
@@ -908,17 +937,17 @@ def run_tune(cfg: TuneConfig, tracker=None, *, print_fn=print) -> TuneResult:
                    "best": best, "baselines": [r for r in rows if r["role"] == "baseline"],
                    "counts": {s: sum(r["status"] == s for r in rows) for s in (COMPLETED, STOPPED, ERROR)},
                    "files": {k: p.name for k, p in files.items()}, "seconds": time.perf_counter() - t0,
-                   "mlflow_run_id": getattr(tracker, "run_id", None), "trials": rows}
+                   "mlflow_run_id": getattr(run, "run_id", None), "trials": rows}
         files["summary"] = out_dir / "summary.json"
         files["summary"].write_text(json.dumps(json_safe(summary), indent=1))
-        if tracker:
-            log_sweep(tracker, cfg, rows, best, files)
+        if run:
+            log_sweep(run, cfg, rows, best, files)
     print_fn(f"[tune] best: trial {best['trial_id']} ({best['role']}) subset {best['subset']!r} lambda4 "
              f"{best['lambda4']:.4g}: score {best['score']:.4g}, emotion drift {best['emotion_tv_pp']:.3g} pp, "
              f"edit success {best['edit_success_pp']:.3g} pp")
     print_fn(f"[tune] train it: hfld train --config {files['best_config']}")
     return TuneResult(out_dir, files["best_config"], files["table"], files["plot"], files["held_out"],
-                      files["summary"], rows, best, getattr(tracker, "run_id", None))
+                      files["summary"], rows, best, getattr(run, "run_id", None))
 
 
 def load_sweep(out_dir: str | Path) -> TuneResult:
@@ -928,19 +957,6 @@ def load_sweep(out_dir: str | Path) -> TuneResult:
     files = {k: out_dir / name for k, name in summary["files"].items()}
     return TuneResult(out_dir, files["best_config"], files["table"], files["plot"], files["held_out"],
                       out_dir / "summary.json", summary["trials"], summary["best"], summary.get("mlflow_run_id"))
-
-
-class _borrowed:
-    """A caller's tracker used as a context manager that does not end the caller's run."""
-
-    def __init__(self, tracker):
-        self.tracker = tracker
-
-    def __enter__(self):
-        return self.tracker
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _sweep(cfg: TuneConfig, space: TuneSpace, held_out: HeldOutSet, tracker, out_dir: Path, print_fn) -> list[dict]:
@@ -954,10 +970,10 @@ def _sweep(cfg: TuneConfig, space: TuneSpace, held_out: HeldOutSet, tracker, out
                            o.batch_size)
     base = trial_base_config(cfg, out_dir, trial_tracking(cfg, tracker))
     setup = TrialSetup(base, space, probe, run_prefix=cfg.name, fail_subset=os.environ.get(FAIL_SUBSET_ENV, ""))
-    storage = out_dir / "ray"
+    storage = ray_storage(cfg)
     with ray_connection():
         baseline_space = {"role": "baseline", "lambda4": 0.0, "subset": BASELINE_SUBSET, **choice_grid(space)}
-        print_fn(f"[tune] phase 1: baseline (lambda4 = 0) for every attribute set x layer mask")
+        print_fn("[tune] phase 1: baseline (lambda4 = 0) for every attribute set x layer mask")
         baselines = run_phase(cfg, setup, baseline_space, "baseline", 1, None, storage)
         rows = [result_row(r, setup) for r in baselines]
         failed = [(row, r) for row, r in zip(rows, baselines) if row["status"] != COMPLETED]

@@ -12,8 +12,14 @@ from models.editing import DirectionMatrix
 from pipeline import metrics as M
 from pipeline.config import ConfigError
 from pipeline.evaluate import EvaluateConfig, face_batch
-from pipeline.objective import (INFEASIBLE_OFFSET, HeldOutSet, ObjectiveEvaluator, build_held_out, emotion_judge,
-                                score)
+from pipeline.objective import (
+    INFEASIBLE_OFFSET,
+    HeldOutSet,
+    ObjectiveEvaluator,
+    build_held_out,
+    emotion_judge,
+    score,
+)
 from pipeline.presets import ModelConfig, build_bundle
 
 ATTRIBUTES = ("Male", "Young")
