@@ -43,12 +43,13 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from pipeline.checkpoints import save_directions  # noqa: E402
-from pipeline.config import from_dict  # noqa: E402
-from pipeline.generate import (GenerateConfig, GeneratorStage, ScorerStage, chunk_latents, encode_image,  # noqa: E402
-                               gpu_jpeg, prepare, run_generate)
+from pipeline.core.config import from_dict  # noqa: E402
+from pipeline.core.directions import save_directions  # noqa: E402
+from pipeline.core.seeding import Stream, derive_seed  # noqa: E402
 from pipeline.presets import ModelBundle, ModelConfig, build_bundle, tensor_hash  # noqa: E402
-from pipeline.seeding import Stream, derive_seed  # noqa: E402
+from pipeline.stages.generate import GenerateConfig, ImageConfig, prepare, run_generate  # noqa: E402
+from pipeline.stages.generate.actors import GeneratorStage, ScorerStage, encode_image, gpu_jpeg  # noqa: E402
+from pipeline.stages.generate.plan import chunk_latents  # noqa: E402
 
 if __name__ != "__main__" and __name__ in sys.modules:
     # Imported by a test under a module name Ray workers cannot import: ship this module by value.
@@ -150,7 +151,6 @@ def in_process(job, args, size: int) -> dict:
     out["encode_per_core"] = {}
     for fmt in ("png", "jpeg", "webp"):
         settings = image_settings(f"{fmt}-cpu")
-        from pipeline.generate import ImageConfig
         image_cfg = ImageConfig(**settings)
         n = max(3, int(args.iters * 2))
         t = timed(lambda: encode_image(pixels, image_cfg), torch.device("cpu"), 1, n)

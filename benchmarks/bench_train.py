@@ -5,7 +5,7 @@
     python benchmarks/bench_train.py --resolutions 256 --gpus 1 --batches 1 2 4 8 16 32
     python benchmarks/bench_train.py --tiny                   # CPU smoke test with the tiny networks
 
-What is timed is exactly one iteration of pipeline/train.py's loop: draw the batch's latents and
+What is timed is exactly one iteration of pipeline/stages/train's loop: draw the batch's latents and
 edit amounts from their global sample ids (sample_batch), then train_step: x = G(w) and x' =
 G(w + T s) through the StyleGAN2 synthesis network, the regressor (ResNet50, 40 CelebA outputs), the
 landmark model (ResNet18, 106 points), VGG19 conv1_1..conv2_2 features and the StyleGAN2
@@ -101,8 +101,8 @@ CUDA_GRAPH = True  # set from --no-cuda-graph
 
 def make_config(precision: str, batch: int, device: torch.device, attributes: tuple[str, ...]):
     """The paper's training settings (all four losses, Adam 1e-4) at one per-GPU batch."""
-    from pipeline.config import from_dict
-    from pipeline.train import TrainConfig
+    from pipeline.core.config import from_dict
+    from pipeline.stages.train import TrainConfig
     return from_dict(TrainConfig, {
         "model": {"preset": "tiny"}, "attributes": list(attributes), "batch_size": batch,
         "precision": precision, "device": str(device), "iterations": 10**9, "work_dir": "/nonexistent",
@@ -125,13 +125,13 @@ def sync(device: torch.device) -> None:
 
 def time_iterations(cfg, bundle, state, rank: int, world: int, warmup: int, steps: int,
                     barrier=lambda: None) -> tuple[float, float]:
-    """(seconds per iteration, peak GiB) of sample_batch + the step, as in pipeline.train.train_loop.
+    """(seconds per iteration, peak GiB) of sample_batch + the step, as in pipeline.stages.train.loop.train_loop.
 
-    The step is pipeline.train.make_step's: a replayed CUDA graph on one GPU (unless
+    The step is pipeline.stages.train.step.make_step's: a replayed CUDA graph on one GPU (unless
     --no-cuda-graph), eager otherwise; warm-up covers the graph's eager steps and its capture.
     """
-    from pipeline.seeding import global_sample_ids
-    from pipeline.train import GraphedTrainStep, make_step, sample_batch
+    from pipeline.core.seeding import global_sample_ids
+    from pipeline.stages.train.step import GraphedTrainStep, make_step, sample_batch
 
     device = state.device
     n_attr = state.directions.n_attributes
@@ -172,7 +172,7 @@ def free_memory(device: torch.device) -> None:
 
 
 def bench_one_device(args, device: torch.device) -> list[Row]:
-    from pipeline.train import setup_training
+    from pipeline.stages.train.step import setup_training
 
     rows: list[Row] = []
     for resolution in args.resolutions:
@@ -209,7 +209,7 @@ def ddp_worker(rank: int, world: int, args, port: int, out_path: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from pipeline.train import setup_training
+    from pipeline.stages.train.step import setup_training
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     use_cuda = torch.cuda.is_available() and not args.tiny

@@ -5,7 +5,7 @@ The weights come from PyPI `gan-face-generate==1.1.1` (trained on DigiFace-1M); 
 with strict key and shape matching.
 
 A DCGAN has no mapping network and no per-layer styles, so it is mapped onto the Generator contract
-of DESIGN.md section 3 like this:
+of docs/architecture.md ("Contracts") like this:
     z      [B, nz]          latent code, z ~ N(0, I)
     w      [B, nz]          mapping is the identity: W = Z
     wplus  [B, 1, nz]       one "latent layer" (n_latent = 1)
@@ -71,7 +71,7 @@ class DCGANGenerator(nn.Module):
         """
         return super().train(False)
 
-    # -- contract of DESIGN.md section 3 ----------------------------------------------------------
+    # -- contract of docs/architecture.md ("Contracts") ----------------------------------------------
     def mapping(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, nz] -> w [B, nz]. The identity: the DCGAN has no mapping network (W = Z)."""
         assert z.ndim == 2 and z.shape[1] == self.nz, f"z must be [B, {self.nz}], got {list(z.shape)}"

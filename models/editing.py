@@ -47,14 +47,14 @@ class DirectionMatrix(nn.Module):
         masked_T = self.T * self.layer_mask[:, None, None]
         return torch.einsum("ldn,bn->bld", masked_T, s.to(masked_T.dtype))
 
-    def apply(self, wplus: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def edit(self, wplus: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """wplus [B, L, w_dim], s [B, N] -> wplus + T s [B, L, w_dim]."""
         assert wplus.ndim == 3 and wplus.shape[1:] == (self.n_latent, self.w_dim), (
             f"wplus must be [B, {self.n_latent}, {self.w_dim}], got {list(wplus.shape)}")
         return wplus + self.offsets(s).to(wplus.dtype)
 
     def forward(self, wplus: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        return self.apply(wplus, s)
+        return self.edit(wplus, s)
 
 
 def scatter_edits(s: torch.Tensor, attribute_index: torch.Tensor, n_regressor: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ symmetric `padding=` cannot), so padding is explicit with F.pad.
 
 The pure nets take face-api's own input (0..255 pixels, already 112x112) so they can be compared
 with TF.js number for number; the role wrappers `FaceApiLandmarks68` / `FaceApiExpression` take the
-generator's images ([-1, 1], any square size) and follow the DESIGN.md section 3 contracts.
+generator's images ([-1, 1], any square size) and follow the contracts of docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The objective of He & McGough (2025): regressor, perceptual, adversarial and HFLD landmark losses.
 
 This layer knows networks and tensors only: no optimiser, no Ray, no MLflow. The stage loop
-(pipeline/train.py) samples inputs, calls `EditObjective`, and steps the optimiser.
+(pipeline/stages/train) samples inputs, calls `EditObjective`, and steps the optimiser.
 
     x  = G(w),  x' = G(w + T s)   (same noise)
     L_reg = BCE(R(x'), clamp(R(x) + s, 0, 1))
@@ -151,7 +151,7 @@ class EditObjective(nn.Module):
     def forward(self, directions: DirectionMatrix | nn.Module, wplus: torch.Tensor, s: torch.Tensor, noise,
                 orig: OriginalPass) -> dict[str, torch.Tensor]:
         """Loss terms (each a scalar) and their weighted sum under "total"."""
-        # Call the module (not .apply) so a DDP wrapper around T sees the forward and syncs gradients.
+        # Call the module (not .edit) so a DDP wrapper around T sees the forward and syncs gradients.
         edited = self.G.synthesis(directions(wplus, s), noise)
         s_full = scatter_edits(s.to(orig.probs.dtype), self.attribute_index, orig.probs.shape[1])
         terms = {

@@ -331,16 +331,6 @@ DEEPFACE_EMOTION_SIZE = 48
 LUMA_RGB = (0.299, 0.587, 0.114)  # cv2's BGR2GRAY weights, listed for R, G, B
 
 
-def deepface_emotion_net() -> nn.Module:
-    """A fresh (random) instance of deepface's own EmotionModel class [n, 1, 48, 48] -> probs [n, 7].
-
-    Imported here, not at module import: importing deepface's model module creates no folders and
-    downloads nothing (only deepface.DeepFace does the former, only its load_model the latter).
-    """
-    from deepface.models.demography.pytorch.Emotion import EmotionModel
-    return EmotionModel()
-
-
 def letterbox(image: torch.Tensor, size: int) -> torch.Tensor:
     """Fit [B, C, H, W] into size x size keeping the aspect ratio, zero-padded around the centre.
 
@@ -360,7 +350,8 @@ def letterbox(image: torch.Tensor, size: int) -> torch.Tensor:
 class DeepFaceEmotion(nn.Module):
     """EmotionModel role: image [B, 3, H, W] in [-1, 1] -> probs [B, 7] in DeepFace's label order.
 
-    Wraps deepface's pytorch EmotionModel (`net`, its own class, its own state-dict keys) with the
+    Wraps deepface's pytorch EmotionModel (`net`, its own class, its own state-dict keys; made by
+    models.load.paper_nets.deepface_emotion_net) with the
     preprocessing DeepFace.analyze(..., detector_backend="skip") applies (module docstring):
     [0, 1] scale, gray, letterbox to 224, resize to 48; differentiable end to end. Gray and
     bilinear resizing are both linear, so taking gray first (cheaper) gives the same numbers.
@@ -369,9 +360,9 @@ class DeepFaceEmotion(nn.Module):
 
     labels = DEEPFACE_EMOTION_LABELS
 
-    def __init__(self, net: nn.Module | None = None, analyze_size: int | None = DEEPFACE_ANALYZE_SIZE):
+    def __init__(self, net: nn.Module, analyze_size: int | None = DEEPFACE_ANALYZE_SIZE):
         super().__init__()
-        self.net = net if net is not None else deepface_emotion_net()
+        self.net = net
         self.analyze_size = analyze_size
         self.register_buffer("luma", torch.tensor(LUMA_RGB).view(1, 3, 1, 1), persistent=False)
 

@@ -281,7 +281,7 @@ class Generator(nn.Module):
         # Average w; loaders overwrite it with the checkpoint's latent_avg when there is one.
         self.register_buffer("w_avg", torch.zeros(w_dim), persistent=False)
 
-    # -- contract of DESIGN.md section 3 ----------------------------------------------------------
+    # -- contract of docs/architecture.md ("Contracts") ----------------------------------------------
     def mapping(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, w_dim] -> w [B, w_dim]."""
         assert z.ndim == 2 and z.shape[1] == self.w_dim, f"z must be [B, {self.w_dim}], got {list(z.shape)}"

@@ -1,6 +1,6 @@
 """Tiny randomly initialised stand-ins for every role, so each stage runs on a CPU in seconds.
 
-They honour the role contracts of DESIGN.md section 3 (images in [-1, 1], own resizing, outputs in
+They honour the role contracts of docs/architecture.md (images in [-1, 1], own resizing, outputs in
 the documented ranges) but have learned nothing: results obtained with them mean nothing.
 """
 

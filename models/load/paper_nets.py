@@ -20,7 +20,7 @@ from torch import nn
 from models.errors import WeightsError
 from models.load.common import load_state_strict, read_torch_file, require_file
 from models.paper_nets import (CELEBA_ATTRIBUTES, DEFAULT_VGG_LAYERS, CelebAAttributeRegressor, DeepFaceEmotion,
-                               Landmark106, VGGPerceptual, deepface_emotion_net)
+                               Landmark106, VGGPerceptual)
 
 REGRESSOR_ROLE = "attribute regressor (ResNet50-40 CelebA)"
 REGRESSOR_HINT = ("Expected the Enjoy Your Editing release's ResNet-50 CelebA regressor checkpoint "
@@ -118,6 +118,17 @@ def deepface_weights_path(deepface_home: str | Path | None = None) -> Path:
     home = `deepface_home`, else $DEEPFACE_HOME, else the user's home (deepface's own rule)."""
     home = deepface_home if deepface_home is not None else os.environ.get("DEEPFACE_HOME") or Path.home()
     return Path(home).expanduser() / ".deepface" / "weights" / DEEPFACE_WEIGHTS_NAME
+
+
+def deepface_emotion_net() -> nn.Module:
+    """A fresh (random) instance of deepface's own EmotionModel class [n, 1, 48, 48] -> probs [n, 7].
+
+    Imported here, not at module import: importing deepface's model module creates no folders and
+    downloads nothing (only deepface.DeepFace does the former, only its load_model the latter).
+    """
+    from deepface.models.demography.pytorch.Emotion import EmotionModel
+    return EmotionModel()
+
 
 
 def load_deepface_emotion(deepface_home: str | Path | None = None, weights_file: str | Path | None = None,

@@ -33,8 +33,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.checkpoints import load_directions
-from pipeline.config import ConfigError, from_dict
+from pipeline.core.directions import load_directions
+from pipeline.core.config import ConfigError, from_dict
 from tests.cluster.ray_cluster import VENV_BIN, JobRun, LocalCluster, MlflowServer
 
 TRAIN_STEPS = 4
@@ -217,31 +217,32 @@ def test_mlflow_server_holds_the_jobs_runs_with_artifacts_and_lineage(pipeline_j
 @pytest.fixture
 def in_ray_job(monkeypatch):
     """The environment `ray job submit` gives its entrypoint."""
-    from pipeline.train import RAY_JOB_ENV
+    from pipeline.core.paths import RAY_JOB_ENV
     monkeypatch.setenv(RAY_JOB_ENV, json.dumps({"runtime_env": {}, "metadata": {}}))
 
 
 def test_stages_refuse_relative_output_paths_inside_a_ray_job(in_ray_job, tmp_path):
-    from pipeline.evaluate import EvaluateConfig, run_evaluate
-    from pipeline.generate import GenerateConfig, run_generation
-    from pipeline.train import TrainConfig, run_training
+    from pipeline.stages.evaluate import EvaluateConfig, run_evaluate
+    from pipeline.stages.generate import GenerateConfig, run_generate
+    from pipeline.stages.train import TrainConfig, run_train
 
     absolute = str(tmp_path / "work")
     with pytest.raises(ConfigError, match=r"^work_dir: 'runs' is a relative path.*Ray job"):
-        run_training(from_dict(TrainConfig, {"model": {"preset": "tiny"}, "work_dir": "runs"}))
+        run_train(from_dict(TrainConfig, {"model": {"preset": "tiny"}, "work_dir": "runs"}))
     with pytest.raises(ConfigError, match=r"^scaling\.storage_path: 'ckpt' is a relative path"):
-        run_training(from_dict(TrainConfig, {"work_dir": absolute, "scaling": {"num_workers": 2,
+        run_train(from_dict(TrainConfig, {"work_dir": absolute, "scaling": {"num_workers": 2,
                                                                                "storage_path": "ckpt"}}))
     with pytest.raises(ConfigError, match=r"^output_dir: 'out' is a relative path"):
-        run_generation(from_dict(GenerateConfig, {"work_dir": absolute, "output_dir": "out"}))
+        run_generate(from_dict(GenerateConfig, {"work_dir": absolute, "output_dir": "out"}))
     with pytest.raises(ConfigError, match=r"^work_dir: 'w' is a relative path"):
         run_evaluate(from_dict(EvaluateConfig, {"work_dir": "w"}))
     assert not (tmp_path / "work").exists() and not Path("runs").exists() and not Path("out").exists()
 
 
 def test_output_locations_outside_a_job_and_uris(tmp_path, monkeypatch):
-    from pipeline.ray_train import ray_run_location, storage_path
-    from pipeline.train import RAY_JOB_ENV, TrainConfig, check_output_locations
+    from pipeline.core.paths import RAY_JOB_ENV, check_output_locations
+    from pipeline.stages.train import TrainConfig
+    from pipeline.stages.train.ray_train import ray_run_location, storage_path
 
     monkeypatch.delenv(RAY_JOB_ENV, raising=False)
     check_output_locations({"work_dir": "relative/is/fine/locally"}, {"scaling.storage_path": "ckpt"})
@@ -260,22 +261,25 @@ def test_output_locations_outside_a_job_and_uris(tmp_path, monkeypatch):
 def test_docs_job_configs_load_and_write_only_to_absolute_paths(in_ray_job):
     """docs/jobs/*.yaml (the configs docs/cluster.md submits) are valid configs of their stage, with
     absolute output paths, and runtime_env.yaml sets the documented variables."""
-    from pipeline.config import load_config
-    from pipeline.evaluate import EvaluateConfig
-    from pipeline.generate import GenerateConfig
-    from pipeline.run import RunConfig
-    from pipeline.train import TrainConfig, check_output_locations
-    from pipeline.tune import TuneConfig, resolve_space_path
+    from pipeline.core.config import load_config
+    from pipeline.stages.evaluate import EvaluateConfig
+    from pipeline.core.paths import check_output_locations
+    from pipeline.stages.generate import GenerateConfig
+    from pipeline.stages.run import RunConfig
+    from pipeline.stages.train import TrainConfig
+    from pipeline.stages.tune import TuneConfig
+    from pipeline.stages.tune.space import resolve_space_path
     from tests.conftest import REPO
 
     jobs = REPO / "docs" / "jobs"
     train = load_config(TrainConfig, jobs / "train.yaml")
     assert train.scaling.num_workers >= 2 and train.scaling.use_gpu
-    check_output_locations({"work_dir": train.work_dir}, {"scaling.storage_path": train.scaling.storage_path})
+    check_output_locations({"work_dir": train.work_dir}, {"scaling.storage_path": train.scaling.storage_path},
+                           probe=False)
     tune = load_config(TuneConfig, jobs / "tune.yaml")
     assert resolve_space_path(tune.space).is_file() and tune.trial_scaling.use_gpu
     generate = load_config(GenerateConfig, jobs / "generate.yaml")
-    check_output_locations({"output_dir": generate.output_dir, "work_dir": generate.work_dir})
+    check_output_locations({"output_dir": generate.output_dir, "work_dir": generate.work_dir}, probe=False)
     assert Path(generate.output_dir).is_absolute() and not generate.resources.writer_on_driver_node
     evaluate = load_config(EvaluateConfig, jobs / "evaluate.yaml")
     run = load_config(RunConfig, jobs / "run.yaml")

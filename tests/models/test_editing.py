@@ -17,7 +17,7 @@ def test_apply_is_wplus_plus_T_s_by_hand():
                                 [[2.0, 0.0], [0.0, 0.0], [0.0, -1.0]]]))
     wplus = torch.zeros(1, 2, 3)
     s = torch.tensor([[0.5, 2.0]])
-    out = d.apply(wplus, s)
+    out = d.edit(wplus, s)
     expected = torch.tensor([[[0.5, 2.0, 2.5], [1.0, 0.0, -2.0]]])
     assert torch.allclose(out, expected)
 

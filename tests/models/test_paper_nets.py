@@ -464,11 +464,11 @@ def test_gradient_reaches_the_input_image(files, deepface_home, role):
 
 
 # ------------------------------------------------------------------------------------------------
-# presets ffhq256 / ffhq1024 builder (pipeline/presets_paper.py)
+# presets ffhq256 / ffhq1024 builder (pipeline/presets/paper.py)
 # ------------------------------------------------------------------------------------------------
 
 def test_paper_bundle_builds_from_user_files(files, deepface_home, stylegan2_fixtures):
-    from pipeline.presets_paper import PAPER_ATTRIBUTES, build_paper_bundle
+    from pipeline.presets.paper import PAPER_ATTRIBUTES, build_paper_bundle
     generator = stylegan2_fixtures / "rosinality_small64.pt"
     weights = {"generator": str(generator), "regressor": str(files["regressor_eye"]),
                "landmarks": str(files["landmarks_plain"]), "perceptual": str(files["vgg"])}
@@ -492,7 +492,7 @@ def test_paper_bundle_builds_from_user_files(files, deepface_home, stylegan2_fix
 
 
 def test_paper_bundle_names_every_missing_role(tmp_path, files):
-    from pipeline.presets_paper import build_paper_bundle
+    from pipeline.presets.paper import build_paper_bundle
     with pytest.raises(WeightsError) as err:
         build_paper_bundle({"regressor": str(files["regressor_eye"])}, 256, "ffhq256")
     msg = str(err.value)
@@ -505,10 +505,10 @@ def test_paper_bundle_names_every_missing_role(tmp_path, files):
                            256, "ffhq256")
 
 
-def test_register_paper_presets_adds_ffhq256_and_ffhq1024():
-    from pipeline.presets_paper import PAPER_ATTRIBUTE_TARGETS, PAPER_WEIGHT_ROLES, register_paper_presets
-    registry = {}
-    register_paper_presets(lambda preset: registry.setdefault(preset.name, preset))
+def test_paper_presets_ffhq256_and_ffhq1024_are_registered():
+    from pipeline.presets import PRESETS
+    from pipeline.presets.paper import PAPER_ATTRIBUTE_TARGETS, PAPER_WEIGHT_ROLES
+    registry = {name: p for name, p in PRESETS.items() if p.build.func.__module__ == "pipeline.presets.paper"}
     assert sorted(registry) == ["ffhq1024", "ffhq256"]
     for preset in registry.values():
         assert preset.weight_roles == PAPER_WEIGHT_ROLES and preset.has_discriminator

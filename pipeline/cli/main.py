@@ -1,0 +1,73 @@
+"""`hfld` command line: a thin layer over the stage functions (pipeline/cli/stages.py's STAGES table)
+and the setup tools (pipeline/cli/tools.py).
+
+    hfld train --config train.yaml --set iterations=100 --set losses.landmark=0
+    hfld zoo fetch starter
+    hfld convert nvidia network.pkl out.safetensors
+
+Every stage takes --config (YAML) and repeated --set key=value overrides; errors print one line
+that names the field or file and exit with status 2; a stage that ran and failed (a Ray Train run,
+a sweep without a result) exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.cli import tools
+from pipeline.cli.stages import STAGES, add_stage_arguments, run_stage
+
+
+class UsageError(Exception):
+    pass
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    """Bad input: a short message and status 2."""
+    from models.errors import WeightsError
+    from pipeline.core.config import ConfigError
+    from pipeline.core.directions import CheckpointError
+    from pipeline.stages.train import NonFiniteLoss
+    return (ConfigError, WeightsError, CheckpointError, NonFiniteLoss, UsageError)
+
+
+def _failed_runs() -> tuple[type[BaseException], ...]:
+    """A stage that ran and failed (its log above has the details): a summary and status 1."""
+    from pipeline.stages.train import RayTrainFailed
+    from pipeline.stages.tune import TuneFailed
+    return (RayTrainFailed, TuneFailed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipeline.presets import PRESETS
+    parser = argparse.ArgumentParser(prog="hfld", description=(
+        "Emotion-preserving face editing (He & McGough 2025): learn edit directions T with the HFLD "
+        "landmark loss, then generate labelled augmented faces. Stages run locally or on Ray."))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for stage in STAGES.values():
+        p = sub.add_parser(stage.name, help=stage.help)
+        add_stage_arguments(p, stage, sorted(PRESETS))
+        p.set_defaults(func=lambda args, stage=stage: run_stage(stage, args))
+    tools.add_subcommands(sub, sorted(PRESETS))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except _known_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except _failed_runs() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

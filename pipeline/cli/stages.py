@@ -1,0 +1,128 @@
+"""The STAGES table: every stage subcommand of `hfld` from one description.
+
+Each stage is a config class + an entry function (`run_<stage>(cfg)`) in its package, a key that
+--preset sets, and its shorthand flags (flag -> config key). Every subcommand gets the same common
+arguments (--config, --set, --preset, --print-config), loads its config the same way and prints its
+result lines; modules are imported when a command runs, so `hfld --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A shorthand flag: `--flag VALUE` is `--set key=VALUE` (strings stay strings, numbers numbers)."""
+    names: tuple[str, ...]
+    key: str
+    help: str
+    metavar: str = "VALUE"
+    type: type = str
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    help: str
+    module: str                          # package holding the config class and the entry function
+    config: str                          # config class name
+    entry: str                           # entry function name: entry(cfg) -> result
+    preset_key: str = "model.preset"     # what --preset sets
+    flags: tuple[Flag, ...] = ()
+    report: Callable[[object], list[str]] = lambda result: []
+
+    def load(self) -> tuple[type, Callable]:
+        module = importlib.import_module(self.module)
+        return getattr(module, self.config), getattr(module, self.entry)
+
+
+def _tune_report(r) -> list[str]:
+    return [f"[tune] trials: {r.table_path}", f"[tune] Pareto plot: {r.plot_path}",
+            f"[tune] best training config: {r.best_config_path}"]
+
+
+def _generate_report(r) -> list[str]:
+    return [f"[generate] {r.n_rows} rows in {r.n_shards} shards under {r.out_dir}",
+            f"[generate] load with: datasets.load_dataset('parquet', data_files='{r.out_dir}/*.parquet')"]
+
+
+def _evaluate_report(r) -> list[str]:
+    return [f"[evaluate] markdown report: {r.report_md}", f"[evaluate] numbers: {r.metrics_json}"]
+
+
+T_HELP = ("T: a directions .safetensors file (with its .json beside it), runs:/<run_id>[/<path>] or "
+          "models:/<name>/<version>")
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("train", "optimise the edit directions T", "pipeline.stages.train", "TrainConfig", "run_train"),
+    Stage("tune", "sweep lambda4 and landmark subsets against emotion drift (Ray Tune)", "pipeline.stages.tune",
+          "TuneConfig", "run_tune", preset_key="train.model.preset",
+          flags=(Flag(("--space",), "space", "search space YAML, or the name of one in tune_spaces/", "FILE"),
+                 Flag(("--num-samples",), "num_samples", "lambda4 draws per combination of the space's named "
+                      "choices", "N", int)),
+          report=_tune_report),
+    Stage("generate", "generate a labelled augmented dataset into parquet (Ray Data)", "pipeline.stages.generate",
+          "GenerateConfig", "run_generate",
+          flags=(Flag(("--directions", "-T"), "directions", T_HELP, "T"),
+                 Flag(("--output-dir", "-o"), "output_dir", "where the parquet shards go", "DIR")),
+          report=_generate_report),
+    Stage("evaluate", "the paper's tables, figures and a report for a baseline vs HFLD pair of T",
+          "pipeline.stages.evaluate", "EvaluateConfig", "run_evaluate",
+          flags=(Flag(("--baseline",), "baseline", "baseline T (lambda4 = 0). " + T_HELP, "PATH"),
+                 Flag(("--hfld",), "hfld", "HFLD T, given like --baseline", "PATH")),
+          report=_evaluate_report),
+    Stage("run", "the whole chain (tune, train baseline + HFLD, generate, evaluate, report)", "pipeline.stages.run",
+          "RunConfig", "run_pipeline"),
+)}
+
+
+def add_stage_arguments(p: argparse.ArgumentParser, stage: Stage, presets: list[str]) -> None:
+    p.add_argument("--config", "-c", help="YAML config file (optional: defaults apply)")
+    p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set losses.landmark=0 (repeatable)")
+    p.add_argument("--preset", choices=presets, help=f"model preset (same as --set {stage.preset_key}=...)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    for f in stage.flags:
+        p.add_argument(*f.names, dest=f.key, metavar=f.metavar, type=f.type, help=f"{f.help} (same as --set {f.key}=...)")
+
+
+def stage_overrides(stage: Stage, args: argparse.Namespace) -> list[str]:
+    """--set items, then --preset and the shorthand flags, as `key=value` overrides (later ones win)."""
+    overrides = list(getattr(args, "set", None) or [])
+    if getattr(args, "preset", None):
+        overrides.append(f"{stage.preset_key}={args.preset}")
+    for f in stage.flags:
+        value = getattr(args, f.key, None)
+        if value is not None and value != "":
+            overrides.append(f"{f.key}={json.dumps(value if f.type is not str else str(value))}")  # JSON is YAML
+    return overrides
+
+
+def load_stage_config(stage: Stage, args: argparse.Namespace):
+    """The stage's validated config from --config, --set, --preset and the flags (the one loader)."""
+    from pipeline.core.config import load_config
+    config_cls, _ = stage.load()
+    path = getattr(args, "config", None)
+    return load_config(config_cls, path, stage_overrides(stage, args), where=Path(path).name if path else "config")
+
+
+def run_stage(stage: Stage, args: argparse.Namespace) -> int:
+    """Load the config; print it (--print-config) or run the stage and print where its results are."""
+    from pipeline.core.config import to_dict
+    cfg = load_stage_config(stage, args)
+    if getattr(args, "print_config", False):
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return 0
+    _, entry = stage.load()
+    result = entry(cfg)
+    for line in stage.report(result):
+        print(line)
+    return 0

@@ -1,0 +1,42 @@
+"""The one way every stage connects to Ray.
+
+    with ray_session(address="", dashboard=True):
+        ...  # Ray Train / Tune / Data work
+
+Order: the Ray this process is already connected to (left running afterwards); else `address`; else
+the cluster in $RAY_ADDRESS (set by `ray job submit`); else a new private local instance, started and
+stopped here (address="local": never a stray cluster some other program left behind in /tmp/ray).
+
+`dashboard`: start the dashboard with a local instance. Ray Train's controller polls the state API
+it serves (among other things to release the workers and placement group of a trial Tune stopped
+early); without it every Train run waits on state-API timeouts. Ray Data alone does not need it.
+`worker_logs`: show the workers' log lines on this console (Train's progress lines come that way).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import ray
+
+# Kept off on every GPU host this project runs on: NVLink multicast can take shared GPUs down.
+GPU_SAFETY_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+@contextmanager
+def ray_session(address: str = "", *, dashboard: bool = True, worker_logs: bool = True) -> Iterator[None]:
+    if ray.is_initialized():
+        yield
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # never phone home
+    address = address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ray.init(address=address, log_to_driver=worker_logs)
+    else:
+        ray.init(address="local", log_to_driver=worker_logs, include_dashboard=dashboard)
+    try:
+        yield
+    finally:
+        ray.shutdown()

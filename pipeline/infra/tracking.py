@@ -1,0 +1,315 @@
+"""MLflow tracking shared by every stage.
+
+    with open_tracker(cfg.tracking, work_dir=cfg.work_dir, run_name=cfg.name, stage="train",
+                      tags={"preset": "tiny"}) as tracker:
+        tracker.log_params(to_dict(cfg))           # flattened params + the full config as params.yaml
+        tracker.log_metrics({"total": 1.5}, step=10)
+        tracker.log_artifact(path, "directions")
+        tracker.register_model("directions", "hfld-directions")
+    # the run ends FINISHED, or FAILED (KILLED on Ctrl-C) when the block raised
+
+A stage called with no tracker opens its own run (`stage_run(cfg.tracking, None, ...)`), nested under
+`tracking.parent_run_id` when that is set; called with a tracker (the `run` pipeline's parent run),
+it opens a child run under that tracker. Only rank 0 of a distributed job logs. A run created by one process (the Ray driver) can be
+continued by another (the rank 0 worker) with `MLflowTracker.attach`; only the creator ends it.
+
+Offline by construction: the default backend is a SQLite file under the work dir
+(`sqlite:////abs/work_dir/mlflow.db`, artifacts beside it in `mlartifacts/`), MLflow's telemetry is
+switched off before mlflow is imported, and nothing here talks to a server unless the user points
+`tracking.tracking_uri` (or $MLFLOW_TRACKING_URI) at one. The file store (`file:` URIs) is not used:
+MLflow 3 keeps it in maintenance mode.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from pipeline.core.config import ConfigError, flatten, require
+
+# MLflow 3 sends usage telemetry unless told not to; this project never talks to the network.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+DEFAULT_EXPERIMENT = "hfld"
+DEFAULT_MODEL_NAME = "hfld-directions"
+PARENT_RUN_TAG = "mlflow.parentRunId"   # MLflow's own tag for nesting runs in its UI
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where and how a stage records itself in MLflow.
+
+    enabled: false = no MLflow at all (a null tracker).
+    tracking_uri: "" = $MLFLOW_TRACKING_URI, else sqlite:///<work_dir>/mlflow.db (absolute path).
+    experiment: MLflow experiment name.
+    register_model: register the final artifact (T) as a new version of `model_name`.
+    model_name: registered model name.
+    parent_run_id: nest this stage's run under that run (the pipeline's parent run); "" = top level.
+    """
+    enabled: bool = True
+    tracking_uri: str = ""
+    experiment: str = DEFAULT_EXPERIMENT
+    register_model: bool = True
+    model_name: str = DEFAULT_MODEL_NAME
+    parent_run_id: str = ""
+
+    def __post_init__(self):
+        require(bool(self.experiment.strip()), "tracking.experiment", self.experiment, "must not be empty")
+        require(bool(self.model_name.strip()) or not self.register_model, "tracking.model_name", self.model_name,
+                "must not be empty when tracking.register_model is true")
+        require(not self.tracking_uri.startswith("file:"), "tracking.tracking_uri", self.tracking_uri,
+                "is a file store, which MLflow 3 keeps in maintenance mode; use sqlite:////abs/path/mlflow.db")
+
+
+def resolve_tracking_uri(cfg: TrackingConfig, work_dir: str | Path) -> str:
+    """cfg.tracking_uri, else $MLFLOW_TRACKING_URI, else a SQLite file under the work dir (absolute)."""
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri:
+        return uri
+    db = Path(work_dir).expanduser().resolve() / "mlflow.db"
+    return f"sqlite:///{db.as_posix()}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI, or None for other backends."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix):]) if uri.startswith(prefix) else None
+
+
+def artifact_location_for(uri: str) -> str | None:
+    """Artifacts of a SQLite-backed experiment live beside the database (never in the CWD)."""
+    db = sqlite_path(uri)
+    return (db.parent / "mlartifacts").resolve().as_uri() if db else None
+
+
+def git_commit(repo_dir: Path | None = None) -> str:
+    """The checked-out commit of the code (for lineage), or "" outside git / before the first commit."""
+    repo_dir = repo_dir or Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(repo_dir), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def param_value(value: Any, limit: int) -> str:
+    """MLflow stores params as strings of bounded length: lists/dicts as JSON, long values cut."""
+    text = "" if value is None else json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+    if len(text) > limit:
+        marker = "...[truncated; see params.yaml]"
+        text = text[: limit - len(marker)] + marker
+    return text
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+class NullTracker:
+    """Tracking switched off: every call does nothing. Falsy, so `if tracker:` skips work too."""
+
+    run_id: str | None = None
+    tracking_uri: str | None = None
+
+    def __bool__(self) -> bool:
+        return False
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        pass
+
+    def register_model(self, artifact_path: str, name: str, tags: Mapping[str, Any] | None = None) -> str | None:
+        return None
+
+    def end(self, status: str = "FINISHED") -> None:
+        pass
+
+    def child(self, *, run_name: str, stage: str, tags: Mapping[str, Any] | None = None) -> "NullTracker":
+        return NullTracker()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        return False
+
+
+class MLflowTracker:
+    """One MLflow run, written through an explicit MlflowClient (no global active-run state).
+
+    `owns_run`: this object created the run and ends it; an attached tracker (a Ray worker
+    continuing the driver's run) logs but leaves ending to the creator.
+    """
+
+    def __init__(self, client, run_id: str, tracking_uri: str, owns_run: bool):
+        self.client, self.run_id, self.tracking_uri, self.owns_run = client, run_id, tracking_uri, owns_run
+        self._ended = False
+
+    def __bool__(self) -> bool:
+        return True
+
+    # -- creation -------------------------------------------------------------------------------
+    @staticmethod
+    def _client(uri: str):
+        from mlflow import MlflowClient
+        db = sqlite_path(uri)
+        if db:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    @staticmethod
+    def _experiment_id(client, name: str, uri: str) -> str:
+        from mlflow.exceptions import MlflowException
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                raise ConfigError(f"tracking.experiment: {name!r} is deleted in {uri}; restore it or choose "
+                                 "another name")
+            return exp.experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location_for(uri))
+        except MlflowException:  # created meanwhile by another process
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    @classmethod
+    def start(cls, cfg: TrackingConfig, *, work_dir: str | Path, run_name: str, stage: str,
+              tags: Mapping[str, Any] | None = None) -> "MLflowTracker":
+        """Create a run named `run_name` (deterministic: the stage config's name) in cfg.experiment."""
+        uri = resolve_tracking_uri(cfg, work_dir)
+        client = cls._client(uri)
+        experiment_id = cls._experiment_id(client, cfg.experiment, uri)
+        all_tags = {"stage": stage, **{k: v for k, v in (tags or {}).items() if v not in (None, "")}}
+        commit = git_commit()
+        if commit:
+            all_tags.update({"git_commit": commit, "mlflow.source.git.commit": commit})
+        if cfg.parent_run_id:
+            all_tags[PARENT_RUN_TAG] = cfg.parent_run_id
+        run = client.create_run(experiment_id, run_name=run_name,
+                                tags={k: str(v) for k, v in all_tags.items()})
+        return cls(client, run.info.run_id, uri, owns_run=True)
+
+    @classmethod
+    def attach(cls, tracking_uri: str, run_id: str) -> "MLflowTracker":
+        """Continue logging into an existing run (e.g. from the Ray rank 0 worker)."""
+        return cls(cls._client(tracking_uri), run_id, tracking_uri, owns_run=False)
+
+    # -- logging --------------------------------------------------------------------------------
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Flattened params (`losses.landmark`), values cut to MLflow's limit; the full nested mapping
+        is also stored as the artifact params.yaml, so nothing is lost to truncation."""
+        from mlflow.entities import Param
+        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
+        flat = flatten(params)
+        entries = [Param(k, param_value(v, MAX_PARAM_VAL_LENGTH)) for k, v in flat.items()]
+        for chunk in _chunks(entries, MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=chunk)
+        self.client.log_text(self.run_id, yaml.safe_dump(dict(params), sort_keys=False), "params.yaml")
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Numeric, finite values only (MLflow cannot plot inf/NaN), one batch call."""
+        from mlflow.entities import Metric
+        from mlflow.utils.validation import MAX_METRICS_PER_BATCH
+        now = int(time.time() * 1000)
+        entries = [Metric(k, float(v), now, int(step or 0)) for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+        for chunk in _chunks(entries, MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for k, v in tags.items():
+            if v not in (None, ""):
+                self.client.set_tag(self.run_id, k, str(v))
+
+    def register_model(self, artifact_path: str, name: str, tags: Mapping[str, Any] | None = None) -> str:
+        """A new version of registered model `name` whose source is this run's `artifact_path` folder."""
+        from mlflow.exceptions import MlflowException
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            try:
+                self.client.create_registered_model(name)
+            except MlflowException:  # registered meanwhile by another process
+                pass
+        source = f"{self.client.get_run(self.run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+        version = self.client.create_model_version(name, source=source, run_id=self.run_id,
+                                                   tags={k: str(v) for k, v in (tags or {}).items()})
+        self.set_tags({"registered_model": f"{name}/{version.version}"})
+        return str(version.version)
+
+    def child(self, *, run_name: str, stage: str, tags: Mapping[str, Any] | None = None) -> "MLflowTracker":
+        """A new run nested under this one, in the same store and experiment (a stage of a pipeline)."""
+        experiment = self.client.get_experiment(self.client.get_run(self.run_id).info.experiment_id).name
+        cfg = TrackingConfig(tracking_uri=self.tracking_uri, experiment=experiment, parent_run_id=self.run_id)
+        return MLflowTracker.start(cfg, work_dir=".", run_name=run_name, stage=stage, tags=tags)
+
+    # -- ending ---------------------------------------------------------------------------------
+    def end(self, status: str = "FINISHED") -> None:
+        """FINISHED, FAILED or KILLED; only the creator of the run ends it, once."""
+        if self.owns_run and not self._ended:
+            self.client.set_terminated(self.run_id, status)
+            self._ended = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.end("FINISHED")
+        else:
+            self.end("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+        return False
+
+
+Tracker = MLflowTracker | NullTracker
+
+
+def open_tracker(cfg: TrackingConfig, *, work_dir: str | Path, run_name: str, stage: str,
+                 tags: Mapping[str, Any] | None = None) -> Tracker:
+    """An MLflow run for one stage invocation, or a NullTracker when tracking is disabled.
+
+    Call it on rank 0 / the driver only. Use as a context manager so the run always ends.
+    """
+    if not cfg.enabled:
+        return NullTracker()
+    return MLflowTracker.start(cfg, work_dir=work_dir, run_name=run_name, stage=stage, tags=tags)
+
+
+def stage_run(cfg: TrackingConfig, tracker: Tracker | None, *, work_dir: str | Path, run_name: str, stage: str,
+              tags: Mapping[str, Any] | None = None) -> Tracker:
+    """The run a stage logs into: with no `tracker`, its own run from `cfg` (a NullTracker when
+    tracking is disabled); with one, a child run of that tracker. Use as a context manager."""
+    if tracker is None:
+        return open_tracker(cfg, work_dir=work_dir, run_name=run_name, stage=stage, tags=tags)
+    return tracker.child(run_name=run_name, stage=stage, tags=tags)
+
+
+def attach_tracker(tracking_uri: str | None, run_id: str | None) -> Tracker:
+    """The run another process created (None/"" -> NullTracker)."""
+    if not run_id or not tracking_uri:
+        return NullTracker()
+    return MLflowTracker.attach(tracking_uri, run_id)

@@ -1,0 +1,13 @@
+"""Model presets: the registry, one module per preset family (each registers itself on import), the
+zoo fetch step for registry-packaged weights, and the preview contact sheet.
+
+    from pipeline.presets import PRESETS, ModelConfig, build_bundle
+    bundle = build_bundle(ModelConfig(preset="starter"), "cpu")
+"""
+
+from pipeline.presets.registry import (PRESETS, ROLES, TRAINING_JUDGE, ModelBundle, ModelConfig, Preset,
+                                       build_bundle, register, tensor_hash)
+from pipeline.presets import paper, starter, tiny  # noqa: F401  (each registers its presets)
+
+__all__ = ["PRESETS", "ROLES", "TRAINING_JUDGE", "ModelBundle", "ModelConfig", "Preset", "build_bundle",
+           "register", "tensor_hash"]

@@ -1,0 +1,137 @@
+"""Model presets: one implementation and one weight source per role, chosen by name.
+
+A `Preset` carries what the stages need to know about it without building anything (attribute
+names, landmark group names, the number of latent layers, its default tune space, whether it has
+a discriminator) and a `build` function that makes a `ModelBundle` (the networks every stage needs).
+The registry's keys are the CLI's choices; presets register themselves in their own modules
+(pipeline/presets/tiny.py, starter.py, paper.py), which pipeline/presets/__init__.py imports.
+Weight files come from the zoo cache (packages fetched by `hfld zoo fetch`) or from paths the user
+gives in `model.weights` (role -> path); nothing is downloaded here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from pipeline.core.config import require
+
+ROLES = ("generator", "discriminator", "regressor", "landmarks", "perceptual", "emotion")
+TRAINING_JUDGE = "training"         # key of bundle.emotion among a bundle's emotion judges
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One preset. Facts are known without weights so configs and search spaces can be checked early.
+
+    landmark_groups: group names of its landmark model (what HFLD subsets may name).
+    attribute_names: its regressor's attributes (None: only known once built).
+    n_latent: latent layers L of its generator (None: depends on the user's weights).
+    tune_space: name of its search space in tune_spaces/.
+    """
+    name: str
+    description: str
+    build: Callable[["ModelConfig"], "ModelBundle"]
+    weight_roles: tuple[str, ...] = ()
+    default_attributes: tuple[str, ...] = ()
+    default_attribute_targets: tuple[str, ...] = ()  # attributes evaluate edits by default
+    has_discriminator: bool = True
+    landmark_groups: tuple[str, ...] = ()
+    attribute_names: tuple[str, ...] | None = None
+    n_latent: int | None = None
+    tune_space: str = ""
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register(preset: Preset) -> Preset:
+    if preset.name in PRESETS:
+        raise ValueError(f"preset {preset.name!r} registered twice")
+    PRESETS[preset.name] = preset
+    return preset
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which networks to use.
+
+    preset: a key of PRESETS.
+    weights: role -> weight file, overriding the preset's default source (roles: see ROLES and the
+      preset's description).
+    cache_dir: zoo cache for fetched package weights ("" = $HFLD_CACHE or ~/.cache/hfld).
+    """
+    preset: str = "starter"
+    weights: dict[str, str] = field(default_factory=dict)
+    cache_dir: str = ""
+
+    def __post_init__(self):
+        require(self.preset in PRESETS, "model.preset", self.preset, f"is not a preset; choose one of {sorted(PRESETS)}")
+        allowed = PRESETS[self.preset].weight_roles
+        for role, path in self.weights.items():
+            require(role in allowed, f"model.weights.{role}", path,
+                    f"names a role preset {self.preset!r} does not take a file for; it takes: {list(allowed) or 'none'}")
+
+
+@dataclass
+class ModelBundle:
+    """The networks of one preset, all frozen-ready nn.Modules on one device.
+
+    emotion: the emotion model used for training/tuning objectives.
+    judges: further emotion models, e.g. held-out judges for evaluation (name -> model).
+    identity: a face-descriptor model (image -> [B, D]) for identity similarity, or None.
+    """
+    preset: str
+    generator: nn.Module
+    discriminator: nn.Module | None
+    regressor: nn.Module
+    landmarks: nn.Module
+    perceptual: nn.Module
+    emotion: nn.Module
+    judges: dict[str, nn.Module] = field(default_factory=dict)
+    identity: nn.Module | None = None
+    generator_id: str = ""                 # content hash of the generator weights (lineage)
+    notes: tuple[str, ...] = ()            # printed in every log (e.g. "no discriminator: lambda3 = 0")
+    default_attributes: tuple[str, ...] = ()
+
+    def to(self, device: torch.device) -> "ModelBundle":
+        for name in ("generator", "discriminator", "regressor", "landmarks", "perceptual", "emotion", "identity"):
+            m = getattr(self, name)
+            if m is not None:
+                setattr(self, name, m.to(device).eval())
+        self.judges = {k: v.to(device).eval() for k, v in self.judges.items()}
+        return self
+
+    def emotion_judges(self) -> dict[str, dict]:
+        """key -> {"model", "label", "role", "network", "labels"}: the training judge first, then the
+        held-out ones."""
+        out = {TRAINING_JUDGE: {"model": self.emotion, "role": "training judge",
+                                "network": type(self.emotion).__name__}}
+        for name, model in self.judges.items():
+            out[name] = {"model": model, "role": "held-out judge", "network": type(model).__name__}
+        for key, j in out.items():
+            j["labels"] = list(getattr(j["model"], "labels", [f"class{i}" for i in range(7)]))
+            j["label"] = f"{key if key != TRAINING_JUDGE else j['network']} ({j['role']})"
+        return out
+
+
+def tensor_hash(module: nn.Module) -> str:
+    """sha256 over a module's state dict (names + bytes), for lineage of random or loaded weights."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def build_bundle(cfg: ModelConfig, device: torch.device | str = "cpu") -> ModelBundle:
+    """Build the preset's networks and move them to `device` (eval mode)."""
+    preset = PRESETS[cfg.preset]
+    bundle = preset.build(cfg)
+    if not bundle.default_attributes:
+        bundle.default_attributes = preset.default_attributes
+    return bundle.to(torch.device(device))

@@ -1,0 +1,229 @@
+"""The per-chunk computation of the generate stage: generator, scorers, encoders. Each class is a Ray
+Data actor (constructed once per actor, called per batch of chunks) and works the same in-process
+(tests, benchmarks). Images travel as uint8 [B, H, W, 3]; measurements are taken on them.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+
+from pipeline.core.metrics import landmark_drift, landmark_scale, total_variation
+from pipeline.core.sampling import latents_from_z, sample_noise
+from pipeline.stages.generate.config import ImageConfig
+from pipeline.stages.generate.job import GenerateJob
+from pipeline.stages.generate.plan import concat_rows, object_array, pack_chunks, split_chunks
+
+
+def autocast(device: torch.device, precision: str):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def to_uint8_hwc(image: torch.Tensor) -> torch.Tensor:
+    """image [B, 3, H, W] in [-1, 1] -> [B, H, W, 3] uint8 (round to nearest)."""
+    return ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def from_uint8_hwc(pixels: torch.Tensor) -> torch.Tensor:
+    """[B, H, W, 3] uint8 -> image [B, 3, H, W] float in [-1, 1]."""
+    return pixels.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def setup_torch(device: str, precision: str, threads: int) -> torch.device:
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.benchmark = False   # the same kernels every run: deterministic outputs
+    return dev
+
+
+class GeneratorStage:
+    """Generator actor: chunk (z, s, seeds) -> uint8 source images [u, H, W, 3] and variant images [b, H, W, 3]."""
+
+    def __init__(self, job: GenerateJob):
+        from models.editing import DirectionMatrix
+        self.job = job
+        self.device = setup_torch(job.device, job.cfg.precision, job.cfg.resources.torch_threads)
+        self.generator = job.bundle_factory("cpu").generator.to(self.device).eval()  # only what this actor runs
+        T = job.T
+        self.T = DirectionMatrix(T.shape[0], T.shape[1], T.shape[2], layer_mask=job.directions.layer_mask or None)
+        with torch.no_grad():
+            self.T.T.copy_(T)
+        self.T = self.T.to(self.device).eval()
+
+    @torch.no_grad()
+    def images(self, chunk: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(source uint8 [u, H, W, 3], variant uint8 [b, H, W, 3]) on the actor's device."""
+        cfg, g = self.job.cfg, self.generator
+        z = torch.tensor(np.asarray(chunk["z"]), device=self.device)
+        slot = torch.tensor(np.asarray(chunk["slot"]), device=self.device).long()
+        s = torch.tensor(np.asarray(chunk["s"]), device=self.device)
+        rngs = []
+        if cfg.noise_mode == "random":  # the noise maps follow z in each source's own stream
+            rngs = [torch.Generator().manual_seed(int(x)) for x in np.asarray(chunk["latent_seeds"])]
+            for r in rngs:
+                torch.randn(int(z.shape[1]), generator=r)
+        with autocast(self.device, cfg.precision):
+            w = latents_from_z(g, z, cfg.truncation)                        # [u, L, w_dim]
+            w_edit = self.T(w[slot], s)                                     # [b, L, w_dim]
+            noise = sample_noise(g, cfg.noise_mode, rngs, self.device)
+            if isinstance(noise, list):                                     # per-source maps -> per-image
+                noise = [torch.cat([n, n[slot]]) for n in noise]
+            images = g.synthesis(torch.cat([w, w_edit]), noise)
+        pixels = to_uint8_hwc(images)
+        return pixels[: len(z)], pixels[len(z):]
+
+    def __call__(self, batch: dict) -> dict:
+        outs = []
+        for chunk in split_chunks(batch):
+            src, var = self.images(chunk)
+            out = {k: v for k, v in chunk.items() if k != "z"}
+            out["source_pixels"], out["variant_pixels"] = src.cpu().numpy(), var.cpu().numpy()
+            outs.append(out)
+        return pack_chunks(outs)
+
+
+class Scorers:
+    """The measuring networks on one device: emotion, landmarks, attributes, judges."""
+
+    def __init__(self, job: GenerateJob, device: torch.device):
+        bundle = job.bundle_factory("cpu")          # moved to the device below: only what this actor runs
+        self.device, self.precision = device, job.cfg.precision
+        self.emotion = bundle.emotion.to(device).eval()
+        self.landmarks = bundle.landmarks.to(device).eval()
+        self.regressor = bundle.regressor.to(device).eval()
+        self.judges = {name: bundle.judges[name].to(device).eval() for name in job.cfg.judges}
+        del bundle
+
+    @torch.no_grad()
+    def __call__(self, pixels: torch.Tensor) -> dict[str, np.ndarray]:
+        """uint8 [B, H, W, 3] -> emotion [B, 7], landmarks [B, P, 2], attributes [B, A], judge_<name> [B, 7]."""
+        image = from_uint8_hwc(pixels.to(self.device))
+        with autocast(self.device, self.precision):
+            out = {"emotion": self.emotion(image), "landmarks": self.landmarks(image),
+                   "attributes": self.regressor(image)}
+            out.update({f"judge_{k}": m(image) for k, m in self.judges.items()})
+        return {k: v.float().cpu().numpy() for k, v in out.items()}
+
+
+def measure_rows(job: GenerateJob, chunk: dict, src: dict[str, np.ndarray], var: dict[str, np.ndarray]) -> dict:
+    """Per-face columns of one chunk from the source/variant measurements (drift and QC included)."""
+    slot, qc, labels = np.asarray(chunk["slot"]), job.cfg.qc, np.asarray(job.facts.emotion_labels)
+    s_emotion, v_emotion = src["emotion"][slot], var["emotion"]
+    s_points, v_points = src["landmarks"][slot], var["landmarks"]
+    scale, _ = landmark_scale(s_points, job.facts.landmark_groups)
+    e_drift = total_variation(s_emotion, v_emotion).astype(np.float32)
+    l_drift = landmark_drift(s_points, v_points, scale).astype(np.float32)
+    s_label, v_label = s_emotion.argmax(1), v_emotion.argmax(1)
+    qc_pass = (e_drift <= qc.max_emotion_drift) & (l_drift <= qc.max_landmark_drift)
+    if qc.keep_emotion_label:
+        qc_pass &= s_label == v_label
+    b = len(slot)
+    out = {
+        "source_emotion": s_emotion, "source_emotion_label": labels[s_label],
+        "source_landmarks": s_points.reshape(b, -1), "source_attributes": src["attributes"][slot],
+        "variant_emotion": v_emotion, "variant_emotion_label": labels[v_label],
+        "variant_landmarks": v_points.reshape(b, -1), "variant_attributes": var["attributes"],
+        "emotion_drift": e_drift, "landmark_drift": l_drift, "emotion_label_kept": s_label == v_label,
+        "qc_pass": qc_pass,
+    }
+    for name in job.cfg.judges:
+        js, jv = src[f"judge_{name}"][slot], var[f"judge_{name}"]
+        out[f"judge_{name}_source_emotion"] = js
+        out[f"judge_{name}_variant_emotion"] = jv
+        out[f"judge_{name}_emotion_drift"] = total_variation(js, jv).astype(np.float32)
+    return out
+
+
+ROW_ID_COLUMNS = ("shard", "row_index", "source_index", "variant", "latent_seed", "edit_seed", "s")
+
+
+class ScorerStage:
+    """Scorer actor: chunk of uint8 images -> one row per face with every measurement (and the pixels,
+    or the JPEG bytes when image.encoder is "gpu")."""
+
+    def __init__(self, job: GenerateJob, device: torch.device | None = None):
+        self.job = job
+        self.device = device or setup_torch(job.device, job.cfg.precision, job.cfg.resources.torch_threads)
+        self.scorers = Scorers(job, self.device)
+
+    def rows(self, chunk: dict, src_pixels: torch.Tensor, var_pixels: torch.Tensor) -> dict:
+        n_src = src_pixels.shape[0]
+        scores = self.scorers(torch.cat([src_pixels.to(self.device), var_pixels.to(self.device)]))
+        src = {k: v[:n_src] for k, v in scores.items()}
+        var = {k: v[n_src:] for k, v in scores.items()}
+        b = len(chunk["slot"])
+        out = {k: (np.full(b, chunk[k], np.int64) if k == "shard" else np.asarray(chunk[k])) for k in ROW_ID_COLUMNS}
+        out.update(measure_rows(self.job, chunk, src, var))
+        image_cfg = self.job.cfg.image
+        slot = torch.tensor(np.asarray(chunk["slot"])).long()
+        if image_cfg.encoder == "gpu":
+            out["image"] = gpu_jpeg(var_pixels.to(self.device), image_cfg.quality)
+            if image_cfg.store_source:
+                out["source_image"] = gpu_jpeg(src_pixels.to(self.device), image_cfg.quality)[slot.numpy()]
+        else:
+            out["variant_pixels"] = var_pixels.cpu().numpy()
+            if image_cfg.store_source:
+                out["source_pixels"] = src_pixels.cpu()[slot].numpy()
+        return out
+
+    def __call__(self, batch: dict) -> dict:
+        # np.array copies: Ray hands out read-only views, which torch refuses to wrap silently.
+        parts = [self.rows(c, torch.from_numpy(np.array(c["source_pixels"])),
+                           torch.from_numpy(np.array(c["variant_pixels"]))) for c in split_chunks(batch)]
+        return concat_rows(parts)
+
+
+class FusedStage:
+    """Generator and scorers in one actor: the images never leave the device until encoding."""
+
+    def __init__(self, job: GenerateJob):
+        self.generate = GeneratorStage(job)
+        self.score = ScorerStage(job, self.generate.device)
+
+    def __call__(self, batch: dict) -> dict:
+        parts = []
+        for chunk in split_chunks(batch):
+            src, var = self.generate.images(chunk)
+            parts.append(self.score.rows(chunk, src, var))
+        return concat_rows(parts)
+
+
+def gpu_jpeg(pixels: torch.Tensor, quality: int) -> np.ndarray:
+    """uint8 [B, H, W, 3] -> object array of JPEG bytes with torchvision (nvJPEG in one batched call when
+    the tensor is on CUDA; libjpeg on CPU)."""
+    from torchvision.io import encode_jpeg
+    encoded = encode_jpeg([p.permute(2, 0, 1).contiguous() for p in pixels], quality=quality)
+    return object_array([e.cpu().numpy().tobytes() for e in encoded])
+
+
+def encode_image(pixels: np.ndarray, image_cfg: ImageConfig) -> bytes:
+    """uint8 [H, W, 3] -> PNG / JPEG / WebP bytes, with fixed settings (deterministic)."""
+    from PIL import Image
+    buf = io.BytesIO()
+    img = Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")
+    if image_cfg.format == "png":
+        img.save(buf, format="PNG", compress_level=image_cfg.png_compress_level)
+    elif image_cfg.format == "jpeg":
+        img.save(buf, format="JPEG", quality=image_cfg.quality)
+    else:
+        img.save(buf, format="WEBP", quality=image_cfg.quality, method=4)
+    return buf.getvalue()
+
+
+class EncoderStage:
+    """Encoder actor: variant (and source) pixels -> image bytes."""
+
+    def __init__(self, image_cfg: ImageConfig):
+        self.image_cfg = image_cfg
+
+    def __call__(self, batch: dict) -> dict:
+        out = {k: v for k, v in batch.items() if k not in ("variant_pixels", "source_pixels")}
+        out["image"] = object_array([encode_image(p, self.image_cfg) for p in batch["variant_pixels"]])
+        if "source_pixels" in batch:
+            out["source_image"] = object_array([encode_image(p, self.image_cfg) for p in batch["source_pixels"]])
+        return out

@@ -1,0 +1,141 @@
+"""Ray Data glue of the generate stage: the pipeline that turns chunk ids into written shards.
+
+    range(chunks) -> latents (z, s, seeds per chunk; fused into the generator actors by Ray)
+      -> generator actors (x = G(w), x' = G(w + T s), quantised to uint8; GPU when there is one)
+      -> scorer actors (emotion, landmarks, attributes, judges on the uint8 images; drift and QC;
+         one output row per face; JPEG on the GPU when image.encoder = "gpu")
+      -> encoder actors (PNG / JPEG / WebP with PIL) -> one shard-writer actor.
+The driver only sees one small row per written shard (progress).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import ray
+import torch
+from ray.data import ActorPoolStrategy, DataContext
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from pipeline.core.config import ConfigError
+from pipeline.stages.generate.actors import EncoderStage, FusedStage, GeneratorStage, ScorerStage
+from pipeline.stages.generate.config import GenerateConfig
+from pipeline.stages.generate.job import GenerateJob
+from pipeline.stages.generate.plan import plan_latents
+from pipeline.stages.generate.shards import ShardWriter
+
+FAULT_ENV = "HFLD_FAULT_AFTER_SHARDS"  # test hook: the driver exits (status 17) after k committed shards
+
+
+def resolve_generate_device(cfg: GenerateConfig) -> str:
+    """The actors' device once Ray is up (auto -> cuda when the cluster has GPUs, else cpu), checked
+    against what the cluster has: an actor pool that cannot be placed would wait forever."""
+    cluster = ray.cluster_resources() if ray.is_initialized() else {}
+    gpus = cluster.get("GPU", 0) if cluster else int(torch.cuda.is_available())
+    if cfg.device == "auto":
+        device = "cuda" if gpus > 0 else "cpu"
+    else:
+        device = "cuda" if cfg.device.startswith("cuda") else "cpu"
+    if device == "cuda" and gpus <= 0:
+        raise ConfigError(f"device: {cfg.device!r} asked for but the Ray cluster has no GPU; use 'cpu' or 'auto'")
+    if cfg.image.encoder == "gpu" and device != "cuda":
+        raise ConfigError("image.encoder: 'gpu' needs a CUDA device and the Ray cluster has none; "
+                          "use image.encoder=cpu")
+    if cluster:
+        check_placement(cfg, device == "cuda", cluster.get("CPU", 0), gpus)
+    return device
+
+
+def check_placement(cfg: GenerateConfig, gpu: bool, cpus: float, gpus: float) -> None:
+    """Every actor (and one latents task) must fit at once, or Ray Data waits for them forever."""
+    res = cfg.resources
+    gpu_actors = [(res.generators, res.gpus_per_generator)]
+    if not res.fuse_scoring:
+        gpu_actors.append((res.scorers, res.gpus_per_scorer))
+    actors = sum(n for n, _ in gpu_actors) + (res.encoders if cfg.image.encoder == "cpu" else 0) + 1
+    need_cpus = (actors + 1) * res.cpus_per_actor
+    if need_cpus > cpus + 1e-9:
+        raise ConfigError(f"resources: {actors} actors x cpus_per_actor {res.cpus_per_actor} (+ one latents task) "
+                          f"need {need_cpus:g} CPUs, the Ray cluster has {cpus:g}; lower cpus_per_actor or the "
+                          "actor counts")
+    need_gpus = sum(n * share for n, share in gpu_actors)
+    if gpu and need_gpus > gpus + 1e-9:
+        raise ConfigError(f"resources: the GPU actors need {need_gpus:g} GPUs (generators x gpus_per_generator"
+                          f"{'' if res.fuse_scoring else ' + scorers x gpus_per_scorer'}), the Ray cluster has "
+                          f"{gpus:g}")
+
+
+def quiet_ray_data() -> None:
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.verbose_stats_logs = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    try:  # the per-actor memory advice is printed every 30 s on stdout; our actors hold models on purpose
+        ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
+    except AttributeError:
+        pass
+
+
+def build_dataset(job: GenerateJob, todo_shards: list[int]):
+    """The Ray Data pipeline over the chunks of the shards still to write (lazy; see the module docstring)."""
+    cfg, res = job.cfg, job.cfg.resources
+    chunks = job.plan.chunks(todo_shards)
+    gpu = job.device == "cuda"
+    actor = {"num_cpus": res.cpus_per_actor}
+    # Chunk ids as in-memory blocks: no read tasks (they would want a whole CPU each, which a small
+    # machine with the actors placed does not have), and enough blocks to keep every actor busy.
+    n_blocks = max(1, min(len(chunks), max(len(todo_shards), 4 * max(res.generators, res.scorers))))
+    ds = ray.data.from_numpy([part for part in np.array_split(np.arange(len(chunks)), n_blocks) if len(part)])
+    ds = ds.map_batches(plan_latents, batch_size=1, num_cpus=res.cpus_per_actor,
+                        fn_kwargs={"job_seed": cfg.seed, "K": cfg.variants, "z_dim": job.facts.z_dim,
+                                   "policy": job.policy, "chunks": chunks})
+    if res.fuse_scoring:
+        ds = ds.map_batches(FusedStage, fn_constructor_args=(job,), batch_size=1,
+                            compute=ActorPoolStrategy(size=res.generators),
+                            num_gpus=res.gpus_per_generator if gpu else 0, **actor)
+    else:
+        ds = ds.map_batches(GeneratorStage, fn_constructor_args=(job,), batch_size=1,
+                            compute=ActorPoolStrategy(size=res.generators),
+                            num_gpus=res.gpus_per_generator if gpu else 0, **actor)
+        ds = ds.map_batches(ScorerStage, fn_constructor_args=(job,), batch_size=1,
+                            compute=ActorPoolStrategy(size=res.scorers),
+                            num_gpus=res.gpus_per_scorer if gpu else 0, **actor)
+    if cfg.image.encoder == "cpu":
+        ds = ds.map_batches(EncoderStage, fn_constructor_args=(cfg.image,), batch_size=32,
+                            compute=ActorPoolStrategy(size=res.encoders), **actor)
+    placement = {}
+    if res.writer_on_driver_node:
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        placement["ray_remote_args_fn"] = lambda: {"scheduling_strategy": here}
+    return ds.map_batches(ShardWriter, fn_constructor_args=(job,), batch_size=None,
+                          compute=ActorPoolStrategy(size=1), **actor, **placement)
+
+
+def fault_after() -> int | None:
+    value = os.environ.get(FAULT_ENV, "")
+    return int(value) if value.strip() else None
+
+
+def write_missing_shards(job: GenerateJob, records: dict[int, dict], todo: list[int], t0: float,
+                         print_fn) -> tuple[int, list[tuple[float, int]]]:
+    """Run the Ray Data pipeline; the driver only sees one small row per written shard (progress)."""
+    quiet_ray_data()
+    rows_todo = sum(job.plan.shard_rows(i) for i in todo)
+    limit = fault_after()
+    rows_written, progress = 0, []
+    for n, rec in enumerate(build_dataset(job, todo).iter_rows(), start=1):
+        shard = int(rec["shard"])
+        records[shard] = json.loads(rec["record"])
+        rows_written += int(rec["rows"])
+        progress.append((time.perf_counter() - t0, rows_written))
+        print_fn(f"[generate] shard {shard} written: {n}/{len(todo)} shards, {rows_written}/{rows_todo} rows, "
+                 f"{rows_written / max(progress[-1][0], 1e-9):.1f} faces/s", flush=True)
+        if limit is not None and n >= limit:
+            print_fn(f"[generate] {FAULT_ENV}={limit}: exiting abruptly (test hook)", flush=True)
+            os._exit(17)
+    return rows_written, progress

@@ -1,0 +1,204 @@
+"""Stage `run`: the paper's experiment end to end, from one command.
+
+    tune (optional) -> train baseline T (lambda4 = 0) and HFLD T (Ray Train) -> generate a sample
+    dataset with the HFLD T (Ray Data) -> evaluate baseline vs HFLD -> report
+
+Every stage records a nested MLflow run under one parent run of this invocation. The run-level
+`model`, `seed`, `work_dir` and `tracking` are the single source of truth: they replace the same
+fields of the stage sections (train / tune / generate / evaluate), which otherwise keep their own
+settings. Re-running the same command continues where it stopped: finished trainings are reused
+(`resume=auto`) and the generate stage writes only its missing shards.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+
+from pipeline.core.config import ConfigError, load_config, require, to_dict
+from pipeline.core.paths import check_output_locations, default_work_dir
+from pipeline.infra.tracking import Tracker, TrackingConfig, resolve_tracking_uri, stage_run
+from pipeline.presets import PRESETS, ModelConfig
+from pipeline.stages.evaluate import EvaluateConfig, EvaluateResult, run_evaluate
+from pipeline.stages.generate import GenerateConfig, GenerateResult, run_generate
+from pipeline.stages.train import ScalingConfig, TrainConfig, TrainResult, run_train
+from pipeline.stages.tune import ObjectiveConfig, SchedulerConfig, TuneConfig, TuneResult, run_tune
+
+
+def default_run_train() -> TrainConfig:
+    """A budget that trains both T's in a few minutes on a 2-core CPU with the starter preset."""
+    return TrainConfig(iterations=300, batch_size=4, log_every=50, checkpoint_every=100, device="auto",
+                       scaling=ScalingConfig(num_workers=2, cpus_per_worker=0.5))
+
+
+def default_run_generate() -> GenerateConfig:
+    return GenerateConfig(n_sources=250, variants=8)  # 2,000 labelled faces
+
+
+def default_run_evaluate() -> EvaluateConfig:
+    return EvaluateConfig(n_samples=1000)
+
+
+def default_run_tune() -> TuneConfig:
+    """A small sweep (a few minutes on 2 CPU cores); scale num_samples and max_steps up on a cluster."""
+    return TuneConfig(num_samples=1, scheduler=SchedulerConfig(max_steps=80, eval_every=40, grace_period=40),
+                      objective=ObjectiveConfig(n_samples=32, intermediate_samples=8))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The whole chain.
+
+    name: this invocation's name (folders and the MLflow parent run); "" = run-<preset>-seed<seed>.
+    hfld_lambda4: lambda4 of the HFLD T when the sweep is off (with it on, the sweep's best is used).
+    use_tune: run the lambda4 / landmark-subset sweep first and train the HFLD T with its winner.
+    tune_space: the sweep's search space; "" = the preset's own (Preset.tune_space).
+    use_generate: generate the sample dataset with the HFLD T.
+    """
+    model: ModelConfig = field(default_factory=ModelConfig)
+    seed: int = 0
+    name: str = ""
+    work_dir: str = field(default_factory=default_work_dir)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    hfld_lambda4: float = 0.5e6
+    use_tune: bool = True
+    tune_space: str = ""
+    use_generate: bool = True
+    train: TrainConfig = field(default_factory=default_run_train)
+    tune: TuneConfig = field(default_factory=default_run_tune)
+    generate: GenerateConfig = field(default_factory=default_run_generate)
+    evaluate: EvaluateConfig = field(default_factory=default_run_evaluate)
+
+    def __post_init__(self):
+        require(self.hfld_lambda4 > 0, "hfld_lambda4", self.hfld_lambda4, "must be > 0 (the baseline is lambda4 = 0)")
+
+    @property
+    def run_name(self) -> str:
+        return self.name or f"run-{self.model.preset}-seed{self.seed}"
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.work_dir).expanduser() / self.run_name
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    baseline: TrainResult
+    hfld: TrainResult
+    evaluation: EvaluateResult
+    dataset: GenerateResult | None = None
+    sweep: TuneResult | None = None
+    mlflow_run_id: str | None = None
+    tracking_uri: str = ""
+    seconds: float = 0.0
+
+
+def train_config(cfg: RunConfig, base: TrainConfig, role: str, lambda4: float) -> TrainConfig:
+    return replace(base, model=cfg.model, seed=cfg.seed, work_dir=str(cfg.out_dir / "train"),
+                   run_name=f"{role}-l4_{lambda4:g}", resume="auto", tracking=stage_tracking(cfg),
+                   losses=replace(base.losses, landmark=lambda4))
+
+
+def stage_tracking(cfg: RunConfig) -> TrackingConfig:
+    """Every stage records into the run's store (an explicit URI: stages have their own work dirs)."""
+    return replace(cfg.tracking, tracking_uri=resolve_tracking_uri(cfg.tracking, cfg.work_dir))
+
+
+def hfld_base_from_sweep(cfg: RunConfig, sweep: TuneResult) -> tuple[TrainConfig, float]:
+    """The sweep's winning choices (landmark groups, attributes, layer mask) on the run's own budget."""
+    best = load_config(TrainConfig, sweep.best_config_path)
+    lambda4 = best.losses.landmark
+    if lambda4 == 0:  # no trial beat the baseline: still compare against the configured HFLD lambda4
+        return cfg.train, cfg.hfld_lambda4
+    base = replace(cfg.train, landmark_groups=best.landmark_groups, attributes=best.attributes,
+                   layer_mask=best.layer_mask)
+    return base, lambda4
+
+
+def banner(print_fn, k: int, n: int, text: str) -> None:
+    print_fn(f"\n[run] ({k}/{n}) {text}", flush=True)
+
+
+def run_pipeline(cfg: RunConfig, *, tracker: Tracker | None = None, print_fn=print) -> RunResult:
+    """Run every stage; returns where everything is (also printed at the end)."""
+    check_stage_sections(cfg)
+    check_output_locations({"work_dir": cfg.work_dir})
+    t0 = time.perf_counter()
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    n = 3 + cfg.use_tune + cfg.use_generate
+    k = 0
+    with stage_run(cfg.tracking, tracker, work_dir=cfg.work_dir, run_name=cfg.run_name, stage="run",
+                   tags={"preset": cfg.model.preset}) as parent:
+        parent.log_params(to_dict(cfg))
+        parent_id = getattr(parent, "run_id", None)
+        sweep = None
+        base, lambda4 = cfg.train, cfg.hfld_lambda4
+        if cfg.use_tune:
+            k += 1
+            banner(print_fn, k, n, "tune: sweep lambda4 and landmark subsets (Ray Tune)")
+            tune_cfg = replace(cfg.tune, train=replace(cfg.tune.train, model=cfg.model, seed=cfg.seed),
+                               space=cfg.tune_space or PRESETS[cfg.model.preset].tune_space or cfg.model.preset,
+                               work_dir=str(out), run_name="sweep", tracking=stage_tracking(cfg))
+            sweep = run_tune(tune_cfg, tracker=parent, print_fn=print_fn)
+            base, lambda4 = hfld_base_from_sweep(cfg, sweep)
+            print_fn(f"[run] sweep winner: lambda4 = {lambda4:g}, landmark groups = "
+                     f"{list(base.landmark_groups) or 'all'}")
+        k += 1
+        banner(print_fn, k, n, "train the baseline T (lambda4 = 0) with Ray Train")
+        baseline = run_train(train_config(cfg, cfg.train, "baseline", 0.0), tracker=parent, print_fn=print_fn)
+        k += 1
+        banner(print_fn, k, n, f"train the HFLD T (lambda4 = {lambda4:g}) with Ray Train")
+        hfld = run_train(train_config(cfg, base, "hfld", lambda4), tracker=parent, print_fn=print_fn)
+        dataset = None
+        if cfg.use_generate:
+            k += 1
+            banner(print_fn, k, n, "generate labelled augmented faces with the HFLD T (Ray Data)")
+            gen_cfg = replace(cfg.generate, model=cfg.model, seed=cfg.seed, directions=str(hfld.directions_path),
+                              work_dir=str(out), run_name="dataset", output_dir="", tracking=stage_tracking(cfg))
+            dataset = run_generate(gen_cfg, tracker=parent, print_fn=print_fn)
+        k += 1
+        banner(print_fn, k, n, "evaluate baseline vs HFLD and write the report")
+        eval_cfg = replace(cfg.evaluate, model=cfg.model, seed=cfg.seed, work_dir=str(out),
+                           run_name=f"{cfg.run_name}-evaluate", output_dir=str(out / "report"),
+                           tracking=stage_tracking(cfg))
+        evaluation = run_evaluate(eval_cfg, tracker=parent, baseline=baseline, hfld=hfld, print_fn=print_fn)
+        seconds = time.perf_counter() - t0
+        parent.log_metrics({"seconds": seconds, **{f"evaluate.{k}": v for k, v in evaluation.flat_metrics.items()
+                                                   if k.startswith("overall.")}})
+        for path in (evaluation.report_md, evaluation.report_html):
+            parent.log_artifact(path, "report")
+    result = RunResult(out, baseline, hfld, evaluation, dataset, sweep, parent_id,
+                       resolve_tracking_uri(cfg.tracking, cfg.work_dir), seconds)
+    print_summary(result, print_fn)
+    return result
+
+
+def print_summary(r: RunResult, print_fn=print) -> None:
+    lines = [f"\n[run] done in {r.seconds / 60:.1f} min. Results in {r.out_dir}:",
+             f"  report          {r.evaluation.report_html}  (Markdown: {r.evaluation.report_md})",
+             f"  T baseline      {r.baseline.directions_path}",
+             f"  T HFLD          {r.hfld.directions_path}"]
+    if r.dataset is not None:
+        lines.append(f"  dataset         {r.dataset.out_dir}  ({r.dataset.n_rows} rows, "
+                     f"QC pass {100 * r.dataset.qc_pass_rate:.1f}%)")
+    if r.sweep is not None:
+        lines.append(f"  sweep           {r.sweep.table_path}  (best config: {r.sweep.best_config_path})")
+    lines += ["", *[f"  {s}" for s in r.evaluation.statements[:4]], ""]
+    if r.tracking_uri:
+        lines.append(f"  MLflow store    {r.tracking_uri}  (parent run {r.mlflow_run_id})")
+        lines.append(f"  open the UI:    mlflow ui --backend-store-uri {r.tracking_uri}")
+    print_fn("\n".join(lines), flush=True)
+
+
+def check_stage_sections(cfg: RunConfig) -> None:
+    """Settings a section may not carry because the run sets them (clear error instead of silence)."""
+    if cfg.generate.directions:
+        raise ConfigError("generate.directions: the run generates with the HFLD T it trains; leave it empty")
+    if cfg.evaluate.baseline or cfg.evaluate.hfld:
+        raise ConfigError("evaluate.baseline / evaluate.hfld: the run evaluates the T's it trains; leave them empty")

@@ -1,0 +1,46 @@
+"""Stage `train`: optimise the edit directions T with the four-term objective.
+
+    result = run_train(cfg)                 # in this process, or on Ray Train workers
+    result.directions_path                  # <work_dir>/<run_name>/directions.safetensors (+ .json)
+
+Layers: config.py (TrainConfig), step.py (one step, no I/O), loop.py (the loop, checkpoints,
+resume, the in-process stage body), ray_train.py (TorchTrainer glue: DDP over T on any number
+of workers). `scaling.num_workers` picks the path: 0 = this process, >= 1 = Ray Train. Both write
+the same run directory and record one MLflow run.
+"""
+
+from __future__ import annotations
+
+from pipeline.core.paths import check_output_locations
+from pipeline.infra.tracking import Tracker, stage_run
+from pipeline.presets import ModelBundle
+from pipeline.stages.train.config import (NonFiniteLoss, Precision, RayTrainFailed, ScalingConfig, TrainConfig,
+                                          TrainResult)
+from pipeline.stages.train.loop import resolve_resume, train_in_process
+from pipeline.stages.train.step import resolve_attributes
+
+__all__ = ["NonFiniteLoss", "Precision", "RayTrainFailed", "ScalingConfig", "TrainConfig", "TrainResult",
+           "resolve_attributes", "run_train"]
+
+
+def run_train(cfg: TrainConfig, *, tracker: Tracker | None = None, bundle: ModelBundle | None = None,
+              print_fn=print, callbacks=(), probe=None) -> TrainResult:
+    """What `hfld train` runs: in this process (scaling.num_workers == 0) or on Ray Train workers.
+
+    tracker: None = an MLflow run of its own (cfg.tracking); a tracker = a child run of it.
+    bundle: prebuilt networks (in-process only: Ray workers build their own).
+    callbacks / probe: Ray Train hooks of the tune stage (see ray_train.train_with_ray).
+    """
+    check_output_locations({"work_dir": cfg.work_dir}, {"scaling.storage_path": cfg.scaling.storage_path})
+    if cfg.scaling.num_workers == 0:
+        if callbacks or probe:
+            raise ValueError("run_train: callbacks/probe are Ray Train hooks; set scaling.num_workers >= 1")
+        resolve_resume(cfg)  # a bad run_name/resume fails before an MLflow run is created
+        with stage_run(cfg.tracking, tracker, work_dir=cfg.work_dir, run_name=cfg.name, stage="train",
+                       tags={"preset": cfg.model.preset, "num_workers": 0}) as run:
+            return train_in_process(cfg, bundle=bundle, tracker=run, print_fn=print_fn)
+    if bundle is not None:
+        raise ValueError("run_train: a prebuilt bundle cannot be sent to Ray workers; they build their own")
+    # Imported here, not above: Ray (seconds to import) is only needed on this path.
+    from pipeline.stages.train.ray_train import train_with_ray
+    return train_with_ray(cfg, tracker=tracker, print_fn=print_fn, callbacks=callbacks, probe=probe)

@@ -1,0 +1,209 @@
+"""The training loop of T and the run directory around it (checkpoints, resume, metrics).
+
+`train_loop` runs the steps of one worker (in this process, or on every Ray Train worker through
+ray_train.py); `train_in_process` is the whole single-process stage body. Run directory:
+<work_dir>/<run_name>/ with config.yaml, metrics.jsonl, checkpoint.safetensors(+.json) (latest
+trainer state, for resuming) and directions.safetensors(+.json) (the final T).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+
+from models.losses import TERMS
+from pipeline.core.config import ConfigError, to_dict
+from pipeline.core.directions import DIRECTIONS_ARTIFACT, DirectionsFile, load_directions, save_directions
+from pipeline.core.sampling import resolve_device
+from pipeline.core.seeding import Stream, global_sample_ids
+from pipeline.infra.tracking import NullTracker, Tracker
+from pipeline.presets import ModelBundle, build_bundle
+from pipeline.stages.train.config import TrainConfig, TrainResult
+from pipeline.stages.train.step import TrainState, make_step, resolve_attributes, sample_batch, setup_training
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+DIRECTIONS_FILE = "directions.safetensors"
+METRICS_FILE = "metrics.jsonl"
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint <-> state
+# ---------------------------------------------------------------------------------------------
+
+def sampling_position(cfg: TrainConfig, step: int, world_size: int = 1) -> dict:
+    """The training RNG "state": every sample derives from (seed, global sample id), so the next id is
+    all a resumed run needs (a different global batch would make it draw other samples)."""
+    return {"seed": cfg.seed, "stream": Stream.TRAIN.name, "global_batch": cfg.batch_size * world_size,
+            "next_sample_id": step * cfg.batch_size * world_size}
+
+
+def directions_meta(cfg: TrainConfig, bundle: ModelBundle, state: TrainState, **extra) -> dict:
+    return {"rng": sampling_position(cfg, state.step, extra.get("world_size", 1)),
+            "attributes": list(state.objective.attributes), "layer_mask": list(cfg.layer_mask),
+            "landmark_groups": list(cfg.landmark_groups), "preset": cfg.model.preset,
+            "generator_id": bundle.generator_id, "lambdas": to_dict(state.objective.weights), "step": state.step,
+            "regressor_names": list(bundle.regressor.names), "config": to_dict(cfg), **extra}
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    st = optimizer.state_dict()["state"].get(0)
+    if not st:
+        return {}
+    return {"exp_avg": st["exp_avg"], "exp_avg_sq": st["exp_avg_sq"], "step": torch.as_tensor(st["step"]).float()}
+
+
+def save_checkpoint(path: Path, cfg: TrainConfig, bundle: ModelBundle, state: TrainState, **extra) -> Path:
+    return save_directions(path, state.directions.T, directions_meta(cfg, bundle, state, **extra),
+                           optimizer_tensors(state.optimizer))
+
+
+def restore_state(state: TrainState, ckpt: DirectionsFile, source: Path | str) -> None:
+    """Load T, Adam moments and step count from a checkpoint that fits this run."""
+    if ckpt.attributes != list(state.objective.attributes):
+        raise ConfigError(f"resume: {source} edits {ckpt.attributes}, this run edits {list(state.objective.attributes)}")
+    if tuple(ckpt.T.shape) != tuple(state.directions.T.shape):
+        raise ConfigError(f"resume: {source} has T of shape {list(ckpt.T.shape)}, this run needs "
+                          f"{list(state.directions.T.shape)} (different generator?)")
+    with torch.no_grad():
+        state.directions.T.copy_(ckpt.T.to(state.device))
+    if ckpt.optimizer:
+        osd = state.optimizer.state_dict()
+        osd["state"] = {0: {"step": ckpt.optimizer["step"].reshape(()).cpu(),
+                            "exp_avg": ckpt.optimizer["exp_avg"].to(state.device),
+                            "exp_avg_sq": ckpt.optimizer["exp_avg_sq"].to(state.device)}}
+        state.optimizer.load_state_dict(osd)
+    state.step = int(ckpt.meta.get("step", 0))
+
+
+def resolve_resume(cfg: TrainConfig) -> Path | None:
+    """The checkpoint to resume from, or None; refuses to overwrite a finished or started run silently."""
+    run_dir, latest = cfg.run_dir, cfg.run_dir / CHECKPOINT_FILE
+    if cfg.resume == "auto":
+        return latest if latest.is_file() else None
+    if cfg.resume:
+        p = Path(cfg.resume).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"resume: checkpoint {p} not found")
+        return p
+    if (run_dir / DIRECTIONS_FILE).exists() or latest.exists():
+        raise ConfigError(f"run_name: {run_dir} already holds a run; choose another run_name, or set "
+                          "resume=auto to continue it")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+class ProgressLine:
+    """Human-readable progress: step, losses, samples/s since start (or resume) and ETA."""
+
+    def __init__(self, total: int, batch: int, start_step: int, print_fn=print):
+        self.total, self.batch, self.start_step, self.print = total, batch, start_step, print_fn
+        self.t0 = time.perf_counter()
+
+    def __call__(self, step: int, metrics: dict) -> dict:
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        rate = (step - self.start_step) * self.batch / elapsed
+        eta = (self.total - step) * self.batch / max(rate, 1e-9)
+        terms = " ".join(f"{k}={metrics[k]:.4g}" for k in ("total",) + TERMS if k in metrics)
+        self.print(f"[train] step {step}/{self.total} {terms} | {rate:.1f} samples/s | eta {eta:.0f}s", flush=True)
+        return {"samples_per_s": rate}
+
+
+def train_loop(cfg: TrainConfig, bundle: ModelBundle, state: TrainState, *, rank: int = 0, world_size: int = 1,
+               on_log: Callable[[int, dict], None] | None = None,
+               on_checkpoint: Callable[[TrainState], None] | None = None,
+               on_step: Callable[[TrainState], None] | None = None) -> dict:
+    """Run steps state.step .. cfg.iterations; every worker calls this with its own rank.
+
+    cfg.batch_size is the per-worker batch; sample ids are global so workers never repeat a sample.
+    on_log(step, metrics) every log_every steps and at the end; on_checkpoint(state) every
+    checkpoint_every steps (not after the last step: the caller saves the final state);
+    on_step(state) after every step (fault injection in tests). Every rank reaches on_log and
+    on_checkpoint at the same steps, so they may hold collectives. Returns the last step's metrics.
+    """
+    n_attr = state.directions.n_attributes
+    metrics: dict = {}
+    step = make_step(state, cfg)
+    while state.step < cfg.iterations:
+        ids = global_sample_ids(state.step, rank, cfg.batch_size, world_size)
+        batch = sample_batch(cfg, bundle.generator, n_attr, ids, state.device)
+        metrics = step(batch)
+        if on_log and (state.step % cfg.log_every == 0 or state.step == cfg.iterations):
+            on_log(state.step, metrics)
+        if on_checkpoint and state.step % cfg.checkpoint_every == 0 and state.step < cfg.iterations:
+            on_checkpoint(state)
+        if on_step:
+            on_step(state)
+    return metrics
+
+
+def train_in_process(cfg: TrainConfig, *, bundle: ModelBundle | None = None, tracker: Tracker = NullTracker(),
+                     print_fn=print) -> TrainResult:
+    """Single-process training of T, logging into `tracker` (an open run); writes the run directory
+    and returns where T is."""
+    resume_from = resolve_resume(cfg)  # before any work: a bad resume/run_name fails fast
+    device = resolve_device(cfg.device)
+    bundle = bundle or build_bundle(cfg.model, device)
+    for note in bundle.notes:
+        print_fn(f"[train] note: {note}")
+    state = setup_training(cfg, bundle, device)
+    if resume_from:
+        restore_state(state, load_directions(resume_from), resume_from)
+        print_fn(f"[train] resumed from {resume_from} at step {state.step}")
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if tracker:
+        tracker.log_params(to_dict(cfg))
+        tracker.set_tags(lineage_tags(cfg, bundle, resumed_from=resume_from))
+    lineage = {"mlflow_run_id": tracker.run_id} if tracker.run_id else {}
+    history: list[dict] = []
+    progress = ProgressLine(cfg.iterations, cfg.batch_size, state.step, print_fn)
+
+    def on_log(step, metrics):
+        row = {"step": step, **metrics, **progress(step, metrics)}
+        history.append(row)
+        with open(run_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if tracker:
+            tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
+
+    def on_checkpoint(st):
+        save_checkpoint(run_dir / CHECKPOINT_FILE, cfg, bundle, st)
+
+    final = train_loop(cfg, bundle, state, on_log=on_log, on_checkpoint=on_checkpoint)
+    out = save_checkpoint(run_dir / DIRECTIONS_FILE, cfg, bundle, state, final_metrics=final, **lineage)
+    save_checkpoint(run_dir / CHECKPOINT_FILE, cfg, bundle, state)
+    if tracker:
+        log_final_directions(tracker, cfg, out, print_fn)
+    print_fn(f"[train] done: {state.step} steps; T written to {out}")
+    return TrainResult(run_dir, out, state.step, final, history)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tracking (shared by the in-process and the Ray path)
+# ---------------------------------------------------------------------------------------------
+
+def lineage_tags(cfg: TrainConfig, bundle: ModelBundle, **extra) -> dict:
+    return {"preset": cfg.model.preset, "generator_id": bundle.generator_id,
+            "attributes": ",".join(resolve_attributes(cfg, bundle)), **{k: v for k, v in extra.items() if v}}
+
+
+def log_final_directions(tracker, cfg: TrainConfig, directions_path: Path, print_fn=print) -> None:
+    """T (safetensors + json) as the run's `directions` artifact, and as a registered model version."""
+    directions_path = Path(directions_path)
+    files = (directions_path, directions_path.with_suffix(".json"))
+    for f in files:
+        tracker.log_artifact(f, DIRECTIONS_ARTIFACT)
+    if cfg.tracking.register_model:
+        version = tracker.register_model(DIRECTIONS_ARTIFACT, cfg.tracking.model_name,
+                                         tags={"run_name": cfg.name, "preset": cfg.model.preset})
+        if version:
+            print_fn(f"[train] registered T as model {cfg.tracking.model_name!r} version {version}")

@@ -1,0 +1,181 @@
+"""pipeline/tracking.py: MLflow runs on a local SQLite backend, the null tracker, and the train stage's
+in-process path recording itself (params, metrics, artifact, registered model version)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.core.config import ConfigError, from_dict
+from pipeline.infra.tracking import (MLflowTracker, NullTracker, TrackingConfig, attach_tracker, open_tracker, param_value,
+                               resolve_tracking_uri)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def client_for(uri: str):
+    from mlflow import MlflowClient
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def run_by_name(uri: str, experiment: str, name: str):
+    c = client_for(uri)
+    exp = c.get_experiment_by_name(experiment)
+    assert exp is not None, f"experiment {experiment!r} not in {uri}"
+    runs = c.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{name}'")
+    assert len(runs) == 1, f"expected one run named {name!r}, found {len(runs)}"
+    return runs[0]
+
+
+def artifact_paths(uri: str, run_id: str, path: str | None = None) -> set[str]:
+    return {a.path for a in client_for(uri).list_artifacts(run_id, path)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration (no MLflow)
+# ---------------------------------------------------------------------------------------------
+
+def test_tracking_uri_comes_from_config_then_env_then_work_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    default = resolve_tracking_uri(TrackingConfig(), "rel/work")
+    assert default == f"sqlite:///{(tmp_path / 'rel/work/mlflow.db').as_posix()}"
+    assert default.startswith("sqlite:////"), "the database path must be absolute (four slashes)"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/env.db")
+    assert resolve_tracking_uri(TrackingConfig(), "rel/work") == "sqlite:////elsewhere/env.db"
+    assert resolve_tracking_uri(TrackingConfig(tracking_uri="http://127.0.0.1:5000"), "w") == "http://127.0.0.1:5000"
+
+
+@pytest.mark.parametrize("data, field", [
+    ({"tracking_uri": "file:///tmp/mlruns"}, "tracking.tracking_uri"),
+    ({"experiment": "  "}, "tracking.experiment"),
+    ({"model_name": ""}, "tracking.model_name"),
+    ({"enabled": "yes"}, "tracking.enabled"),
+    ({"registr_model": True}, "register_model"),
+])
+def test_bad_tracking_config_names_the_field(data, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        from_dict(TrackingConfig, data, "tracking")
+
+
+def test_model_name_may_be_empty_when_nothing_is_registered():
+    assert TrackingConfig(register_model=False, model_name="").model_name == ""
+
+
+def test_long_param_values_are_cut_to_the_limit_with_a_marker():
+    assert param_value(["Male", "Young"], 100) == '["Male", "Young"]'
+    assert param_value(None, 100) == ""
+    cut = param_value("x" * 500, 100)
+    assert len(cut) == 100 and cut.endswith("see params.yaml]")
+
+
+def test_disabled_tracking_is_a_falsy_null_tracker_that_writes_nothing(tmp_path):
+    tracker = open_tracker(TrackingConfig(enabled=False), work_dir=tmp_path, run_name="r", stage="train")
+    assert isinstance(tracker, NullTracker) and not tracker and tracker.run_id is None
+    with tracker as t:
+        t.log_params({"a": 1})
+        t.log_metrics({"loss": 1.0}, step=1)
+        t.log_artifact(tmp_path / "nothing")
+        assert t.register_model("directions", "m") is None
+    assert list(tmp_path.iterdir()) == []
+    assert not attach_tracker(None, None) and not attach_tracker("sqlite:////x.db", "")
+
+
+def test_telemetry_is_off_before_mlflow_is_used():
+    assert os.environ.get("MLFLOW_DISABLE_TELEMETRY") == "true"
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow on SQLite
+# ---------------------------------------------------------------------------------------------
+
+def test_run_records_params_metrics_artifacts_tags_and_model_versions(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # nothing may land in the CWD
+    work = tmp_path / "work"
+    cfg = TrackingConfig(experiment="exp-a", parent_run_id="parent123")
+    long_value = "v" * 7000
+    artifact = tmp_path / "T.bin"
+    artifact.write_bytes(b"\x00\x01")
+
+    with open_tracker(cfg, work_dir=work, run_name="train-x", stage="train", tags={"preset": "tiny", "empty": ""}) as t:
+        assert isinstance(t, MLflowTracker) and t
+        t.log_params({"losses": {"landmark": 5e5}, "attributes": ["Male", "Young"], "note": long_value})
+        t.log_metrics({"total": 1.5, "regressor": 0.5, "bad": math.nan, "flag": True}, step=1)
+        t.log_metrics({"total": 1.0, "regressor": 0.25}, step=2)
+        t.log_artifact(artifact, "directions")
+        first = t.register_model("directions", "hfld-test")
+        second = t.register_model("directions", "hfld-test")
+        run_id = t.run_id
+
+    uri = resolve_tracking_uri(cfg, work)
+    assert (work / "mlflow.db").is_file() and (work / "mlartifacts").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["T.bin", "work"]
+    run = run_by_name(uri, "exp-a", "train-x")
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert run.data.tags["stage"] == "train" and run.data.tags["preset"] == "tiny"
+    assert run.data.tags["mlflow.parentRunId"] == "parent123" and "empty" not in run.data.tags
+    assert run.data.params["losses.landmark"] == "500000.0"
+    assert run.data.params["attributes"] == '["Male", "Young"]'
+    assert len(run.data.params["note"]) == 6000 and run.data.params["note"].endswith("see params.yaml]")
+    c = client_for(uri)
+    assert [(m.step, m.value) for m in c.get_metric_history(run_id, "total")] == [(1, 1.5), (2, 1.0)]
+    assert "bad" not in run.data.metrics and "flag" not in run.data.metrics
+    assert artifact_paths(uri, run_id) == {"directions", "params.yaml"}
+    assert artifact_paths(uri, run_id, "directions") == {"directions/T.bin"}
+    full = yaml.safe_load(Path(c.download_artifacts(run_id, "params.yaml", str(tmp_path / "dl"))).read_text())
+    assert full["note"] == long_value, "params.yaml must keep the untruncated config"
+    assert (first, second) == ("1", "2")
+    versions = c.search_model_versions("name = 'hfld-test'")
+    assert {v.run_id for v in versions} == {run_id}
+    assert all(v.source.endswith(f"{run_id}/artifacts/directions") for v in versions)
+    assert run.data.tags["registered_model"] == "hfld-test/2"
+
+
+def test_run_ends_failed_when_the_stage_raises_and_attached_trackers_leave_it_open(tmp_path):
+    cfg = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/m.db", experiment="exp-b")
+    with pytest.raises(RuntimeError, match="boom"):
+        with open_tracker(cfg, work_dir=tmp_path, run_name="fails", stage="train") as t:
+            with attach_tracker(t.tracking_uri, t.run_id) as worker_side:
+                worker_side.log_metrics({"total": 2.0}, step=3)
+            assert client_for(t.tracking_uri).get_run(t.run_id).info.status == "RUNNING"
+            raise RuntimeError("boom")
+    run = run_by_name(cfg.tracking_uri, "exp-b", "fails")
+    assert run.info.status == "FAILED" and run.data.metrics["total"] == 2.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The train stage's in-process path, through the CLI
+# ---------------------------------------------------------------------------------------------
+
+def test_hfld_train_in_process_records_one_mlflow_run(tmp_path, monkeypatch, capsys):
+    from pipeline.core.directions import load_directions
+    from pipeline.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    work = tmp_path / "work"
+    rc = main(["train", "--preset", "tiny", "--set", f"work_dir={work}", "--set", "run_name=cli-inproc",
+               "--set", "iterations=4", "--set", "batch_size=2", "--set", "log_every=2", "--set", "device=cpu",
+               "--set", "scaling.num_workers=0", "--set", "tracking.experiment=exp-train"])
+    assert rc == 0, capsys.readouterr().err
+    run_dir = work / "cli-inproc"
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoint.json", "checkpoint.safetensors", "config.yaml", "directions.json", "directions.safetensors",
+        "metrics.jsonl"]
+    uri = f"sqlite:///{work.resolve()}/mlflow.db"
+    run = run_by_name(uri, "exp-train", "cli-inproc")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["scaling.num_workers"] == "0" and run.data.params["model.preset"] == "tiny"
+    assert run.data.tags["generator_id"].startswith("random:") and run.data.tags["preset"] == "tiny"
+    history = client_for(uri).get_metric_history(run.info.run_id, "landmark")
+    assert [m.step for m in history] == [2, 4]
+    assert {"regressor", "perceptual", "adversarial", "landmark", "total", "samples_per_s"} <= set(run.data.metrics)
+    assert artifact_paths(uri, run.info.run_id, "directions") == {"directions/directions.safetensors",
+                                                                  "directions/directions.json"}
+    versions = client_for(uri).search_model_versions("name = 'hfld-directions'")
+    assert [v.run_id for v in versions] == [run.info.run_id]
+    assert load_directions(run_dir / "directions.safetensors").meta["mlflow_run_id"] == run.info.run_id

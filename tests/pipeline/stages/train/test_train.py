@@ -1,0 +1,91 @@
+"""Single-process trainer on the tiny preset (pipeline/stages/train, scaling.num_workers = 0)."""
+
+import json
+
+import pytest
+import torch
+
+from pipeline.core.config import ConfigError, from_dict
+from pipeline.core.directions import load_directions
+from pipeline.stages.train import NonFiniteLoss, TrainConfig, run_train
+from pipeline.stages.train.step import new_directions
+
+
+def cfg_for(tmp_path, **over):
+    base = {"iterations": 6, "batch_size": 2, "log_every": 2, "checkpoint_every": 3, "device": "cpu",
+            "work_dir": str(tmp_path), "losses": {"landmark": 100.0}, "noise_mode": "random",
+            "model": {"preset": "tiny"}, "tracking": {"enabled": False}}
+    base.update(over)
+    return from_dict(TrainConfig, base)
+
+
+def quiet(*a, **k):
+    pass
+
+
+def test_run_writes_outputs_and_T_changes(tmp_path):
+    res = run_train(cfg_for(tmp_path), print_fn=quiet)
+    f = load_directions(res.directions_path)
+    assert f.T.shape == (8, 32, 2) and f.attributes == ["Male", "Young"] and f.meta["step"] == 6
+    assert f.meta["preset"] == "tiny" and f.meta["lambdas"]["landmark"] == 100.0
+    rows = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    assert all({"regressor", "perceptual", "adversarial", "landmark", "total", "samples_per_s"} <= set(r) for r in rows)
+    assert (res.run_dir / "config.yaml").is_file()
+    init = torch.randn(8, 32, 2, generator=torch.Generator().manual_seed(0))  # not the init, just a sanity bound
+    assert not torch.allclose(f.T, torch.zeros_like(f.T)) and f.T.abs().max() < 1 + init.abs().max()
+
+
+def test_resume_gives_the_same_T_as_an_uninterrupted_run(tmp_path):
+    straight = run_train(cfg_for(tmp_path / "a"), print_fn=quiet)
+    first = run_train(cfg_for(tmp_path / "b", iterations=3), print_fn=quiet)
+    resumed = run_train(cfg_for(tmp_path / "b", iterations=6, resume="auto"), print_fn=quiet)
+    assert first.steps == 3 and resumed.steps == 6
+    a, b = load_directions(straight.directions_path), load_directions(resumed.directions_path)
+    assert torch.allclose(a.T, b.T, atol=1e-6), (a.T - b.T).abs().max()
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    res = run_train(cfg_for(tmp_path), print_fn=quiet)
+    before = res.directions_path.read_bytes()
+    with pytest.raises(ConfigError, match="already holds a run.*resume=auto"):
+        run_train(cfg_for(tmp_path), print_fn=quiet)
+    assert res.directions_path.read_bytes() == before
+
+
+def test_unknown_attribute_fails_before_writing(tmp_path):
+    with pytest.raises(ConfigError, match=r"attributes: \['Bald'\] not known"):
+        run_train(cfg_for(tmp_path, attributes=["Bald"]), print_fn=quiet)
+    with pytest.raises(ConfigError, match=r"landmark_groups: \['ears'\] unknown"):
+        run_train(cfg_for(tmp_path, landmark_groups=["ears"]), print_fn=quiet)
+    with pytest.raises(ConfigError, match=r"layer_mask: \[99\] outside"):
+        run_train(cfg_for(tmp_path, layer_mask=[99]), print_fn=quiet)
+    assert not any(tmp_path.rglob("*.safetensors"))
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_last_checkpoint(tmp_path, tiny_bundle):
+    cfg = cfg_for(tmp_path, iterations=6, checkpoint_every=2)
+    calls = {"n": 0}
+    real_forward = tiny_bundle.regressor.forward
+
+    def poisoned(image):
+        calls["n"] += 1
+        out = real_forward(image)
+        return out * float("nan") if calls["n"] > 8 else out  # 2 calls per step: NaN from step 5
+
+    tiny_bundle.regressor.forward = poisoned
+    with pytest.raises(NonFiniteLoss, match="non-finite loss at step 5.*T was not updated"):
+        run_train(cfg, bundle=tiny_bundle, print_fn=quiet)
+    ckpt = load_directions(cfg.run_dir / "checkpoint.safetensors")
+    assert ckpt.meta["step"] == 4 and torch.isfinite(ckpt.T).all()
+    assert not (cfg.run_dir / "directions.safetensors").exists()
+
+
+def test_target_edit_sampling_and_layer_mask(tmp_path, tiny_bundle):
+    cfg = cfg_for(tmp_path, edit_sampling="target", layer_mask=[0, 1], iterations=2)
+    res = run_train(cfg, print_fn=quiet)
+    trained = load_directions(res.directions_path)
+    init = new_directions(cfg, tiny_bundle.generator, 2).T.detach()  # the seeded initial T
+    assert torch.equal(trained.T[2:], init[2:])          # masked layers get no gradient
+    assert not torch.allclose(trained.T[:2], init[:2])   # edited layers moved
+    assert trained.meta["layer_mask"] == [0, 1]

@@ -1,0 +1,182 @@
+"""pipeline/stages/tune/objective.py: the held-out set and the tune objective (starter preset, CPU, seconds)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models.editing import DirectionMatrix
+from pipeline.core import metrics as M
+from pipeline.core.config import ConfigError
+from pipeline.core.sampling import held_out_faces
+from pipeline.stages.tune.objective import (
+    INFEASIBLE_OFFSET,
+    HeldOutSet,
+    ObjectiveEvaluator,
+    build_held_out,
+    emotion_judge,
+    score,
+)
+from pipeline.presets import ModelConfig, build_bundle
+
+ATTRIBUTES = ("Male", "Young")
+N = 6
+
+
+@pytest.fixture(scope="module")
+def starter(starter_cache):
+    return build_bundle(ModelConfig(preset="starter", cache_dir=str(starter_cache.parent)), "cpu")
+
+
+@pytest.fixture(scope="module")
+def held_out(starter):
+    return build_held_out(starter, ATTRIBUTES, n=N, seed=7, batch_size=4)
+
+
+def random_T(bundle, n_columns: int, seed: int = 0, std: float = 0.5) -> DirectionMatrix:
+    g = bundle.generator
+    return DirectionMatrix(g.n_latent, g.w_dim, n_columns, init_std=std,
+                           generator=torch.Generator().manual_seed(seed)).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out set
+# ---------------------------------------------------------------------------------------------
+
+def test_held_out_faces_are_seeded_and_are_evaluates_faces(starter, held_out):
+    again = build_held_out(starter, ATTRIBUTES, n=N, seed=7, batch_size=N)     # another batching: same set
+    for name in ("wplus", "amounts", "targets", "original_attributes"):
+        assert torch.equal(getattr(held_out, name), getattr(again, name)), name
+    other = build_held_out(starter, ATTRIBUTES, n=N, seed=8)
+    assert not torch.allclose(held_out.wplus, other.wplus)
+    faces = held_out_faces(starter.generator, [3, 5], seed=7, device="cpu")
+    assert torch.equal(held_out.wplus[[3, 5]], faces.wplus)
+    assert held_out.meta["stream"] == "HELD_OUT" and held_out.meta["seed"] == 7
+    assert held_out.meta["indices"] == list(range(N)) and held_out.meta["preset"] == "starter"
+
+
+def test_target_edits_aim_at_the_extremes_and_fixed_edits_at_clamped_targets(starter, held_out):
+    assert held_out.amounts.shape == (N, 2, 2) and held_out.targets.shape == (N, 2, 2)
+    assert torch.equal(held_out.targets[:, :, 0], torch.zeros(N, 2))
+    assert torch.equal(held_out.targets[:, :, 1], torch.ones(N, 2))
+    assert torch.allclose(held_out.amounts[:, :, 1], 1 - held_out.original_attributes)
+    fixed = build_held_out(starter, ("Young",), n=N, seed=7, edit_mode="fixed", fixed_amount=0.3)
+    assert torch.equal(fixed.amounts[:, 0], torch.tensor([-0.3, 0.3]).expand(N, 2))
+    expected = (fixed.original_attributes[:, :, None] + fixed.amounts).clamp(0, 1)
+    assert torch.allclose(fixed.targets, expected)
+
+
+def test_held_out_round_trips_through_one_safetensors_file(tmp_path, held_out):
+    path = held_out.save(tmp_path / "held_out.safetensors")
+    loaded = HeldOutSet.load(path)
+    assert loaded.attributes == ATTRIBUTES and loaded.noise == "const"
+    assert loaded.meta["seed"] == 7 and loaded.meta["format"] == "hfld-held-out"
+    for name in ("wplus", "amounts", "targets", "original_attributes"):
+        assert torch.equal(getattr(loaded, name), getattr(held_out, name)), name
+    head = loaded.head(2)
+    assert len(head) == 2 and torch.equal(head.wplus, held_out.wplus[:2]) and head.meta["indices"] == [0, 1]
+
+
+def test_random_noise_is_stored_with_the_set(tmp_path, tiny_bundle):
+    h = build_held_out(tiny_bundle, ("Male",), n=3, seed=1, noise_mode="random")
+    assert isinstance(h.noise, list) and all(n.shape[0] == 3 for n in h.noise)
+    loaded = HeldOutSet.from_bytes(h.to_bytes())
+    assert len(loaded.noise) == len(h.noise)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.noise, h.noise))
+
+
+def test_a_file_that_is_not_a_held_out_set_is_rejected(tmp_path):
+    from safetensors.torch import save_file
+    save_file({"T": torch.zeros(1)}, str(tmp_path / "directions.safetensors"))
+    with pytest.raises(ConfigError, match="directions.safetensors: not a held-out safetensors file"):
+        HeldOutSet.load(tmp_path / "directions.safetensors")
+    with pytest.raises(ConfigError, match="not found"):
+        HeldOutSet.load(tmp_path / "missing.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------
+# Components
+# ---------------------------------------------------------------------------------------------
+
+def test_zero_T_moves_nothing_and_scores_the_unedited_success(starter, held_out):
+    T = random_T(starter, 2)
+    with torch.no_grad():
+        T.T.zero_()
+    parts = ObjectiveEvaluator(starter, held_out)(T, ATTRIBUTES)
+    assert parts.emotion_tv_pp == 0 and parts.landmark_drift == 0
+    assert set(parts.emotion_abs_pp) == {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
+    assert all(v == 0 for v in parts.emotion_abs_pp.values())
+    # x' = x: each edit misses its target by |R(x) - t|, t = 0 and 1.
+    r = held_out.original_attributes.numpy()
+    expected = 100 * (1 - np.mean([np.abs(r - 0), np.abs(r - 1)]))
+    assert parts.edit_success_pp == pytest.approx(expected, abs=1e-4)
+
+
+def test_components_equal_the_metrics_computed_by_hand(starter, held_out):
+    """One attribute (Young, column 0 of a one-column T): the evaluator's bookkeeping vs. direct calls."""
+    T = random_T(starter, 1, seed=3)
+    parts = ObjectiveEvaluator(starter, held_out, batch_size=4)(T, ("Young",))
+    G, judge = starter.generator, starter.emotion
+    a = held_out.attributes.index("Young")
+    with torch.no_grad():
+        x = G.synthesis(held_out.wplus)
+        p, pts = judge(x).numpy(), starter.landmarks(x).numpy()
+        scale, _ = M.landmark_scale(pts, starter.landmarks.groups)
+        tv, lm, success, absd = [], [], [], []
+        for e in range(2):
+            s = held_out.amounts[:, a, e:e + 1]
+            x2 = G.synthesis(T(held_out.wplus, s))
+            p2, pts2 = judge(x2).numpy(), starter.landmarks(x2).numpy()
+            young = starter.regressor(x2)[:, list(starter.regressor.names).index("Young")].numpy()
+            tv.append(M.total_variation(p, p2) * 100)
+            absd.append(M.emotion_abs_deltas(p, p2))
+            lm.append(M.landmark_drift(pts, pts2, scale))
+            success.append(100 * (1 - np.abs(young - held_out.targets[:, a, e].numpy())))
+    assert parts.emotion_tv_pp == pytest.approx(float(np.mean(tv)), rel=1e-5)
+    assert parts.landmark_drift == pytest.approx(float(np.mean(lm)), rel=1e-5)
+    assert parts.edit_success_pp == pytest.approx(float(np.mean(success)), rel=1e-5)
+    assert parts.emotion_abs_pp["happy"] == pytest.approx(float(np.mean(absd, axis=(0, 1))[3]), rel=1e-5)
+    assert parts.emotion_tv_pp > 0.01   # the random T really edits (the comparison is not 0 == 0)
+    np.testing.assert_allclose(parts.per_face["emotion_tv_pp"], np.mean(tv, axis=0), rtol=1e-5)
+
+
+def test_intermediate_evaluation_uses_the_first_faces(starter, held_out):
+    T = random_T(starter, 2, seed=4)
+    first4 = ObjectiveEvaluator(starter, held_out)(T, ATTRIBUTES, n_faces=4)
+    on_head = ObjectiveEvaluator(starter, held_out.head(4))(T, ATTRIBUTES)
+    assert first4.n_faces == 4 and first4.as_metrics() == pytest.approx(on_head.as_metrics())
+
+
+def test_unknown_judge_and_uncovered_attribute_are_config_errors(starter, held_out):
+    with pytest.raises(ConfigError, match="objective.judge: 'deepface-x' is not an emotion judge"):
+        emotion_judge(starter, "deepface-x")
+    model, labels = emotion_judge(starter, "face-api-expression")
+    assert labels[3] == "happy" and model is starter.judges["face-api-expression"]
+    only_male = build_held_out(starter, ("Male",), n=2, seed=0)
+    with pytest.raises(ConfigError, match="'Young' is not covered"):
+        ObjectiveEvaluator(starter, only_male)(random_T(starter, 1), ("Young",))
+    with pytest.raises(ConfigError, match=r"\['Bald'\] not known"):
+        build_held_out(starter, ("Bald",), n=2, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Score
+# ---------------------------------------------------------------------------------------------
+
+def test_score_is_drift_when_feasible_and_ranks_infeasible_trials_last():
+    kw = {"tolerance_pp": 5.0, "penalty": 10.0}
+    ok = score(3.0, 46.0, 50.0, **kw)                      # 4 pp below the baseline: within tolerance
+    assert ok.feasible and ok.score == 3.0 and ok.shortfall_pp == 0 and ok.reference_success_pp == 50
+    bad = score(0.5, 44.0, 50.0, **kw)                      # 1 pp below the floor of 45
+    assert not bad.feasible and bad.shortfall_pp == pytest.approx(1.0)
+    assert bad.score == pytest.approx(INFEASIBLE_OFFSET + 0.5 + 10.0)
+    worst_feasible = score(100.0, 45.0, 50.0, **kw)          # the largest possible drift, still feasible
+    assert worst_feasible.score < bad.score
+    assert score(0.5, 40.0, 50.0, **kw).score > bad.score   # a larger shortfall ranks later
+    base = score(4.0, 50.0, None, **kw)                    # the baseline itself
+    assert base.feasible and base.score == 4.0 and base.reference_success_pp == 50.0
+    diverged = score(math.nan, 50.0, 50.0, **kw)
+    assert diverged.score == math.inf and not diverged.feasible
