@@ -1,7 +1,7 @@
 """NVIDIA stylegan2-ada pickle converter: parity with the NVIDIA code's outputs, and safety.
 
-The parity data (`nvidia_ada_small64*.{pkl,pt}` in the shared StyleGAN2 fixtures, see their README)
-was produced by running NVlabs/stylegan2-ada-pytorch itself. Nothing here ever loads a pickle with
+The parity data (`nvidia_ada_small64*.{pkl,pt}` in tests/fixtures/stylegan2, see its README) was
+produced by running NVlabs/stylegan2-ada-pytorch itself. Nothing here ever loads a pickle with
 plain pickle.load / torch.load(weights_only=False): the crafted malicious pickles below would run
 their payload if it did, and each payload would create a marker file that the tests look for.
 """
@@ -28,7 +28,7 @@ TOL = 1e-4  # max abs error allowed against the NVIDIA outputs (measured: <= 1e-
 def ada_pkl(stylegan2_fixtures):
     path = stylegan2_fixtures / "nvidia_ada_small64.pkl"
     if not path.is_file():
-        pytest.fail(f"NVIDIA ada fixture not found: {path}; set HFLD_SHARED_FIXTURES to the shared/fixtures folder")
+        pytest.fail(f"NVIDIA ada fixture not found: {path}: the checkout is incomplete")
     return path
 
 
@@ -51,13 +51,17 @@ def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
 # Parity with the NVIDIA implementation
 # ---------------------------------------------------------------------------------------------
 
-def test_architecture_read_from_the_pickle(converted):
+def test_architecture_read_from_the_pickle(converted, stylegan2_fixtures):
+    cfg = json.loads((stylegan2_fixtures / "nvidia_ada_small64_config.json").read_text())
+    gk, sk = cfg["generator_kwargs"], cfg["generator_kwargs"]["synthesis_kwargs"]
     g, d = converted.generator, converted.discriminator
-    assert (g.resolution, g.w_dim, g.n_latent) == (64, 512, 10)
-    assert converted.config["n_mlp"] == 8
-    # ada: min(channel_base // res, channel_max) with channel_base 2048, channel_max 64
-    assert converted.config["channels"] == {4: 64, 8: 64, 16: 64, 32: 64, 64: 32}
-    assert d is not None and d.resolution == 64
+    assert (g.resolution, g.z_dim, g.w_dim, g.n_latent) == (gk["img_resolution"], gk["z_dim"], gk["w_dim"],
+                                                            cfg["num_ws"])
+    assert converted.config["n_mlp"] == gk["mapping_kwargs"]["num_layers"]
+    # ada's channel table: min(channel_base // res, channel_max)
+    resolutions = [2 ** i for i in range(2, g.resolution.bit_length())]
+    assert converted.config["channels"] == {r: min(sk["channel_base"] // r, sk["channel_max"]) for r in resolutions}
+    assert d is not None and d.resolution == gk["img_resolution"]
 
 
 @torch.no_grad()
@@ -160,12 +164,13 @@ def _module(top: dict, dotted: str) -> PersistentRecord:
 def test_mapping_trained_with_another_lr_multiplier_is_rescaled(ada_pkl, ada_io):
     # The same function stored as ada would for lr_multiplier=1: W*0.01 with gain 1/sqrt(in), b*0.01 with gain 1.
     top = _records(ada_pkl)
-    for i in range(8):
-        fc = _module(top, f"G_ema.mapping.fc{i}")
+    layers = [fc for name, fc in _module(top, "G_ema.mapping").children().items() if name.startswith("fc")]
+    assert layers
+    for fc in layers:
         params = fc.state["_parameters"]
         params["weight"] = params["weight"] * 0.01
         params["bias"] = params["bias"] * 0.01
-        fc.state["weight_gain"] = 1 / 512 ** 0.5
+        fc.state["weight_gain"] = 1 / params["weight"].shape[1] ** 0.5
         fc.state["bias_gain"] = 1
     g = convert_network_records(top, "lr1.pkl")[0].generator
     assert max_abs(g.mapping(ada_io["z"]), ada_io["ws"][:, 0]) < 1e-5
