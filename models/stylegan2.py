@@ -5,6 +5,13 @@ FFHQ checkpoints (256 px: 14 latent layers, 1024 px: 18) load with strict key an
 No compiled CUDA extension is needed: the fused bias-act and upfirdn2d ops are written with
 ordinary torch ops (pad + depthwise conv), which autograd differentiates for free.
 
+`conv_clamp` (Generator and Discriminator argument, None by default) reproduces the activation clamp
+of NVlabs/stylegan2-ada-pytorch, whose training script sets it to 256 for every network it trains:
+with None the modules are exactly rosinality's; with a number c, every layer that ada clamps is
+clamped to [-c, c] at the same point of the computation (see `fused_leaky_relu`, `ToRGB`, `ResBlock`).
+The clamp is a Python float, not a tensor, so forward creates no tensors on the host (CUDA graphs and
+torch.compile see a constant).
+
 Shapes used throughout:
     z      [B, w_dim]            latent code fed to the mapping network
     w      [B, w_dim]            one style vector
@@ -36,10 +43,30 @@ def default_channels(channel_multiplier: int = 2) -> dict[int, int]:
 # Elementary ops
 # ---------------------------------------------------------------------------------------------
 
-def fused_leaky_relu(x: torch.Tensor, bias: torch.Tensor, slope: float = 0.2, gain: float = math.sqrt(2)):
-    """Bias add on dim 1, leaky ReLU, then the sqrt(2) gain that keeps activations unit-variance."""
+def _check_clamp(clamp: float | None) -> float | None:
+    """None (no clamp) or a non-negative number, as a Python float (never a tensor: see the module doc)."""
+    if clamp is None:
+        return None
+    clamp = float(clamp)
+    if not clamp >= 0:  # also rejects NaN
+        raise ValueError(f"conv_clamp must be None or a number >= 0, got {clamp!r}")
+    return clamp
+
+
+def fused_leaky_relu(x: torch.Tensor, bias: torch.Tensor, slope: float = 0.2, gain: float = math.sqrt(2),
+                     clamp: float | None = None) -> torch.Tensor:
+    """Bias add on dim 1, leaky ReLU, then the sqrt(2) gain that keeps activations unit-variance.
+
+    x [B, C, ...], bias [C]. `clamp` (None = off) then limits the result to [-clamp, clamp], after the
+    gain, which is the order of ada's bias_act (bias, activation, gain, clamp). ada clamps to keep its
+    float16 layers from overflowing, but applies the same clamp in float32, so a network trained
+    with it computes a different function without it whenever an activation exceeds the bound.
+    """
     shape = (1, bias.shape[0]) + (1,) * (x.ndim - 2)
-    return F.leaky_relu(x + bias.view(shape), negative_slope=slope) * gain
+    out = F.leaky_relu(x + bias.view(shape), negative_slope=slope) * gain
+    if clamp is not None:
+        out = out.clamp(-clamp, clamp)
+    return out
 
 
 def make_blur_kernel(taps: Sequence[float]) -> torch.Tensor:
@@ -136,12 +163,21 @@ class EqualConv2d(nn.Module):
 
 
 class FusedLeakyReLU(nn.Module):
-    def __init__(self, channels: int):
+    """Bias + leaky ReLU + sqrt(2) gain (+ optional clamp); x [B, C, ...] -> same shape.
+
+    The clamp is a plain attribute, not a buffer: state dicts keep rosinality's keys exactly.
+    """
+
+    def __init__(self, channels: int, clamp: float | None = None):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(channels))
+        self.clamp = _check_clamp(clamp)
 
     def forward(self, x):
-        return fused_leaky_relu(x, self.bias)
+        return fused_leaky_relu(x, self.bias, clamp=self.clamp)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.bias.shape[0]}" + ("" if self.clamp is None else f", clamp={self.clamp:g}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,26 +235,44 @@ class NoiseInjection(nn.Module):
 
 
 class StyledConv(nn.Module):
-    def __init__(self, in_ch, out_ch, kernel_size, w_dim, upsample=False, blur_taps=(1, 3, 3, 1)):
+    """Modulated conv -> noise -> bias + leaky ReLU (+ clamp): ada's SynthesisLayer.
+
+    x [B, Cin, H, W], style [B, w_dim], noise [1 or B, 1, H', W'] or None -> [B, Cout, H', W'].
+    ada clamps this layer's output at conv_clamp * gain, where gain is the extra gain its block
+    passes in: 1 in the 'skip' generator that rosinality's layout is, so the bound is conv_clamp.
+    """
+
+    def __init__(self, in_ch, out_ch, kernel_size, w_dim, upsample=False, blur_taps=(1, 3, 3, 1),
+                 conv_clamp: float | None = None):
         super().__init__()
         self.conv = ModulatedConv2d(in_ch, out_ch, kernel_size, w_dim, upsample=upsample, blur_taps=blur_taps)
         self.noise = NoiseInjection()
-        self.activate = FusedLeakyReLU(out_ch)
+        self.activate = FusedLeakyReLU(out_ch, clamp=conv_clamp)
 
     def forward(self, x, style, noise):
         return self.activate(self.noise(self.conv(x, style), noise))
 
 
 class ToRGB(nn.Module):
-    def __init__(self, in_ch, w_dim, upsample=True, blur_taps=(1, 3, 3, 1)):
+    """1x1 modulated conv to RGB plus bias, added to the upsampled image so far.
+
+    x [B, Cin, H, W], style [B, w_dim], skip [B, 3, H/2, W/2] or None -> image [B, 3, H, W].
+    With `conv_clamp`, this layer's own RGB output (conv + bias) is clamped before the skip is added,
+    as ada's ToRGBLayer does (bias_act with clamp=conv_clamp, no gain); the running sum is not clamped.
+    """
+
+    def __init__(self, in_ch, w_dim, upsample=True, blur_taps=(1, 3, 3, 1), conv_clamp: float | None = None):
         super().__init__()
         if upsample:
             self.upsample = Upsample(blur_taps)
         self.conv = ModulatedConv2d(in_ch, 3, 1, w_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        self.clamp = _check_clamp(conv_clamp)
 
     def forward(self, x, style, skip=None):
         out = self.conv(x, style) + self.bias
+        if self.clamp is not None:
+            out = out.clamp(-self.clamp, self.clamp)
         if skip is not None:
             out = out + self.upsample(skip)
         return out
@@ -246,24 +300,35 @@ class Generator(nn.Module):
     Args:
         resolution: output size R (power of two).
         w_dim: style dimension (512 for FFHQ).
-        n_mlp: mapping-network depth (8).
+        n_mlp: mapping-network depth (8 for FFHQ; loaders pass whatever depth the checkpoint has).
         channels: per-resolution channel table {4: c4, 8: c8, ...}; defaults to config-f.
         lr_mlp: learning-rate multiplier of the mapping network (0.01).
+        conv_clamp: None (rosinality: no clamp) or ada's conv_clamp (256 in every network
+            stylegan2-ada-pytorch trains): every styled conv's activation and every ToRGB output is
+            clamped to [-conv_clamp, conv_clamp], where ada clamps them.
+
+    Precision: ada runs its `num_fp16_res` highest-resolution blocks in float16 (the clamp is there
+    to keep them from overflowing). This module computes every layer in the dtype it is given:
+    float32, or bfloat16 under autocast, which reproduces ada's `force_fp32=True` outputs (the clamp
+    included), not its float16 rounding. The loaders record num_fp16_res in the config only as
+    provenance.
     """
 
     def __init__(self, resolution: int, w_dim: int = 512, n_mlp: int = 8,
                  channels: dict[int, int] | None = None, channel_multiplier: int = 2,
-                 lr_mlp: float = 0.01, blur_taps: Sequence[float] = (1, 3, 3, 1)):
+                 lr_mlp: float = 0.01, blur_taps: Sequence[float] = (1, 3, 3, 1),
+                 conv_clamp: float | None = None):
         super().__init__()
         log_size = _check_resolution(resolution)
         self.resolution, self.w_dim, self.z_dim = resolution, w_dim, w_dim
+        self.conv_clamp = conv_clamp = _check_clamp(conv_clamp)
         self.channels = {int(k): int(v) for k, v in (channels or default_channels(channel_multiplier)).items()}
         ch = self.channels
         self.style = nn.Sequential(PixelNorm(), *[EqualLinear(w_dim, w_dim, lr_mul=lr_mlp, activation=True)
                                                    for _ in range(n_mlp)])
         self.input = ConstantInput(ch[4])
-        self.conv1 = StyledConv(ch[4], ch[4], 3, w_dim, blur_taps=blur_taps)
-        self.to_rgb1 = ToRGB(ch[4], w_dim, upsample=False)
+        self.conv1 = StyledConv(ch[4], ch[4], 3, w_dim, blur_taps=blur_taps, conv_clamp=conv_clamp)
+        self.to_rgb1 = ToRGB(ch[4], w_dim, upsample=False, conv_clamp=conv_clamp)
         self.num_layers = (log_size - 2) * 2 + 1  # number of noise inputs
         self.n_latent = log_size * 2 - 2
         self.convs, self.to_rgbs = nn.ModuleList(), nn.ModuleList()
@@ -274,9 +339,10 @@ class Generator(nn.Module):
         in_ch = ch[4]
         for i in range(3, log_size + 1):
             out_ch = ch[2 ** i]
-            self.convs.append(StyledConv(in_ch, out_ch, 3, w_dim, upsample=True, blur_taps=blur_taps))
-            self.convs.append(StyledConv(out_ch, out_ch, 3, w_dim, blur_taps=blur_taps))
-            self.to_rgbs.append(ToRGB(out_ch, w_dim, blur_taps=blur_taps))
+            self.convs.append(StyledConv(in_ch, out_ch, 3, w_dim, upsample=True, blur_taps=blur_taps,
+                                         conv_clamp=conv_clamp))
+            self.convs.append(StyledConv(out_ch, out_ch, 3, w_dim, blur_taps=blur_taps, conv_clamp=conv_clamp))
+            self.to_rgbs.append(ToRGB(out_ch, w_dim, blur_taps=blur_taps, conv_clamp=conv_clamp))
             in_ch = out_ch
         # Average w; loaders overwrite it with the checkpoint's latent_avg when there is one.
         self.register_buffer("w_avg", torch.zeros(w_dim), persistent=False)
@@ -357,10 +423,16 @@ class Generator(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 class ConvLayer(nn.Sequential):
-    """[Blur] -> EqualConv2d -> [FusedLeakyReLU]; indices match rosinality's Sequential."""
+    """[Blur] -> EqualConv2d -> [FusedLeakyReLU (+ clamp)]; indices match rosinality's Sequential.
+
+    x [B, Cin, H, W] -> [B, Cout, H', W'] (H' = H/2 when downsampling). `clamp` bounds the activated
+    output and needs `activate` (ada never clamps its linear layers).
+    """
 
     def __init__(self, in_ch, out_ch, kernel_size, downsample=False, blur_taps=(1, 3, 3, 1), bias=True,
-                 activate=True):
+                 activate=True, clamp: float | None = None):
+        if clamp is not None and not activate:
+            raise ValueError("ConvLayer: a clamp needs activate=True (ada clamps only activated layers)")
         layers: list[nn.Module] = []
         if downsample:
             p = (len(blur_taps) - 2) + (kernel_size - 1)
@@ -371,15 +443,23 @@ class ConvLayer(nn.Sequential):
         layers.append(EqualConv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding,
                                   bias=bias and not activate))
         if activate:
-            layers.append(FusedLeakyReLU(out_ch))
+            layers.append(FusedLeakyReLU(out_ch, clamp=clamp))
         super().__init__(*layers)
 
 
 class ResBlock(nn.Module):
-    def __init__(self, in_ch, out_ch, blur_taps=(1, 3, 3, 1)):
+    """Residual downsampling block: x [B, Cin, H, W] -> [B, Cout, H/2, W/2].
+
+    Clamp placement (ada's DiscriminatorBlock, 'resnet'): conv0 (our conv1) clamps at conv_clamp;
+    conv1 (our conv2) runs with gain sqrt(0.5), so ada clamps sqrt(0.5) * act at conv_clamp * sqrt(0.5),
+    which is sqrt(0.5) * clamp(act, conv_clamp): here conv2 clamps at conv_clamp and the sum is divided
+    by sqrt(2) afterwards. The skip conv is linear and never clamped.
+    """
+
+    def __init__(self, in_ch, out_ch, blur_taps=(1, 3, 3, 1), conv_clamp: float | None = None):
         super().__init__()
-        self.conv1 = ConvLayer(in_ch, in_ch, 3)
-        self.conv2 = ConvLayer(in_ch, out_ch, 3, downsample=True, blur_taps=blur_taps)
+        self.conv1 = ConvLayer(in_ch, in_ch, 3, clamp=conv_clamp)
+        self.conv2 = ConvLayer(in_ch, out_ch, 3, downsample=True, blur_taps=blur_taps, clamp=conv_clamp)
         self.skip = ConvLayer(in_ch, out_ch, 1, downsample=True, blur_taps=blur_taps, bias=False, activate=False)
 
     def forward(self, x):
@@ -387,23 +467,31 @@ class ResBlock(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """StyleGAN2 residual discriminator (rosinality layout): image [B, 3, R, R] -> logits [B, 1]."""
+    """StyleGAN2 residual discriminator (rosinality layout): image [B, 3, R, R] -> logits [B, 1].
+
+    conv_clamp: None (rosinality) or ada's conv_clamp: the fromRGB layer, both convs of every residual
+    block (see ResBlock for the scaled one) and the final 3x3 conv are clamped, as in ada; the skip
+    convs and the two final linear layers are not. ada's num_fp16_res blocks are computed in the
+    input's dtype here (see Generator).
+    """
 
     def __init__(self, resolution: int, channels: dict[int, int] | None = None, channel_multiplier: int = 2,
-                 blur_taps: Sequence[float] = (1, 3, 3, 1), stddev_group: int = 4):
+                 blur_taps: Sequence[float] = (1, 3, 3, 1), stddev_group: int = 4,
+                 conv_clamp: float | None = None):
         super().__init__()
         log_size = _check_resolution(resolution)
         self.resolution = resolution
+        self.conv_clamp = conv_clamp = _check_clamp(conv_clamp)
         ch = {int(k): int(v) for k, v in (channels or default_channels(channel_multiplier)).items()}
-        convs: list[nn.Module] = [ConvLayer(3, ch[resolution], 1)]
+        convs: list[nn.Module] = [ConvLayer(3, ch[resolution], 1, clamp=conv_clamp)]
         in_ch = ch[resolution]
         for i in range(log_size, 2, -1):
             out_ch = ch[2 ** (i - 1)]
-            convs.append(ResBlock(in_ch, out_ch, blur_taps))
+            convs.append(ResBlock(in_ch, out_ch, blur_taps, conv_clamp=conv_clamp))
             in_ch = out_ch
         self.convs = nn.Sequential(*convs)
         self.stddev_group = stddev_group
-        self.final_conv = ConvLayer(in_ch + 1, ch[4], 3)
+        self.final_conv = ConvLayer(in_ch + 1, ch[4], 3, clamp=conv_clamp)
         self.final_linear = nn.Sequential(EqualLinear(ch[4] * 16, ch[4], activation=True), EqualLinear(ch[4], 1))
 
     def minibatch_stddev(self, x):

@@ -24,18 +24,19 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
-def shared_fixtures_dir() -> Path:
-    """../shared/fixtures beside the checkout (CI clones main with shared/ beside it)."""
-    env = os.environ.get("HFLD_SHARED_FIXTURES")
-    return Path(env) if env else REPO.parent / "shared" / "fixtures"
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="session")
 def stylegan2_fixtures() -> Path:
-    d = shared_fixtures_dir() / "stylegan2"
+    """tests/fixtures/stylegan2: small reference weights and outputs (see its README for provenance).
+
+    They live in the repository so that a bare clone passes its own tests; nothing outside the
+    checkout is read.
+    """
+    d = FIXTURES / "stylegan2"
     if not (d / "rosinality_small64.pt").is_file():
-        pytest.fail(f"StyleGAN2 reference fixtures not found in {d}; set HFLD_SHARED_FIXTURES to the "
-                    "shared/fixtures folder")
+        pytest.fail(f"StyleGAN2 reference fixtures not found in {d}: the checkout is incomplete")
     return d
 
 

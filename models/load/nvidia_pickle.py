@@ -14,9 +14,16 @@ builtins.eval, subprocess.Popen, ...) stops the load with a WeightsError before 
 
 The recorded ada tensors are then renamed and, where the two implementations scale differently,
 rescaled onto the rosinality layout of models.stylegan2, and every ada setting our modules cannot
-reproduce exactly (conv_clamp, fp16 blocks, class conditioning, other architectures, other filters)
-is refused with a message naming it. Differences that ARE handled (checked against the fixtures made
-with the NVIDIA code, see tests/models/load/test_nvidia_pickle.py):
+reproduce exactly (class conditioning, other architectures, other filters, a conv_clamp that differs
+between layers of one network) is refused with a message naming it. Differences that ARE handled
+(checked against the fixtures made with the NVIDIA code, see tests/models/load/test_nvidia_pickle.py):
+- conv_clamp (256 in every network stylegan2-ada-pytorch trains): passed on to our modules'
+  `conv_clamp`, which clamp where ada does (SynthesisLayer and D Conv2dLayer outputs after the gain,
+  at conv_clamp * the layer's extra gain; ToRGB outputs); recorded in the config.
+- fp16 blocks (`num_fp16_res`): the weights are the same; ada computes those blocks in float16, we in
+  the input's dtype, which reproduces ada's force_fp32=True outputs. The number of blocks ada ran in
+  float16 is recorded in the config (num_fp16_res, d_num_fp16_res) as provenance.
+- Mapping depth: any num_layers (the converted generator gets n_mlp = num_layers).
 - FC layers: ada multiplies weights by `weight_gain` and biases by `bias_gain` at run time, stored in
   each layer's state; rosinality uses lr_mul/sqrt(fan_in) and lr_mul (0.01 in the mapping network).
   Weights/biases are rescaled by the ratio, which is exactly 1 for standard ada networks.
@@ -292,6 +299,7 @@ def read_network_pickle(path: str | Path) -> Any:
 class _Checker:
     def __init__(self, source: Path | str):
         self.source = source
+        self.clamps: dict[str, tuple[float | None, str]] = {}  # network -> (conv_clamp, first layer seen)
 
     def fail(self, where: str, setting: str, value: Any, why: str) -> WeightsError:
         return WeightsError(f"{ROLE}: {self.source}: {where} has {setting}={value!r}, which this converter cannot "
@@ -306,13 +314,42 @@ class _Checker:
         if not ok:
             raise self.fail(where, name, _plain(value), why)
 
-    def no_clamp_no_fp16(self, rec: PersistentRecord, where: str):
+    def same_clamp(self, rec: PersistentRecord, where: str, net: str) -> None:
+        """Check a clamped layer's conv_clamp against the first one seen in the same network `net`.
+
+        ada stores conv_clamp on each layer (unscaled: the layer multiplies it by its extra gain at run
+        time); our Generator / Discriminator take one conv_clamp each, so all layers must agree.
+        """
+        value = rec.attr("conv_clamp", None)
+        if value is not None:
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise self.fail(where, "conv_clamp", _plain(value), "it must be None or a number") from None
+            if not value >= 0:
+                raise self.fail(where, "conv_clamp", value, "a clamp bound must be >= 0")
+        first = self.clamps.setdefault(net, (value, where))
+        if first[0] != value:
+            raise self.fail(where, "conv_clamp", value, f"{first[1]} has conv_clamp={first[0]!r}, and our "
+                            f"modules clamp every layer of a network with one bound")
+
+    def conv_clamp(self, net: str) -> float | None:
+        return self.clamps.get(net, (None, ""))[0]
+
+    def no_clamp(self, rec: PersistentRecord, where: str) -> None:
+        """Layers that ada never clamps (resnet skip convs): a clamp there has no counterpart."""
         if rec.attr("conv_clamp", None) is not None:
             raise self.fail(where, "conv_clamp", _plain(rec.attr("conv_clamp")),
-                            "the rosinality StyleGAN2 never clamps activations")
-        if rec.attr("use_fp16", False):
-            raise self.fail(where, "use_fp16 (num_fp16_res > 0)", True,
-                            "it computes in float16; our modules compute in float32")
+                            "stylegan2-ada never clamps this layer, and neither do our modules")
+
+    def refuse_conditional(self, rec: PersistentRecord, where: str) -> None:
+        """The clear refusal for class-conditional networks (ada's c_dim > 0), before anything else."""
+        c_dim = rec.attr("c_dim", None)
+        if isinstance(c_dim, (int, np.integer)) and not isinstance(c_dim, (bool, np.bool_)) and c_dim > 0:
+            raise WeightsError(f"{ROLE}: {self.source}: {where} is a conditional network (c_dim={int(c_dim)}); "
+                               f"conditional networks with c_dim > 0 are not supported yet (our generator and "
+                               f"discriminator take no class label). Convert an unconditional network "
+                               f"(trained without --cond).")
 
     def child(self, rec: PersistentRecord, name: str, where: str, class_name: str | None = None) -> PersistentRecord:
         kids = rec.children()
@@ -417,7 +454,7 @@ def _synthesis_layer(chk: _Checker, layer: PersistentRecord, where: str, up: int
     chk.equal(layer, where, "up", up, "unexpected block layout")
     chk.equal(layer, where, "activation", "lrelu", "rosinality uses leaky ReLU")
     chk.equal(layer, where, "act_gain", SQRT2, "rosinality's fused leaky ReLU has gain sqrt(2)")
-    chk.no_clamp_no_fp16(layer, where)
+    chk.same_clamp(layer, where, "G")
     chk.resample_filter(layer, where)
     weight = chk.tensor(layer, "weight", where)
     if weight.shape[2:] != (3, 3):
@@ -436,7 +473,7 @@ def _synthesis_layer(chk: _Checker, layer: PersistentRecord, where: str, up: int
 
 def _to_rgb(chk: _Checker, torgb: PersistentRecord, where: str) -> dict[str, torch.Tensor]:
     """ada ToRGBLayer -> our ToRGB tensors. ada scales the styles by weight_gain, we scale the weight."""
-    chk.no_clamp_no_fp16(torgb, where)
+    chk.same_clamp(torgb, where, "G")
     weight = chk.tensor(torgb, "weight", where)
     if weight.shape[0] != 3 or weight.shape[2:] != (1, 1):
         raise chk.fail(where, "weight shape", list(weight.shape), "rosinality's ToRGB is a 1x1 conv to 3 channels")
@@ -447,24 +484,26 @@ def _to_rgb(chk: _Checker, torgb: PersistentRecord, where: str) -> dict[str, tor
             "bias": chk.tensor(torgb, "bias", where).reshape(1, 3, 1, 1).clone()}
 
 
-def _check_synthesis_block(chk: _Checker, block: PersistentRecord, where: str, res: int):
+def _check_synthesis_block(chk: _Checker, block: PersistentRecord, where: str, res: int) -> bool:
+    """Check one ada SynthesisBlock; returns whether ada ran it in float16 (its use_fp16)."""
     chk.equal(block, where, "architecture", "skip", "rosinality's generator uses the 'skip' architecture")
     chk.equal(block, where, "resolution", res, "unexpected block layout")
     chk.equal(block, where, "img_channels", 3, "our generator makes RGB images")
-    chk.no_clamp_no_fp16(block, where)
     chk.resample_filter(block, where)
     if "skip" in block.children():
         raise chk.fail(where, "skip", "present", "rosinality's generator has no residual blocks")
+    return bool(block.attr("use_fp16", False))
 
 
-def _synthesis_state(chk: _Checker, synthesis: PersistentRecord) -> tuple[dict, dict[int, int], int]:
+def _synthesis_state(chk: _Checker, synthesis: PersistentRecord) -> tuple[dict, dict[int, int], int, int]:
+    """ada SynthesisNetwork -> (state, channel table, resolution, number of blocks ada ran in float16)."""
     where = "G_ema.synthesis"
     resolution = int(synthesis.attr("img_resolution"))
     log2 = int(round(math.log2(resolution))) if resolution > 0 else 0
     if resolution < 8 or 2 ** log2 != resolution:
         raise chk.fail(where, "img_resolution", resolution, "StyleGAN2 needs a power of two >= 8")
     up_kernel = make_blur_kernel(BLUR_TAPS) * 4  # what our upsampling Blur/Upsample buffers hold
-    state, channels, noise_index = {}, {}, 0
+    state, channels, noise_index, fp16_blocks = {}, {}, 0, 0
 
     def put(prefix: str, tensors: dict[str, torch.Tensor]):
         nonlocal noise_index
@@ -475,7 +514,7 @@ def _synthesis_state(chk: _Checker, synthesis: PersistentRecord) -> tuple[dict, 
         state.update({f"{prefix}.{k}": v for k, v in tensors.items()})
 
     b4 = chk.child(synthesis, "b4", where, "SynthesisBlock")
-    _check_synthesis_block(chk, b4, f"{where}.b4", 4)
+    fp16_blocks += _check_synthesis_block(chk, b4, f"{where}.b4", 4)
     const = chk.tensor(b4, "const", f"{where}.b4")
     channels[4] = const.shape[0]
     state["input.input"] = const[None].clone()
@@ -484,47 +523,49 @@ def _synthesis_state(chk: _Checker, synthesis: PersistentRecord) -> tuple[dict, 
     for k, res in enumerate(2 ** j for j in range(3, log2 + 1)):
         name = f"{where}.b{res}"
         block = chk.child(synthesis, f"b{res}", where, "SynthesisBlock")
-        _check_synthesis_block(chk, block, name, res)
+        fp16_blocks += _check_synthesis_block(chk, block, name, res)
         put(f"convs.{2 * k}", _synthesis_layer(chk, chk.child(block, "conv0", name), f"{name}.conv0", up=2))
         state[f"convs.{2 * k}.conv.blur.kernel"] = up_kernel.clone()
         put(f"convs.{2 * k + 1}", _synthesis_layer(chk, chk.child(block, "conv1", name), f"{name}.conv1", up=1))
         put(f"to_rgbs.{k}", _to_rgb(chk, chk.child(block, "torgb", name), f"{name}.torgb"))
         state[f"to_rgbs.{k}.upsample.kernel"] = up_kernel.clone()
         channels[res] = state[f"convs.{2 * k}.conv.weight"].shape[1]
-    return state, channels, resolution
+    return state, channels, resolution, fp16_blocks
 
 
 def _generator_state(chk: _Checker, g: PersistentRecord) -> tuple[dict, torch.Tensor | None, dict]:
     """ada G_ema record -> (rosinality g_ema state dict, w_avg [w_dim] or None, ada settings for the sidecar)."""
     if g.class_name != "Generator":
         raise WeightsError(f"{ROLE}: {chk.source}: G_ema is a {g.class_name}, expected Generator; {ACCEPTED}")
+    chk.refuse_conditional(g, "G_ema")
     chk.equal(g, "G_ema", "c_dim", 0, "class-conditional generators are not implemented")
     chk.equal(g, "G_ema", "img_channels", 3, "our generator makes RGB images")
     w_dim = int(g.attr("w_dim"))
     synthesis = chk.child(g, "synthesis", "G_ema", "SynthesisNetwork")
     mapping = chk.child(g, "mapping", "G_ema", "MappingNetwork")
-    state, channels, resolution = _synthesis_state(chk, synthesis)
+    state, channels, resolution, fp16_blocks = _synthesis_state(chk, synthesis)
     mapping_state, w_avg, n_mlp = _mapping_state(chk, mapping, w_dim)
     state.update(mapping_state)
     n_latent = 2 * int(round(math.log2(resolution))) - 2
     for rec, where in ((g, "G_ema"), (synthesis, "G_ema.synthesis"), (mapping, "G_ema.mapping")):
         chk.equal(rec, where, "num_ws", n_latent, f"a {resolution} px rosinality generator has {n_latent} latents")
     used = {n for n in flatten_tensors(g) if n.endswith("resample_filter")} | {"mapping.w_avg"}
-    used |= {n for n in flatten_tensors(g) if _maps_to_rosinality(n)}
+    used |= {n for n in flatten_tensors(g) if _maps_to_rosinality(n, n_mlp)}
     chk.unmapped(g, "G_ema", used)
     settings = {"z_dim": w_dim, "w_dim": w_dim, "img_resolution": resolution, "num_ws": n_latent,
-                "mapping_layers": n_mlp, "channels": channels, "init_kwargs": _plain(g.init_kwargs)}
+                "mapping_layers": n_mlp, "channels": channels, "conv_clamp": chk.conv_clamp("G"),
+                "num_fp16_res": fp16_blocks, "init_kwargs": _plain(g.init_kwargs)}
     return state, w_avg, settings
 
 
 _G_LAYER_TENSORS = {"weight", "bias", "noise_strength", "noise_const", "affine.weight", "affine.bias"}
 
 
-def _maps_to_rosinality(ada_name: str) -> bool:
-    """Whether a G_ema tensor name is one the generator mapping above consumes."""
+def _maps_to_rosinality(ada_name: str, n_mlp: int) -> bool:
+    """Whether a G_ema tensor name is one the generator mapping above consumes (fc0..fc{n_mlp-1})."""
     parts = ada_name.split(".")
     if parts[0] == "mapping":
-        return len(parts) == 3 and parts[1].startswith("fc") and parts[2] in ("weight", "bias")
+        return len(parts) == 3 and parts[1] in {f"fc{i}" for i in range(n_mlp)} and parts[2] in ("weight", "bias")
     if parts[0] != "synthesis" or len(parts) < 3:
         return False
     if parts[2:] == ["const"]:
@@ -538,11 +579,18 @@ def _maps_to_rosinality(ada_name: str) -> bool:
 
 def _conv_layer(chk: _Checker, rec: PersistentRecord, where: str, activation: str, down: int,
                 has_bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """ada Conv2dLayer -> (weight, bias) for our EqualConv2d (+ FusedLeakyReLU bias)."""
+    """ada Conv2dLayer -> (weight, bias) for our EqualConv2d (+ FusedLeakyReLU bias).
+
+    Activated layers share D's conv_clamp (ada scales it by the layer's gain at run time, our
+    ResBlock reproduces that); linear ones (the resnet skips) are never clamped.
+    """
     chk.equal(rec, where, "activation", activation, f"the rosinality layer here is '{activation}'")
     chk.equal(rec, where, "down", down, "unexpected block layout")
     chk.equal(rec, where, "up", 1, "unexpected block layout")
-    chk.no_clamp_no_fp16(rec, where)
+    if activation == "linear":
+        chk.no_clamp(rec, where)
+    else:
+        chk.same_clamp(rec, where, "D")
     if down > 1:
         chk.resample_filter(rec, where)
     expected_gain = SQRT2 if activation == "lrelu" else 1.0
@@ -556,9 +604,11 @@ def _conv_layer(chk: _Checker, rec: PersistentRecord, where: str, activation: st
     return weight, chk.tensor(rec, "bias", where).clone() if has_bias else None
 
 
-def _discriminator_state(chk: _Checker, d: PersistentRecord, resolution: int) -> dict:
+def _discriminator_state(chk: _Checker, d: PersistentRecord, resolution: int) -> tuple[dict, dict]:
+    """ada D record -> (rosinality d state dict, {"d_conv_clamp", "d_num_fp16_res"})."""
     if d.class_name != "Discriminator":
         raise WeightsError(f"{ROLE}: {chk.source}: D is a {d.class_name}, expected Discriminator; {ACCEPTED}")
+    chk.refuse_conditional(d, "D")
     chk.equal(d, "D", "c_dim", 0, "class-conditional discriminators (cmap) are not implemented")
     chk.equal(d, "D", "img_resolution", resolution, "D and G_ema must have the same resolution")
     chk.equal(d, "D", "img_channels", 3, "our discriminator reads RGB images")
@@ -566,12 +616,13 @@ def _discriminator_state(chk: _Checker, d: PersistentRecord, resolution: int) ->
         raise chk.fail("D", "mapping", "present", "class-conditional discriminators are not implemented")
     down_kernel = make_blur_kernel(BLUR_TAPS)
     state: dict[str, torch.Tensor] = {}
+    fp16_blocks = 0
     log2 = int(round(math.log2(resolution)))
     for i, res in enumerate(2 ** j for j in range(log2, 2, -1)):
         where = f"D.b{res}"
         block = chk.child(d, f"b{res}", "D", "DiscriminatorBlock")
         chk.equal(block, where, "architecture", "resnet", "rosinality's discriminator is residual")
-        chk.no_clamp_no_fp16(block, where)
+        fp16_blocks += bool(block.attr("use_fp16", False))
         if i == 0:
             weight, bias = _conv_layer(chk, chk.child(block, "fromrgb", where), f"{where}.fromrgb", "lrelu", 1, True)
             state["convs.0.0.weight"], state["convs.0.1.bias"] = weight, bias
@@ -591,7 +642,7 @@ def _discriminator_state(chk: _Checker, d: PersistentRecord, resolution: int) ->
              and n.split(".")[1] in ("fromrgb", "conv0", "conv1", "skip", "conv", "fc", "out")
              and len(n.split(".")) == 3}
     chk.unmapped(d, "D", used)
-    return state
+    return state, {"d_conv_clamp": chk.conv_clamp("D"), "d_num_fp16_res": fp16_blocks}
 
 
 def _epilogue_state(chk: _Checker, b4: PersistentRecord) -> dict[str, torch.Tensor]:
@@ -634,8 +685,14 @@ def convert_network_records(top: Any, source: Path | str,
     g_rec, d_rec = _networks(top, source)
     chk = _Checker(source)
     g_state, w_avg, settings = _generator_state(chk, g_rec)
-    d_state = None if d_rec is None else _discriminator_state(chk, d_rec, settings["img_resolution"])
-    weights = build_from_state(g_state, d_state, w_avg, source, expected_resolution)
+    d_state = None
+    if d_rec is not None:
+        d_state, d_settings = _discriminator_state(chk, d_rec, settings["img_resolution"])
+        settings.update(d_settings)
+    weights = build_from_state(g_state, d_state, w_avg, source, expected_resolution,
+                               conv_clamp=settings["conv_clamp"], num_fp16_res=settings["num_fp16_res"],
+                               d_conv_clamp=settings.get("d_conv_clamp"),
+                               d_num_fp16_res=settings.get("d_num_fp16_res") or 0)
     if weights.generator.n_latent != settings["num_ws"]:  # build_from_state infers the layout again
         raise WeightsError(f"{ROLE}: {source}: converted generator has {weights.generator.n_latent} latents, "
                            f"ada had {settings['num_ws']}")
@@ -654,7 +711,9 @@ def read_nvidia_pickle(pkl_path: str | Path, expected_resolution: int | None = N
 def convert_nvidia_pickle(pkl_path: str | Path, out_path: str | Path) -> Path:
     """Convert an ada network pickle to `<out>.safetensors` + `<out>.json` (load with load_stylegan2).
 
-    The JSON sidecar records the source file name, its sha256, the source format and ada's settings.
+    The JSON sidecar records the source file name, its sha256, the source format and ada's settings;
+    conv_clamp / num_fp16_res (and d_*) are top-level entries, also kept in the safetensors header
+    (see models.load.stylegan2).
     """
     pkl_path = require_file(pkl_path, ROLE, HINT)
     out_path = Path(out_path).expanduser()
