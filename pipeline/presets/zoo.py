@@ -7,6 +7,7 @@ preset needs, checks each file's sha256 and writes it atomically under the cache
     $HFLD_CACHE/starter/gan_face_generate/weights.tar
     $HFLD_CACHE/starter/fer/emotion_model.hdf5
     $HFLD_CACHE/starter/face_api/model/<name>-weights_manifest.json, <name>.bin
+    $HFLD_CACHE/starter/human/models/<name>.json, <name>.bin   (TF.js graph models)
 
 When every file is already there with the right sha256 nothing is downloaded (so a second run works
 without network). A cached file with a wrong sha256 is reported and fetched again. Nothing here runs
@@ -119,6 +120,18 @@ def _face_api_members(models: tuple[tuple[str, str, str], ...]) -> tuple[Member,
     return tuple(members)
 
 
+def _human_members(models: tuple[tuple[str, str, str], ...]) -> tuple[Member, ...]:
+    """model.json + weight shard of each @vladmandic/human graph model; (name, .json sha256, .bin sha256).
+
+    Each model.json of human 3.3.6 lists exactly one shard, `<name>.bin` (checked by tests/models/test_human.py).
+    """
+    members = []
+    for name, json_sha, bin_sha in models:
+        for filename, sha in ((f"{name}.json", json_sha), (f"{name}.bin", bin_sha)):
+            members.append(Member(f"package/models/{filename}", f"starter/human/models/{filename}", sha))
+    return tuple(members)
+
+
 # sha256 values measured on 2026-11-23 from the registries' files (pip download / npm pack);
 # pip also checks the wheel hash published by the index, npm the tarball's integrity field.
 STARTER: tuple[Artifact, ...] = (
@@ -155,6 +168,25 @@ STARTER: tuple[Artifact, ...] = (
             ("face_recognition_model",
              "cbaffa501b0b9275a12b63357a6843e7e30c054e1c9151e1a5f879b26e32986b",
              "b413e420d6840b2775fba32008db6f3cddb07d485967fb42cfcf379c16a8c589"),
+        )),
+        licence="MIT",
+    ),
+    # Held-out judges and a detector (TF.js graph models, ported in models/human_*.py); measured
+    # 2026-12-02 with `npm pack @vladmandic/human@3.3.6` (28.6 MB tarball, 9.2 MB extracted here).
+    Artifact(
+        name="human", registry="npm", package="@vladmandic/human", version="3.3.6",
+        archive="vladmandic-human-3.3.6.tgz",
+        archive_sha256="425e9c51dbbca0c8934362b170cb0d54c2529c11c654b3c03092b16e9d6ad3f7",
+        members=_human_members((
+            ("facemesh",
+             "b60ca26f404724f43bd2b1575761d8265180e1f053cc0731caa68462927309e7",
+             "3826da640b0a3021161605369ee6af293f75d518040355b960ec71a3390c1c0b"),
+            ("faceres",
+             "5b83d49c0385d2e68a05122441b94226313677cae9fcc40b9587ad50079eb4df",
+             "2c7d2d62b76c97528b736527aa09d310ea71743c9e3e79fb6c62d4b2d73af79b"),
+            ("blazeface",
+             "cd7bbfc078270572beb39f9e5ae67aadbd50b5e67cff37e6d4f6b3ea39312e5f",
+             "dc9a97fdc50bc43216554bdd69aa3e7b9361a519ee7bdd996a2f69a98a6f9b72"),
         )),
         licence="MIT",
     ),
