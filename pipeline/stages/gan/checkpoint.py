@@ -12,8 +12,9 @@ Layout (small files so a checkpoint moves between machines through size-limited 
                                                  optimiser param groups, extra (config, histories, timing)
 
 Tensors: G.*, D.*, G_ema.* (state dicts plus w_avg, which StyleGAN2 keeps out of its state dict),
-opt_g.<param index>.<exp_avg|exp_avg_sq|step>, opt_d.*, pl_mean and the torch RNG states (rng.cpu,
-rng.cuda.<i>). A tensor larger than a part is stored flat in chunks (<name>::<k>) and reassembled.
+opt_g.<param index>.<exp_avg|exp_avg_sq|step>, opt_d.*, pl_mean, the torch RNG states (rng.cpu,
+rng.cuda.<i>) and extra.* (the quality reference statistics, so a resumed run on another machine
+need not measure the scale again). A tensor larger than a part is stored flat in chunks (<name>::<k>) and reassembled.
 A new checkpoint is complete before latest.json points at it; older step folders are removed after.
 """
 
@@ -53,6 +54,9 @@ class Checkpoint:
     @property
     def extra(self) -> dict:
         return self.manifest.get("extra", {})
+
+    def extra_tensors(self) -> dict[str, torch.Tensor]:
+        return {k[len("extra."):]: v for k, v in self.tensors.items() if k.startswith("extra.")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,8 +170,10 @@ def pack_parts(tensors: dict[str, torch.Tensor], max_bytes: int = MAX_PART_BYTES
 
 
 def save_checkpoint(root: Path, state: GanState, extra: dict | None = None, keep: int = 1,
-                    max_bytes: int = MAX_PART_BYTES) -> Path:
-    """Write the state into root/step-XXXXXXXXX/, then point root/latest.json at it; returns the folder."""
+                    max_bytes: int = MAX_PART_BYTES, extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the state into root/step-XXXXXXXXX/, then point root/latest.json at it; returns the folder.
+
+    extra_tensors (names prefixed "extra.") travel with the state, e.g. the quality reference statistics."""
     from safetensors.torch import save_file
 
     root = Path(root)
@@ -176,6 +182,7 @@ def save_checkpoint(root: Path, state: GanState, extra: dict | None = None, keep
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     tensors, groups = state_tensors(state)
+    tensors.update({f"extra.{k}": v for k, v in (extra_tensors or {}).items()})
     parts, chunked = pack_parts(tensors, max_bytes)
     part_records = []
     for i, part in enumerate(parts):

@@ -34,8 +34,11 @@ class ArchitectureConfig:
     w_dim: style (and z) dimension.
     n_mlp: mapping-network depth.
     channels: explicit table {4: c4, 8: c8, ..., R: cR} for G and D; empty = the rule
-      c(r) = min(channel_base // r, channel_max), ada's rule with small numbers: 128 up to 32 px,
-      64 at 64 px (G + D 3.57M parameters at the defaults, ~7 MB in fp16).
+      c(r) = min(channel_base // r, channel_max) (ada's rule with small numbers). The defaults give
+      {4: 128, 8: 64, 16: 32, 32: 16, 64: 8}: G + D 1.58M parameters (3.2 MB in fp16), chosen so that
+      a T-training step on the starter judges costs no more on a 2-core CPU than with the DCGAN
+      (benchmarks/bench_starter_step.py; docs/gan.md has the numbers). channel_base 4096 gives
+      {128, 128, 128, 128, 64} (3.57M parameters, ~7 MB), a stronger generator whose T step is ~2x slower.
     lr_mlp: learning-rate multiplier of the mapping network (StyleGAN2: 0.01).
     conv_clamp: None, or ada's activation clamp (256) for every G/D layer it clamps.
     """
@@ -43,7 +46,7 @@ class ArchitectureConfig:
     w_dim: int = 256
     n_mlp: int = 8
     channels: dict[int, int] = field(default_factory=dict)
-    channel_base: int = 4096
+    channel_base: int = 512
     channel_max: int = 128
     lr_mlp: float = 0.01
     conv_clamp: float | None = None

@@ -228,35 +228,50 @@ class QualityRunner:
         q = self.cfg.quality
         return self.source.reference(q.n_images, set_index, q.batch_size)
 
-    def prepare(self) -> dict:
-        """Load or compute the reference statistics and the scale."""
+    def key(self) -> dict:
+        """What the reference statistics depend on: reused only when all of it matches."""
+        return {"n_images": self.cfg.quality.n_images, "source": self.source.description, "judges": self.judges.name,
+                "seed": self.cfg.seed, "resolution": self.cfg.arch.resolution}
+
+    def prepare(self, saved: dict | None = None, saved_tensors: dict | None = None) -> dict:
+        """The reference statistics and the scale: from a checkpoint (`saved`: its "quality" extra, and its
+        extra tensors) or the run dir when they fit this run, else measured now and written to the run dir."""
         from safetensors.torch import load_file, save_file
 
         ref_file, scale_file = self.folder / "reference.safetensors", self.folder / "scale.json"
-        key = {"n_images": self.cfg.quality.n_images, "source": self.source.description, "judges": self.judges.name,
-               "seed": self.cfg.seed, "resolution": self.cfg.arch.resolution}
-        if ref_file.is_file() and scale_file.is_file():
-            saved = json.loads(scale_file.read_text())
-            if saved.get("key") == key:
-                self.scale = saved["scale"]
-                self.reference = Q.stats_from_tensors(load_file(str(ref_file)), saved["reference_n"],
-                                                      self.scale.get("data_landmark_order_share"))
-                self.print(f"[gan] quality: reference statistics and scale from {self.folder}", flush=True)
-                return self.scale
+        if not (saved and saved_tensors) and ref_file.is_file() and scale_file.is_file():
+            saved, saved_tensors = json.loads(scale_file.read_text()), load_file(str(ref_file))
+        if saved and saved_tensors and saved.get("key") == self.key():
+            self.scale = saved["scale"]
+            self.reference = Q.stats_from_tensors(saved_tensors, saved["reference_n"],
+                                                  self.scale.get("data_landmark_order_share"))
+            self.print("[gan] quality: reference statistics and scale reused (measured earlier in this run)",
+                       flush=True)
+            self._write(save_file, ref_file, scale_file)
+            return self.scale
         t0 = time.perf_counter()
         self.print(f"[gan] quality: measuring the scale on {self.cfg.quality.n_images} data images per set "
                    "(noise floor, JPEG-30, blur sigma 1)...", flush=True)
         self.reference, self.scale = Q.compute_scale(self.judges, self.batches)
         self.scale["seconds"] = time.perf_counter() - t0
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with atomic_output(ref_file) as tmp:
-            save_file(Q.stats_tensors(self.reference), str(tmp))
-        atomic_write_bytes(scale_file, json.dumps(json_safe({"key": key, "reference_n": self.reference.n,
-                                                             "scale": self.scale}), indent=1).encode())
+        self._write(save_file, ref_file, scale_file)
         self.print(f"[gan] quality: scale (N = {self.scale['n']}): noise floor {self.scale['noise_floor']:.4g}, "
                    f"JPEG-30 {self.scale['jpeg30']:.4g}, blur 1 px {self.scale['blur1']:.4g} "
                    f"({self.scale['seconds']:.0f} s)", flush=True)
         return self.scale
+
+    def record(self) -> dict:
+        """The checkpoint's "quality" extra (with `tensors()`): enough to skip measuring the scale on resume."""
+        return {"key": self.key(), "reference_n": self.reference.n, "scale": self.scale}
+
+    def tensors(self) -> dict:
+        return Q.stats_tensors(self.reference)
+
+    def _write(self, save_file, ref_file: Path, scale_file: Path) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_output(ref_file) as tmp:
+            save_file(Q.stats_tensors(self.reference), str(tmp))
+        atomic_write_bytes(scale_file, json.dumps(json_safe(self.record()), indent=1).encode())
 
     def evaluate(self, G_ema, kimg: float) -> dict:
         t0 = time.perf_counter()
@@ -383,8 +398,8 @@ def final_products(cfg: GanConfig, state: GanState, source: DataSource, quality:
 # One worker's run (in-process: the only worker; Ray: every worker, rank 0 the chief)
 # ---------------------------------------------------------------------------------------------
 
-def checkpoint_extra(cfg: GanConfig, state: GanState, record: RunRecord) -> dict:
-    return {"config": to_dict(cfg), "architecture": cfg.arch.as_card(), "global_batch": cfg.batch_size * state.world_size,
+def checkpoint_extra(cfg: GanConfig, state: GanState, record: RunRecord, quality=None) -> dict:
+    return {"config": to_dict(cfg), "quality": quality.record() if quality is not None else None, "architecture": cfg.arch.as_card(), "global_batch": cfg.batch_size * state.world_size,
             "record": record.to_dict(),
             "rng": {"seed": cfg.seed, "stream": Stream.TRAIN.name, "next_step": state.step,
                     "derivation": "derive_seed(derive_seed(seed, TRAIN, step), TRAIN, rank * 16 + purpose)"}}
@@ -454,7 +469,8 @@ def run_training(cfg: GanConfig, ctx: WorkerContext, *, resume: Checkpoint | Non
     quality = None
     if judges is not None:
         quality = QualityRunner(cfg, judges, source, device, run_dir / "quality", say)
-        quality.prepare()
+        quality.prepare(resume.extra.get("quality") if resume is not None else None,
+                        resume.extra_tensors() if resume is not None else None)
         if tracker:
             tracker.log_metrics({f"scale_{k}": v for k, v in quality.scale.items()
                                  if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=state.step)
@@ -486,7 +502,8 @@ def run_training(cfg: GanConfig, ctx: WorkerContext, *, resume: Checkpoint | Non
         sync_record()
         folder = None
         if ctx.chief:
-            folder = save_checkpoint(run_dir / CHECKPOINTS, st, checkpoint_extra(cfg, st, record))
+            folder = save_checkpoint(run_dir / CHECKPOINTS, st, checkpoint_extra(cfg, st, record, quality),
+                                     extra_tensors=quality.tensors() if quality is not None else None)
             say(f"[gan] checkpoint at kimg {st.kimg:.1f}: {folder}", flush=True)
         ctx.report({**{k: v for k, v in last_row.items() if isinstance(v, (int, float))}, "step": st.step,
                     "kimg": st.kimg}, folder)
@@ -522,7 +539,8 @@ def run_training(cfg: GanConfig, ctx: WorkerContext, *, resume: Checkpoint | Non
     if not ctx.chief:
         write_checkpoint(state)              # a report from every rank (Ray needs them all)
         return None
-    save_checkpoint(run_dir / CHECKPOINTS, state, checkpoint_extra(cfg, state, record))
+    save_checkpoint(run_dir / CHECKPOINTS, state, checkpoint_extra(cfg, state, record, quality),
+                    extra_tensors=quality.tensors() if quality is not None else None)
     sample_grid(state.G_ema, cfg, device, run_dir / "samples" / f"kimg-{state.kimg:010.3f}.png")
     weights, card_path, summary = final_products(cfg, state, source, quality, record, run_dir, tracker, say)
     write_checkpoint(state)                  # with the final FD entry, reported to Ray as the last checkpoint

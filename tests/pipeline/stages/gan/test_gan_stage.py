@@ -70,3 +70,32 @@ def test_ray_train_one_worker_equals_in_process_and_two_workers_run(tmp_path, ra
     card = json.loads(two.card_path.read_text())
     assert card["training"]["workers"] == 2 and card["training"]["global_batch"] == 8
     assert read_checkpoint(two.run_dir).manifest["world_size"] == 2
+
+
+class CountingDescriptor(PooledDescriptor):
+    def __init__(self):
+        super().__init__()
+        self.images = 0
+
+    def forward(self, image):
+        self.images += image.shape[0]
+        return super().forward(image)
+
+
+def test_a_resume_elsewhere_reuses_the_scale_from_the_checkpoint(tmp_path):
+    """The reference statistics travel inside the checkpoint: a run resumed from a copied checkpoint
+    folder in a fresh work dir (another machine) measures only the student, not the scale again."""
+    import shutil
+
+    first = CountingDescriptor()
+    cfg = tiny_config(tmp_path, "total_kimg=0.008", "quality.judges=tiny")
+    result = run_gan(cfg, judges=QualityJudges(first, name="pooled"), **QUIET)
+    assert first.images == 4 * 32 + 32                       # four reference sets + the final student set
+    moved = tmp_path / "moved"
+    shutil.copytree(read_checkpoint(result.run_dir).folder, moved)
+    second = CountingDescriptor()
+    lines = []
+    other = tiny_config(tmp_path / "elsewhere", "total_kimg=0.016", "quality.judges=tiny", f"resume={moved}")
+    resumed = run_gan(other, judges=QualityJudges(second, name="pooled"), print_fn=lambda *a, **k: lines.append(a[0]))
+    assert second.images == 32 and any("reused" in line for line in lines)
+    assert resumed.quality["scale"] == result.quality["scale"]
