@@ -101,6 +101,8 @@ def main(argv=None) -> int:
     p.add_argument("--w-dim", type=int, default=None, help="override w_dim of every candidate")
     p.add_argument("--candidate", action="append", default=None,
                    help="name:c4,c8,c16,c32,c64[:n_mlp] or name:default (repeatable)")
+    p.add_argument("--without-d", action="store_true",
+                   help="also time each candidate without its discriminator (lambda3 = 0), to see what the D costs")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -116,9 +118,12 @@ def main(argv=None) -> int:
     for text in args.candidate or DEFAULT_CANDIDATES:
         name, channels, n_mlp = parse_candidate(text)
         bundle, arch, n_params = stylegan_bundle(starter, channels, n_mlp, args.w_dim or arch_default_w_dim())
-        configs.append((name, bundle, f"StyleGAN2 64 px, channels {arch.channel_table()}, w_dim {arch.w_dim}, "
-                                      f"n_mlp {arch.n_mlp}, L = {bundle.generator.n_latent}, G+D "
-                                      f"{n_params / 1e6:.2f}M params, D on (lambda3 = 0.05)"))
+        what = (f"StyleGAN2 64 px, channels {arch.channel_table()}, w_dim {arch.w_dim}, n_mlp {arch.n_mlp}, "
+                f"L = {bundle.generator.n_latent}, G+D {n_params / 1e6:.2f}M params")
+        configs.append((name, bundle, what + ", D on (lambda3 = 0.05)"))
+        if args.without_d:
+            from dataclasses import replace
+            configs.append((name + "-noD", replace(bundle, discriminator=None), what + ", no D (lambda3 = 0)"))
 
     print("bench_starter_step: one T-training step (sample_batch + train_step), starter judges, CPU")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}, "

@@ -106,9 +106,11 @@ def setup_gan(cfg: GanConfig, device: torch.device, *, rank: int = 0, world_size
         channels_last_(G), channels_last_(D)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opts = optimiser_settings(cfg)
-    # foreach Adam: a few fused kernels per step instead of one per parameter.
-    opt_g = torch.optim.Adam(G.parameters(), lr=opts["G"]["lr"], betas=opts["G"]["betas"], eps=1e-8, foreach=True)
-    opt_d = torch.optim.Adam(D.parameters(), lr=opts["D"]["lr"], betas=opts["D"]["betas"], eps=1e-8, foreach=True)
+    # A step of these small networks is bound by kernel launches on a GPU: fused Adam there (one kernel, the
+    # step counter on the device, no host reads), foreach Adam on the CPU.
+    kind = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    opt_g = torch.optim.Adam(G.parameters(), lr=opts["G"]["lr"], betas=opts["G"]["betas"], eps=1e-8, **kind)
+    opt_d = torch.optim.Adam(D.parameters(), lr=opts["D"]["lr"], betas=opts["D"]["betas"], eps=1e-8, **kind)
     return GanState(G, D, G_ema, opt_g, opt_d, device, torch.zeros((), device=device), rank=rank,
                     world_size=world_size, reduce=reduce)
 
@@ -157,8 +159,7 @@ def update_ema(G_ema: nn.Module, G: nn.Module, beta: float) -> None:
     """G_ema params = G + beta (G_ema - G); buffers (noise maps, w_avg) copied."""
     ema_params, params = list(G_ema.parameters()), [p.detach() for p in G.parameters()]
     torch._foreach_lerp_(ema_params, params, 1.0 - beta)
-    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
-        b_ema.copy_(b)
+    torch._foreach_copy_(list(G_ema.buffers()), list(G.buffers()))
 
 
 def train_step(state: GanState, cfg: GanConfig, source: DataSource) -> dict[str, torch.Tensor]:

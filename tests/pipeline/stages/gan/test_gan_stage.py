@@ -99,3 +99,37 @@ def test_a_resume_elsewhere_reuses_the_scale_from_the_checkpoint(tmp_path):
     resumed = run_gan(other, judges=QualityJudges(second, name="pooled"), print_fn=lambda *a, **k: lines.append(a[0]))
     assert second.images == 32 and any("reused" in line for line in lines)
     assert resumed.quality["scale"] == result.quality["scale"]
+
+
+def _average_worker(rank: int, world: int, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from pipeline.stages.gan.ray_gan import GradientAverager
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        m = torch.nn.Linear(3, 2)
+        m.weight.grad = torch.full_like(m.weight, float(rank + 1))
+        m.bias.grad = None                                   # a missing grad counts as zeros
+        GradientAverager(world)(m)
+        if rank == 0:
+            torch.save({"w": m.weight.grad, "b": m.bias.grad}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gradient_averager_averages_over_workers(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "grads.pt"
+    mp.spawn(_average_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    grads = torch.load(out)
+    assert torch.equal(grads["w"], torch.full((2, 3), 1.5)) and torch.equal(grads["b"], torch.zeros(2))
