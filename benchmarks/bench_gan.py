@@ -138,7 +138,8 @@ def environment(device) -> list[str]:
     if device.type == "cuda":
         prop = torch.cuda.get_device_properties(device)
         lines.append(f"GPU: {prop.name}, {prop.total_memory / 2**30:.0f} GiB, {prop.multi_processor_count} SMs; "
-                     f"cudnn.benchmark=True, TF32 matmul={torch.backends.cuda.matmul.allow_tf32}")
+                     f"cudnn.benchmark=True, TF32 matmul={torch.backends.cuda.matmul.allow_tf32}, "
+                     f"TF32 conv={torch.backends.cudnn.allow_tf32} (fp32 rows use TF32)")
     else:
         lines.append(f"CPU, {torch.get_num_threads()} thread(s)")
     return lines
@@ -153,6 +154,7 @@ def main(argv=None) -> int:
     if args.tiny:
         torch.set_num_threads(1)          # the CPU is shared: more threads only contend
     torch.backends.cudnn.benchmark = True
+    torch.set_float32_matmul_precision("high")     # as the launcher: TF32 matmuls; cuDNN convs use TF32 by default
     teacher, judges, teacher_note = build_teacher(args, device)
     cfg0 = make_config(args, args.batches[0], args.precisions[0], args.channels_last[0] == "on")
     from pipeline.stages.gan import build_networks, parameter_count

@@ -114,8 +114,11 @@ def main(argv=None) -> int:
 
     cfg = load_config(args, argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.set_float32_matmul_precision("high")     # TF32 matmuls (cuDNN convs use TF32 by default)
     print(f"[launcher] torch {torch.__version__}, CUDA {torch.version.cuda}, "
-          f"{torch.cuda.get_device_name(0) if device.type == 'cuda' else 'CPU only'}; precision {cfg.precision}, "
+          f"{torch.cuda.get_device_name(0) if device.type == 'cuda' else 'CPU only'}; precision {cfg.precision} "
+          f"(TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, TF32 conv {torch.backends.cudnn.allow_tf32}), "
+          f"channels_last {cfg.channels_last}, "
           f"batch {cfg.batch_size}, time limit {cfg.time_limit_min:.2f} min (reserve {cfg.time_reserve_min} min)",
           flush=True)
     teacher, judges = starter_teacher_and_judges(args.cache, device)
