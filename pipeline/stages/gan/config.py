@@ -269,8 +269,8 @@ class GanConfig:
 @dataclass
 class GanResult:
     run_dir: Path
-    weights_path: Path | None          # the exported safetensors (None when training stopped early)
-    card_path: Path | None
+    weights_path: Path                 # the exported safetensors (written at the end of every invocation)
+    card_path: Path                    # its JSON card
     kimg: float
     steps: int
     quality: dict = field(default_factory=dict)

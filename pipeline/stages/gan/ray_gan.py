@@ -19,7 +19,9 @@ which is loop.run_training with Ray around it:
   On a multi-node cluster work_dir and scaling.storage_path must be storage every node can reach.
 - Failures: scaling.max_failures restarts the worker group; restarted workers resume from Ray's latest
   checkpoint. Explicit resume: cfg.resume = a checkpoint folder (its files are read by the driver and
-  sent to the workers) or "auto" (Ray's own run of the same name, else the run dir's checkpoints).
+  sent to the workers) or "auto" (Ray's own checkpoints of a run of the same name in storage_path,
+  which Ray restores first, else the run dir's). Without resume, a run name Ray already holds is
+  refused (Ray would silently continue it).
 - Logging, quality, export: rank 0 only (losses averaged over workers), into the MLflow run the
   driver created; the time limit is decided collectively at log steps so every rank stops together.
 """
@@ -177,6 +179,14 @@ def make_trainer(cfg: GanConfig, loop_config: dict, storage):
                              worker_runtime_env={"env_vars": env} if env else None))
 
 
+def _exists(location) -> bool:
+    if isinstance(location, Path):
+        return location.exists()
+    import pyarrow.fs
+    fs, path = pyarrow.fs.FileSystem.from_uri(location)
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
 def checkpoint_payload(folder: Path) -> dict:
     return {"name": folder.name, "files": {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}}
 
@@ -190,6 +200,10 @@ def train_with_ray(cfg: GanConfig, *, tracker: Tracker | None = None, print_fn=p
                           "device=auto")
     resume_from = resolve_resume(cfg)
     storage = storage_path(cfg)
+    ray_run = f"{storage}/{cfg.name}" if isinstance(storage, str) else storage / cfg.name
+    if cfg.resume != "auto" and _exists(ray_run):
+        raise ConfigError(f"run_name: Ray already holds a run named {cfg.name!r} in {ray_run}; choose another "
+                          "run_name, or set resume=auto to continue it")
     tags = {"data": cfg.data.source, "num_workers": cfg.scaling.num_workers}
     with ray_session(), stage_run(cfg.tracking, tracker, work_dir=cfg.work_dir, run_name=cfg.name, stage="gan",
                                   tags=tags) as run:

@@ -133,3 +133,13 @@ def test_gradient_averager_averages_over_workers(tmp_path):
     mp.spawn(_average_worker, args=(2, port, str(out)), nprocs=2, join=True)
     grads = torch.load(out)
     assert torch.equal(grads["w"], torch.full((2, 3), 1.5)) and torch.equal(grads["b"], torch.zeros(2))
+
+
+def test_ray_refuses_a_run_name_ray_already_holds(tmp_path):
+    from pipeline.core.config import ConfigError
+    from pipeline.stages.gan.ray_gan import train_with_ray
+
+    cfg = tiny_config(tmp_path, "scaling.num_workers=1")
+    (tmp_path / "work" / "ray" / cfg.name).mkdir(parents=True)
+    with pytest.raises(ConfigError, match="Ray already holds a run"):
+        train_with_ray(cfg, **QUIET)
