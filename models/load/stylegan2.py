@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from models.errors import WeightsError
-from models.load.common import (load_state_strict, read_json, read_safetensors, read_torch_file,
+from models.load.common import (file_sha256, load_state_strict, read_json, read_safetensors, read_torch_file,
                                 require_file)
 from models.stylegan2 import Discriminator, Generator
 
@@ -34,6 +34,10 @@ SAFETENSORS_VERSION = 2  # 2: conv_clamp / num_fp16_res recorded (header key ARC
 READABLE_VERSIONS = (1, 2)
 ARCH_KEY = "hfld_stylegan2_arch"  # safetensors header entry: JSON of the ARCH_FIELDS below
 ARCH_FIELDS = ("conv_clamp", "num_fp16_res", "d_conv_clamp", "d_num_fp16_res")
+# A generator trained by the gan stage: the sidecar JSON is its card (pipeline/stages/gan/export.py).
+CARD_KIND = "hfld-gan-card"
+CARD_VERSION = 1
+CARD_ARCH_KEYS = ("resolution", "w_dim", "n_mlp", "channels")
 
 
 @dataclass
@@ -201,3 +205,37 @@ def load_stylegan2(path: str | Path, expected_resolution: int | None = None) -> 
     if str(path).endswith(".safetensors"):
         return load_stylegan2_safetensors(path, expected_resolution)
     return load_rosinality_checkpoint(path, expected_resolution)
+
+
+def load_hfld_gan(path: str | Path, expected_sha256: str | None = None,
+                  expected_resolution: int | None = None) -> tuple[StyleGAN2Weights, dict]:
+    """A StyleGAN2 trained by the gan stage: weights + card, both required and checked strictly.
+
+    The card (the JSON beside the file) must be an hfld-gan-card whose weights_sha256 is the file's
+    sha256 (and `expected_sha256`, e.g. a zoo pin, when given) and whose architecture is what the
+    tensors hold; G_ema and D must load with exact key and shape matching. Returns the networks (eval
+    mode, w_avg = the tracked average w) and the card.
+    """
+    path = require_file(path, ROLE, "Export one with `hfld gan` (pipeline/stages/gan).")
+    card_path = path.with_suffix(".json")
+    if not card_path.is_file():
+        raise WeightsError(f"{ROLE}: {path} has no card {card_path.name} beside it; a gan-stage export ships both")
+    card = read_json(card_path, ROLE)
+    if card.get("kind") != CARD_KIND or card.get("card_version") != CARD_VERSION:
+        raise WeightsError(f"{ROLE}: {card_path} is not a {CARD_KIND} v{CARD_VERSION} (kind {card.get('kind')!r}, "
+                           f"version {card.get('card_version')!r})")
+    digest = file_sha256(path)
+    for what, want in (("its card", card.get("weights_sha256")), ("the expected pin", expected_sha256)):
+        if want is not None and digest != want:
+            raise WeightsError(f"{ROLE}: {path} has sha256 {digest}, {what} says {want}: the file was changed "
+                               "or belongs to another card")
+    weights = load_stylegan2_safetensors(path, expected_resolution)
+    if weights.discriminator is None:
+        raise WeightsError(f"{ROLE}: {path} holds no discriminator (d.*); a gan-stage export ships G_ema and D")
+    arch = card.get("architecture", {})
+    found = {"resolution": weights.config["resolution"], "w_dim": weights.config["w_dim"],
+             "n_mlp": weights.config["n_mlp"], "channels": {str(k): v for k, v in weights.config["channels"].items()}}
+    differ = [f"{k}: card {arch.get(k)!r}, tensors {found[k]!r}" for k in CARD_ARCH_KEYS if arch.get(k) != found[k]]
+    if differ:
+        raise WeightsError(f"{ROLE}: {card_path} does not describe {path.name}: {'; '.join(differ)}")
+    return weights, card

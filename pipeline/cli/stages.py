@@ -54,6 +54,15 @@ def _generate_report(r) -> list[str]:
             f"[generate] load with: datasets.load_dataset('parquet', data_files='{r.out_dir}/*.parquet')"]
 
 
+def _gan_report(r) -> list[str]:
+    lines = [f"[gan] weights: {r.weights_path}", f"[gan] card: {r.card_path}"]
+    if r.quality.get("fd_face") is not None:
+        lines.append(f"[gan] {r.quality.get('where', '')}")
+        lines.append(f"[gan] FD_face curve: {r.run_dir / 'quality' / 'fd_curve.png'}; contact sheet: "
+                     f"{r.run_dir / 'quality' / 'contact_sheet.png'}")
+    return lines
+
+
 def _evaluate_report(r) -> list[str]:
     return [f"[evaluate] markdown report: {r.report_md}", f"[evaluate] numbers: {r.metrics_json}"]
 
@@ -79,6 +88,14 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           flags=(Flag(("--baseline",), "baseline", "baseline T (lambda4 = 0). " + T_HELP, "PATH"),
                  Flag(("--hfld",), "hfld", "HFLD T, given like --baseline", "PATH")),
           report=_evaluate_report),
+    Stage("gan", "train a StyleGAN2 generator + discriminator (e.g. distil the starter DCGAN)", "pipeline.stages.gan",
+          "GanConfig", "run_gan", preset_key="data.teacher.preset",
+          flags=(Flag(("--data",), "data.path", "dataset: an image folder, parquet file/folder/glob or saved HF "
+                      "dataset (set data.source too)", "PATH"),
+                 Flag(("--total-kimg",), "total_kimg", "training length in thousands of real images", "KIMG", float),
+                 Flag(("--minutes",), "time_limit_min", "stop training after this many minutes (resume continues)",
+                      "MIN", float)),
+          report=_gan_report),
     Stage("run", "the whole chain (tune, train baseline + HFLD, generate, evaluate, report)", "pipeline.stages.run",
           "RunConfig", "run_pipeline"),
 )}
