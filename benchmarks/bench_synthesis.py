@@ -28,7 +28,8 @@ PSNR (peak-to-peak 2, images clamped to [-1, 1] as stored, and raw), relative L2
 each row against our strict-fp32 reference. The documented tolerance of the bf16 fast path is
 PSNR >= 40 dB (docs/performance.md).
 
---profile: torch.profiler of ref-bf16 (before) and fast (after) at one batch: top kernels by CUDA time.
+--profile: torch.profiler of ref-bf16 (before), fast (after; fast-eager when fast is not run) and
+rosinality at one batch: top kernels by CUDA time.
 Anchor: the folder holding rosinality's model.py and op/ (the lead copies /work/shared/anchors/
 rosinality-stylegan2 into a git-ignored .device/anchors/ and carries it). It is loaded from that path
 only, in this benchmark only: nothing in models/ or pipeline/ imports it.
@@ -338,9 +339,10 @@ def precompile(resolution: int, args, device) -> None:
         return
     ours = our_generator(resolution, device, args.tiny)
     ours.set_fast_path(fast_path("fast", args.tiny))
+    batch = (args.batches or DEFAULT_BATCHES[ours.resolution])[0]   # a realistic size for Inductor's hints
     before, t0 = compile_stats(), time.perf_counter()
     with torch.no_grad():
-        ours(torch.randn(2, ours.w_dim, device=device), noise="const")
+        ours(torch.randn(batch, ours.w_dim, device=device), noise="const")
     sync(device)
     stats = compile_stats()
     print(f"torch.compile at {ours.resolution} px: {stats['graphs'] - before['graphs']} graphs, "
@@ -397,7 +399,8 @@ def bench_resolution(resolution: int, args, RGen, device, report: Report) -> Non
         best = {r.row: r for r in report.results if r.resolution == res and r.status == "ok"}
         batch = args.profile_batch or (best["fast"].batch if "fast" in best else batches[0])
         zp = z_all[:batch]
-        lines = profile_rows([r for r in ("ref-bf16", "fast", "rosinality") if r in rows], ours, ros, zp, args.tiny)
+        after = "fast" if "fast" in rows else "fast-eager"
+        lines = profile_rows([r for r in ("ref-bf16", after, "rosinality") if r in rows], ours, ros, zp, args.tiny)
         report.notes += lines
         print("\n".join(lines), flush=True)
     del ours, ros

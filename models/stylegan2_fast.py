@@ -147,10 +147,12 @@ def fir_sum(x: torch.Tensor, taps: Taps, pad: tuple[int, int], down: int = 1) ->
 
 
 def fir_conv(x: torch.Tensor, weight: torch.Tensor, pad: tuple[int, int], down: int = 1) -> torch.Tensor:
-    """The same FIR as one depthwise convolution with stride `down` (weight from `depthwise_weight`)."""
+    """The same FIR as one depthwise convolution with stride `down` (weight from `depthwise_weight`).
+    Symmetric pads go to the convolution itself (no padded copy of x)."""
     p0, p1 = pad
-    x = F.pad(x, (p0, p1, p0, p1))
-    return F.conv2d(x, weight.to(x.dtype), stride=down, groups=x.shape[1])
+    if p0 != p1:
+        x, p0 = F.pad(x, (p0, p1, p0, p1)), 0
+    return F.conv2d(x, weight.to(x.dtype), stride=down, padding=p0, groups=x.shape[1])
 
 
 def fir(x: torch.Tensor, taps: Taps, weight: torch.Tensor, pad: tuple[int, int], down: int = 1) -> torch.Tensor:
@@ -288,11 +290,25 @@ def styled_conv(x: torch.Tensor, style: torch.Tensor, p: StyledParams, noise: to
         y = fir(y, st.taps, p.blur, st.pad)
     else:
         y = F.conv2d(xm, p.weight, padding=st.padding)
-    y = torch.addcmul(p.bias.to(y.dtype)[None, :, None, None], y, d.to(y.dtype)[:, :, None, None])
-    if noise is not None:
-        y = y + noise.to(y.dtype) * p.noise_w.to(y.dtype)
+    d = d.to(y.dtype)[:, :, None, None]
+    base = p.bias.to(y.dtype)[None, :, None, None]
+    if noise is not None and noise.shape[0] == 1:
+        # one noise map for the whole batch ("const"): bias + noise is one image's worth of work, and
+        # the batch takes a single multiply-add pass (eager; Inductor fuses everything anyway). In
+        # y's layout, or the result would come out NCHW.
+        base = (base + noise.to(y.dtype) * p.noise_w.to(y.dtype)).contiguous(memory_format=_layout(y))
+        y = torch.addcmul(base, y, d)
+    else:
+        y = torch.addcmul(base, y, d)
+        if noise is not None:
+            y = y + noise.to(y.dtype) * p.noise_w.to(y.dtype)
     y = F.leaky_relu(y, SLOPE)
     return y if st.clamp is None else y.clamp(-st.clamp, st.clamp)
+
+
+def _layout(t: torch.Tensor) -> torch.memory_format:
+    return (torch.channels_last if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+            else torch.contiguous_format)
 
 
 def to_rgb(x: torch.Tensor, style: torch.Tensor, p: RgbParams, skip: torch.Tensor | None,

@@ -308,3 +308,18 @@ def test_gpu_cuda_graph_replay_equals_eager():
         z = torch.randn(8, 512, generator=torch.Generator().manual_seed(seed)).cuda()
         assert torch.equal(graphed(z)[0], g(z, noise="const"))
     assert len(graphed.recorded) == 1
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("noise", ["const", "random", "zero"])
+def test_activations_stay_channels_last(noise):
+    """Every styled layer's output keeps the NHWC layout (no silent NCHW conversions in the fast path)."""
+    from models.stylegan2_fast import styled_params, styled_conv
+    g, _ = small_pair()
+    fast = FastPath(dtype=torch.float32, compile=False, devices=("cpu",))
+    maps = g.make_noise(noise, 2)
+    x = torch.randn(2, 8, 8, 8).contiguous(memory_format=torch.channels_last)
+    for layer, n in ((g.convs[1], maps[2]), (g.convs[2], maps[3])):   # a 3x3 layer and an upsampling layer
+        p, st = styled_params(layer, torch.float32, fast)
+        out = styled_conv(x if not st.upsample else x[:, :layer.conv.in_ch], torch.randn(2, g.w_dim), p, n, st)
+        assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()

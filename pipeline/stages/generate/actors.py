@@ -13,7 +13,7 @@ import torch
 from pipeline.core.cuda_graphs import GraphedCall
 from pipeline.core.metrics import landmark_drift, landmark_scale, total_variation
 from pipeline.core.sampling import latents_from_z, sample_noise
-from pipeline.presets import apply_fast_path
+from pipeline.presets import apply_fast_path, channels_last_convs
 from pipeline.stages.generate.config import ImageConfig
 from pipeline.stages.generate.job import GenerateJob
 from pipeline.stages.generate.plan import concat_rows, object_array, pack_chunks, split_chunks
@@ -116,6 +116,9 @@ class Scorers:
         self.landmarks = bundle.landmarks.to(device).eval()
         self.regressor = bundle.regressor.to(device).eval()
         self.judges = {name: bundle.judges[name].to(device).eval() for name in job.cfg.judges}
+        if device.type == "cuda":
+            channels_last_convs(job.cfg.model.fast_path, self.emotion, self.landmarks, self.regressor,
+                                *self.judges.values())
         self.keys = ("emotion", "landmarks", "attributes", *(f"judge_{k}" for k in self.judges))
         del bundle
         self.measure = graphed(self._measure, device, job.cfg.resources.cuda_graph)

@@ -18,7 +18,7 @@ from models.losses import EditObjective, LossWeights, assert_frozen
 from pipeline.core.config import ConfigError
 from pipeline.core.sampling import latents_from_z, sample_noise
 from pipeline.core.seeding import Stream, rng_for
-from pipeline.presets import ModelBundle, apply_fast_path
+from pipeline.presets import ModelBundle, apply_fast_path, channels_last_convs
 from pipeline.stages.train.config import NonFiniteLoss, Precision, TrainConfig
 
 
@@ -89,6 +89,8 @@ def setup_training(cfg: TrainConfig, bundle: ModelBundle, device: torch.device,
     so their compiled regions are safe here.
     """
     apply_fast_path(cfg.model.fast_path, bundle.generator, bundle.discriminator)
+    if device.type == "cuda":
+        channels_last_convs(cfg.model.fast_path, bundle.regressor, bundle.landmarks, bundle.perceptual)
     attributes = resolve_attributes(cfg, bundle)
     objective = build_objective(cfg, bundle, attributes).to(device)
     directions = new_directions(cfg, bundle.generator, len(attributes)).to(device)
