@@ -22,6 +22,7 @@ Rows (--rows picks; `all` by default):
   fast          our fast path, bfloat16, each block torch.compile'd (the GPU default).
   fast-graph    the same replayed as one CUDA graph per batch (what the generate stage does).
   fast-fp16     (not run unless named) the fast path with float16 instead of bfloat16, compiled.
+  rosinality-strict, ref-strict   (not run unless named) strict fp32: TF32 off for convolutions too.
 
 Parity (same weights, same z, 64 images at 256 px / 16 at 1024 px, strict fp32 = TF32 off):
 PSNR (peak-to-peak 2, images clamped to [-1, 1] as stored, and raw), relative L2 and max |error| of
@@ -53,9 +54,10 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-ROWS = ("rosinality", "ref-fp32", "ref-bf16", "fast-fp32", "fast-eager", "fast", "fast-graph", "fast-fp16")
-DEFAULT_ROWS = ROWS[:-1]
-DEFAULT_BATCHES = {256: [32, 64, 128], 1024: [8, 16, 32], 32: [2, 4]}
+ROWS = ("rosinality", "ref-fp32", "ref-bf16", "fast-fp32", "fast-eager", "fast", "fast-graph", "fast-fp16",
+        "rosinality-strict", "ref-strict")
+DEFAULT_ROWS = ROWS[:7]
+DEFAULT_BATCHES = {256: [64, 128], 1024: [16, 32], 32: [2, 4]}   # the baseline's best: 64-128 / 16
 PARITY_IMAGES = {256: 64, 1024: 16, 32: 4}
 PSNR_TOLERANCE_DB = 40.0
 
@@ -187,6 +189,18 @@ def make_call(row: str, ours, ros, z_dim: int):
     from pipeline.core.cuda_graphs import GraphedCall
     if row == "rosinality":
         return "fp32 (TF32 convs)", lambda z: ros([z], randomize_noise=False)[0]
+    if row in ("rosinality-strict", "ref-strict"):
+        inner = (lambda z: ros([z], randomize_noise=False)[0]) if row == "rosinality-strict" else \
+            (lambda z: ours(z, noise="const"))
+
+        def strict(z):
+            flag = torch.backends.cudnn.allow_tf32
+            torch.backends.cudnn.allow_tf32 = False
+            try:
+                return inner(z)
+            finally:
+                torch.backends.cudnn.allow_tf32 = flag
+        return "fp32 strict (no TF32)", strict
     if row == "ref-bf16":
         def ref_bf16(z):
             with torch.autocast(device_type=z.device.type, dtype=torch.bfloat16):
@@ -256,7 +270,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)   # peak-to-peak 2: images in [-1, 1]
 
 
-STRICT_ROWS = ("rosinality", "ref-fp32", "fast-fp32")   # compared in strict fp32 (TF32 off)
+STRICT_ROWS = ("rosinality", "ref-fp32", "fast-fp32", "rosinality-strict", "ref-strict")   # compared in strict fp32 (TF32 off)
 
 
 @torch.no_grad()
@@ -275,7 +289,7 @@ def parity(rows, ours, ros, z: torch.Tensor, tiny: bool, resolution: int) -> lis
         ref = images(lambda zz: ours(zz, noise="const"))
         out = []
         for row in rows:
-            if row == "fast-graph" or (row == "rosinality" and ros is None):
+            if row == "fast-graph" or (row.startswith("rosinality") and ros is None):
                 continue                              # fast-graph: the same kernels as fast
             torch.backends.cudnn.allow_tf32 = row not in STRICT_ROWS and flags[0]
             ours.set_fast_path(fast_path(row, tiny))
@@ -357,7 +371,7 @@ def bench_resolution(resolution: int, args, RGen, device, report: Report) -> Non
     ours = our_generator(resolution, device, args.tiny)
     res = ours.resolution
     ros = rosinality_from(RGen, ours, device) if RGen is not None else None
-    rows = [r for r in args.rows if r != "rosinality" or ros is not None]
+    rows = [r for r in args.rows if not r.startswith("rosinality") or ros is not None]
     batches = args.batches or DEFAULT_BATCHES[res]
     zgen = torch.Generator(device="cpu").manual_seed(1)
     z_all = torch.randn(max(batches) * 2, ours.w_dim, generator=zgen).to(device)
@@ -422,17 +436,18 @@ def format_result(r: Result) -> str:
 
 
 def summary(report: Report) -> list[str]:
-    lines = ["", "Best batch per row, ratio to rosinality's best at the same resolution "
-                 "(targets: >= 3.0x at 256 px, >= 2.0x at 1024 px):"]
+    lines = ["", "Best batch per row, ratio to rosinality's best at the same resolution (strict rows: to "
+                 "rosinality-strict; targets: >= 3.0x at 256 px, >= 2.0x at 1024 px; equal precision: "
+                 "fast-fp32 and ref-fp32 vs rosinality, all fp32 with TF32 convolutions):"]
     for res in sorted({r.resolution for r in report.results}):
         best: dict[str, Result] = {}
         for r in report.results:
             if r.resolution == res and r.status == "ok" and (r.row not in best or r.img_per_s > best[r.row].img_per_s):
                 best[r.row] = r
-        anchor = best.get("rosinality")
         for row in ROWS:
             if row in best:
                 b = best[row]
+                anchor = best.get("rosinality-strict" if row.endswith("-strict") else "rosinality")
                 ratio = f"{b.img_per_s / anchor.img_per_s:5.2f}x" if anchor else "    -"
                 lines.append(f"  {res:>5} px {row:>11}: {b.img_per_s:9.1f} img/s at batch {b.batch:<4} {ratio}  "
                              f"({b.precision})")
@@ -455,8 +470,8 @@ def parse_args(argv=None):
                    help="TORCH_EXTENSIONS_DIR for the anchor's build")
     p.add_argument("--resolutions", type=int, nargs="+", default=[256, 1024], choices=[256, 1024])
     p.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), choices=ROWS)
-    p.add_argument("--batches", type=int, nargs="+", help="batches (default: 32 64 128 at 256 px, 8 16 32 at 1024)")
-    p.add_argument("--iters", type=int, default=10, help="calls per timed run")
+    p.add_argument("--batches", type=int, nargs="+", help="batches (default: 64 128 at 256 px, 16 32 at 1024)")
+    p.add_argument("--iters", type=int, default=6, help="calls per timed run")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per row and batch (median)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--profile", action="store_true", help="torch.profiler top kernels: ref-bf16, fast, rosinality")
@@ -466,7 +481,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.tiny:
         args.resolutions, args.iters, args.repeats, args.warmup = [32], 1, 1, 0
-        args.rows = [r for r in args.rows if r not in ("rosinality", "fast", "fast-graph")]
+        args.rows = [r for r in args.rows if not r.startswith("rosinality") and r not in ("fast", "fast-graph")]
     return args
 
 
@@ -483,7 +498,8 @@ def main(argv=None) -> int:
     report = Report(environment=environment(device))
     proc = None
     t_build = time.perf_counter()
-    if args.anchor and "rosinality" in args.rows and use_cuda:
+    wants_anchor = any(r.startswith("rosinality") for r in args.rows)
+    if args.anchor and wants_anchor and use_cuda:
         proc = start_anchor_build(args.anchor.resolve(), args.ext_dir)
     print("bench_synthesis: StyleGAN2 G (mapping + synthesis, const noise, no grad), random weights (seeded)")
     print("environment: " + ", ".join(f"{k}={v}" for k, v in report.environment.items()), flush=True)
@@ -494,7 +510,7 @@ def main(argv=None) -> int:
     RGen = None
     if proc is not None:
         RGen = finish_anchor_build(proc, t_build, args.anchor.resolve(), args.ext_dir, report)
-    elif "rosinality" in args.rows and not args.tiny:
+    elif wants_anchor and not args.tiny:
         report.notes.append("no --anchor given: rosinality rows skipped")
         print(report.notes[-1])
     for res in args.resolutions:

@@ -436,8 +436,9 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--resolutions", type=int, nargs="+", default=[256, 1024], help="StyleGAN2 resolutions")
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
-    p.add_argument("--fast-paths", nargs="+", default=["off", "compiled"], choices=["off", "eager", "compiled"],
-                   help="model.fast_path of the StyleGAN2 G and D (off = the reference modules, the baseline)")
+    p.add_argument("--fast-paths", nargs="+", choices=["off", "eager", "compiled"],
+                   help="model.fast_path of the StyleGAN2 G and D (off = the reference modules, the baseline); "
+                        "default: off compiled (--tiny: off, as the CPU always runs the reference code)")
     p.add_argument("--profile", action="store_true",
                    help="torch.profiler of one eager step per fast path at --profile-batch: top kernels")
     p.add_argument("--profile-batch", type=int, default=4)
@@ -452,6 +453,8 @@ def parse_args(argv=None):
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny random networks, gloo for 2 ranks")
     p.add_argument("--json", type=Path, help="also write all rows as JSON here")
     args = p.parse_args(argv)
+    if args.fast_paths is None:
+        args.fast_paths = ["off"] if args.tiny else ["off", "compiled"]
     if args.tiny:
         args.resolutions = [32]
     return args

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.stylegan2_fast import FastPath, clear_fast_cache, discriminator_forward, generator_synthesis
+from models.stylegan2_fast import (FastPath, clear_fast_cache, correlation_taps, discriminator_forward,
+                                   generator_synthesis)
 
 NoiseMode = Literal["const", "random", "zero"]
 
@@ -109,6 +110,7 @@ class Blur(nn.Module):
             kernel = kernel * upsample_factor ** 2
         self.register_buffer("kernel", kernel)
         self.pad = pad
+        self.fir_taps = correlation_taps(kernel)  # the same, as Python floats, for the fast path
 
     def forward(self, x):
         return upfirdn2d(x, self.kernel, pad=self.pad)
@@ -123,6 +125,7 @@ class Upsample(nn.Module):
         self.register_buffer("kernel", make_blur_kernel(taps) * factor ** 2)
         p = self.kernel.shape[0] - factor
         self.pad = ((p + 1) // 2 + factor - 1, p // 2)
+        self.fir_taps = correlation_taps(self.kernel)  # the same, as Python floats, for the fast path
 
     def forward(self, x):
         return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad)

@@ -37,6 +37,7 @@ by attribute name, so the state dicts stay exactly rosinality's.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -105,8 +106,9 @@ class FastPath:
 # ---------------------------------------------------------------------------------------------
 
 def correlation_taps(kernel: torch.Tensor) -> Taps:
-    """upfirdn2d kernel [k, k] -> taps as Python floats for cross-correlation (flipped: upfirdn2d is a
-    true convolution). Read when the weights are prepared, never per forward."""
+    """upfirdn2d kernel [k, k] (on the CPU) -> taps as Python floats for cross-correlation (flipped:
+    upfirdn2d is a true convolution). The Blur/Upsample modules compute them once at construction, so
+    forward never reads a kernel back from the device (a host sync, and illegal in a CUDA graph capture)."""
     return tuple(tuple(float(v) for v in row) for row in torch.flip(kernel.detach().float().cpu(), (0, 1)).tolist())
 
 
@@ -234,7 +236,7 @@ def styled_params(layer: nn.Module, dtype: torch.dtype, fast: FastPath) -> tuple
     conv = layer.conv
     up = bool(conv.upsample)
     blur_mod = conv.blur if up else None
-    taps = correlation_taps(blur_mod.kernel) if up else ((1.0,),)
+    taps = blur_mod.fir_taps if up else ((1.0,),)
     static = StyledStatic(dtype, up, conv.padding, layer.activate.clamp, taps, tuple(blur_mod.pad) if up else (0, 0))
     params = [conv.weight, conv.modulation.weight, conv.modulation.bias, layer.noise.weight, layer.activate.bias]
 
@@ -253,7 +255,7 @@ def rgb_params(layer: nn.Module) -> tuple[RgbParams, RgbStatic]:
     """A models.stylegan2.ToRGB -> prepared tensors (always float32: the RGB sum stays float32)."""
     conv = layer.conv
     upsample = getattr(layer, "upsample", None)
-    taps = correlation_taps(upsample.kernel) if upsample is not None else ((1.0,),)
+    taps = upsample.fir_taps if upsample is not None else ((1.0,),)
     static = RgbStatic(layer.clamp, taps, tuple(upsample.pad) if upsample is not None else (0, 0))
     params = [conv.weight, conv.modulation.weight, conv.modulation.bias, layer.bias]
 
@@ -371,9 +373,9 @@ def d_block_params(block: nn.Module, from_rgb: nn.Module | None, dtype: torch.dt
                    fast: FastPath) -> tuple[DBlockParams, DBlockStatic]:
     c1, c2, sk = block.conv1[0], block.conv2[1], block.skip[1]
     blur2, blur_skip = block.conv2[0], block.skip[0]
-    static = DBlockStatic(dtype, block.conv1[1].clamp, from_rgb is not None, correlation_taps(blur2.kernel),
+    static = DBlockStatic(dtype, block.conv1[1].clamp, from_rgb is not None, blur2.fir_taps,
                           tuple(blur2.pad), tuple(blur_skip.pad))
-    if not torch.equal(blur2.kernel, blur_skip.kernel):
+    if blur2.fir_taps != blur_skip.fir_taps:
         raise ValueError("fast discriminator: the conv and skip paths must share one blur kernel")
     params = [c1.weight, block.conv1[1].bias, c2.weight, block.conv2[2].bias, sk.weight]
     if from_rgb is not None:
@@ -498,11 +500,18 @@ def compile_stats() -> dict[str, float]:
 # Whole networks
 # ---------------------------------------------------------------------------------------------
 
+def _no_autocast(t: torch.Tensor):
+    """The fast path sets its own dtypes: a caller's autocast (a stage's bf16 precision) stays outside."""
+    if t.device.type in ("cuda", "cpu"):
+        return torch.autocast(device_type=t.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def generator_synthesis(g: nn.Module, wplus: torch.Tensor, noise: list, fast: FastPath) -> torch.Tensor:
     """models.stylegan2.Generator.synthesis on the fast path: wplus [B, L, w_dim], noise list (None =
     zero) -> image [B, 3, R, R] float32, contiguous."""
     top = g.resolution
-    with torch.autocast(device_type=wplus.device.type, enabled=False):
+    with _no_autocast(wplus):
         wplus = wplus.float()
         b = wplus.shape[0]
         p, st = styled_params(g.conv1, fast.dtype_at(4, top), fast)
@@ -526,7 +535,7 @@ def discriminator_forward(d: nn.Module, image: torch.Tensor, fast: FastPath) -> 
     """models.stylegan2.Discriminator.forward on the fast path: image [B, 3, R, R] -> logits [B, 1] fp32.
     The 4x4 head (minibatch stddev, final conv, linear layers) runs in float32 as in the reference."""
     top = d.resolution
-    with torch.autocast(device_type=image.device.type, enabled=False):
+    with _no_autocast(image):
         x = image.contiguous(memory_format=fast.memory_format)
         for k, block in enumerate(d.convs[1:]):
             p, st = d_block_params(block, d.convs[0] if k == 0 else None, fast.dtype_at(top >> k, top), fast)

@@ -323,3 +323,54 @@ def test_activations_stay_channels_last(noise):
         p, st = styled_params(layer, torch.float32, fast)
         out = styled_conv(x if not st.upsample else x[:, :layer.conv.in_ch], torch.randn(2, g.w_dim), p, n, st)
         assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fast_forward_creates_no_host_tensors(dtype):
+    # CUDA-graph friendliness, as for the reference path (tests/models/test_stylegan2.py): nothing in
+    # the fast forward builds a tensor on the host or reads one back (FIR taps are Python floats
+    # computed at construction). On the `meta` device any such read raises and any host tensor shows.
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class HostTensors(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.ops += [str(func) for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.device.type != "meta"]
+            return out
+
+    g, d = small_pair(conv_clamp=256)
+    fast = FastPath(dtype=dtype, compile=False, devices=("meta",))
+    g, d = g.to("meta").set_fast_path(fast), d.to("meta").set_fast_path(fast)
+    with torch.no_grad(), HostTensors() as seen:
+        for mode in ("const", "random", "zero"):
+            d(g.synthesis(torch.zeros(2, g.n_latent, g.w_dim, device="meta"), mode))
+    assert seen.ops == []
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("upsample", [False, True])
+@pytest.mark.parametrize("clamp", [None, 0.3])
+def test_fused_styled_layer_equals_the_unfused_reference_layer(upsample, clamp):
+    """One layer: modulation, (transposed conv + blur), demodulation, noise, bias, leaky ReLU, gain, clamp
+    folded and fused vs the reference StyledConv's separate ops; and one ToRGB with its skip upsampling."""
+    from models.stylegan2 import StyledConv, ToRGB
+    from models.stylegan2_fast import rgb_params, styled_conv, styled_params, to_rgb
+    torch.manual_seed(0)
+    layer = StyledConv(6, 5, 3, 8, upsample=upsample, conv_clamp=clamp)
+    layer.noise.weight.fill_(0.7)
+    layer.activate.bias.uniform_(-1, 1)
+    x, style = torch.randn(3, 6, 8, 8), torch.randn(3, 8)
+    noise = torch.randn(1, 1, 16 if upsample else 8, 16 if upsample else 8)
+    p, st = styled_params(layer, torch.float32, CPU_FP32)
+    fast = styled_conv(x.contiguous(memory_format=torch.channels_last), style, p, noise, st)
+    assert (fast - layer(x, style, noise)).abs().max() < 1e-5
+    rgb = ToRGB(5, 8, conv_clamp=clamp)
+    rgb.bias.uniform_(-1, 1)
+    skip = torch.randn(3, 3, fast.shape[2] // 2, fast.shape[3] // 2)
+    p_rgb, st_rgb = rgb_params(rgb)
+    assert (to_rgb(fast, style, p_rgb, skip, st_rgb) - rgb(fast, style, skip)).abs().max() < 1e-5
