@@ -59,7 +59,7 @@ if __name__ != "__main__" and __name__ in sys.modules:
 # Per resolution: sources per chunk and sources per shard (the chunk is the GPU batch: B * (K + 1) images).
 DEFAULT_BATCH_SOURCES = {32: 4, 64: 32, 256: 16, 1024: 2}
 DEFAULT_SHARD_SOURCES = {32: 8, 64: 256, 256: 64, 1024: 16}
-DEFAULT_ROWS = {32: 96, 64: 20_000, 256: 16_000, 1024: 2_000}
+DEFAULT_ROWS = {32: 96, 64: 20_000, 256: 40_000, 1024: 2_000}
 
 
 @dataclass(frozen=True)
