@@ -157,6 +157,18 @@ def fir_conv(x: torch.Tensor, weight: torch.Tensor, pad: tuple[int, int], down: 
     return F.conv2d(x, weight.to(x.dtype), stride=down, padding=p0, groups=x.shape[1])
 
 
+def upsample_conv_blur_fused(xm: torch.Tensor, weight: torch.Tensor, taps: Taps, pad: tuple[int, int]) -> torch.Tensor:
+    """Transposed stride-2 conv, then the FIR with `pad`, written for Inductor: the zero border the
+    blur needs comes from padding the conv's 4x smaller input by q (the conv then emits 2q zero rows
+    and columns on each side), so the FIR reads the conv's output through views and fuses with what
+    follows, instead of reading a padded copy of it. Equals fir(conv_transpose2d(xm), pad)."""
+    p0, p1 = pad
+    q = (max(p0, p1) + 1) // 2
+    y = F.conv_transpose2d(F.pad(xm, (q, q, q, q)), weight, stride=2)       # = y padded by 2q
+    y = y[:, :, 2 * q - p0: y.shape[2] - (2 * q - p1), 2 * q - p0: y.shape[3] - (2 * q - p1)]
+    return fir_sum(y, taps, (0, 0))
+
+
 def fir(x: torch.Tensor, taps: Taps, weight: torch.Tensor, pad: tuple[int, int], down: int = 1) -> torch.Tensor:
     """Shifted sums while torch.compile traces (fused with the neighbouring elementwise work), one
     depthwise convolution in eager mode (fewest kernels there)."""
@@ -287,9 +299,10 @@ def styled_conv(x: torch.Tensor, style: torch.Tensor, p: StyledParams, noise: to
         m = s.abs().amax(1, keepdim=True)
         s, d = s / m, d * m
     xm = (x * s.to(x.dtype)[:, :, None, None]).to(st.dtype)
-    if st.upsample:
-        y = F.conv_transpose2d(xm, p.weight, stride=2)
-        y = fir(y, st.taps, p.blur, st.pad)
+    if st.upsample and torch.compiler.is_compiling():
+        y = upsample_conv_blur_fused(xm, p.weight, st.taps, st.pad)
+    elif st.upsample:
+        y = fir_conv(F.conv_transpose2d(xm, p.weight, stride=2), p.blur, st.pad)
     else:
         y = F.conv2d(xm, p.weight, padding=st.padding)
     d = d.to(y.dtype)[:, :, None, None]

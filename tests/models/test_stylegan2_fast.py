@@ -374,3 +374,13 @@ def test_fused_styled_layer_equals_the_unfused_reference_layer(upsample, clamp):
     skip = torch.randn(3, 3, fast.shape[2] // 2, fast.shape[3] // 2)
     p_rgb, st_rgb = rgb_params(rgb)
     assert (to_rgb(fast, style, p_rgb, skip, st_rgb) - rgb(fast, style, skip)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("pad", [(1, 1), (2, 1), (0, 2)])
+def test_upsampling_conv_with_the_border_from_its_input_equals_conv_then_padded_blur(pad):
+    from models.stylegan2_fast import upsample_conv_blur_fused
+    kernel = make_blur_kernel((1, 2, 3, 4)) * 4
+    x, w = torch.randn(2, 5, 6, 7), torch.randn(5, 4, 3, 3)
+    ref = upfirdn2d(torch.nn.functional.conv_transpose2d(x, w, stride=2), kernel, pad=pad)
+    out = upsample_conv_blur_fused(x, w, correlation_taps(kernel), pad)
+    assert out.shape == ref.shape and (out - ref).abs().max() < 1e-5
