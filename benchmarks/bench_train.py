@@ -239,7 +239,7 @@ def profile_steps(args, device: torch.device, top: int = 20) -> list[str]:
             state = setup_training(cfg, bundle, device)
             n_attr = state.directions.n_attributes
 
-            def step():
+            def step(state=state, cfg=cfg):
                 ids = global_sample_ids(state.step, 0, cfg.batch_size, 1)
                 train_step(state, sample_batch(cfg, bundle.generator, n_attr, ids, device), cfg)
 
