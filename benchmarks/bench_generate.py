@@ -57,9 +57,9 @@ if __name__ != "__main__" and __name__ in sys.modules:
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 # Per resolution: sources per chunk and sources per shard (the chunk is the GPU batch: B * (K + 1) images).
-DEFAULT_BATCH_SOURCES = {32: 4, 64: 32, 256: 8, 1024: 2}
+DEFAULT_BATCH_SOURCES = {32: 4, 64: 32, 256: 16, 1024: 2}
 DEFAULT_SHARD_SOURCES = {32: 8, 64: 256, 256: 64, 1024: 16}
-DEFAULT_ROWS = {32: 96, 64: 20_000, 256: 16_000, 1024: 2_000}
+DEFAULT_ROWS = {32: 96, 64: 20_000, 256: 40_000, 1024: 2_000}
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ def base_config(size: int, args, out_dir: Path, T: str, image: str, rows: int) -
     B = args.batch_sources or DEFAULT_BATCH_SOURCES[size]
     cuda = torch.cuda.is_available() and not args.tiny
     encoders = args.encoders or max(1, (os.cpu_count() or 2) - 4)
-    data = {"model": {"preset": "tiny" if args.tiny else "starter"}, "directions": T,
+    data = {"model": {"preset": "tiny" if args.tiny else "starter", "fast_path": args.fast_path}, "directions": T,
             "n_sources": max(1, rows // K), "variants": K, "batch_sources": B,
             "shard_sources": args.shard_sources or DEFAULT_SHARD_SOURCES[size],
             "precision": args.precision, "device": "cuda" if cuda else "cpu",
@@ -173,7 +173,7 @@ def base_config(size: int, args, out_dir: Path, T: str, image: str, rows: int) -
             "resources": {"address": args.address, "fuse_scoring": args.fuse, "encoders": encoders,
                           "generators": args.generators, "scorers": args.scorers, "torch_threads": args.torch_threads,
                           "cpus_per_actor": args.cpus_per_actor, "gpus_per_generator": args.gpus_per_generator,
-                          "gpus_per_scorer": args.gpus_per_scorer}}
+                          "gpus_per_scorer": args.gpus_per_scorer, "cuda_graph": not args.no_cuda_graph}}
     return from_dict(GenerateConfig, data, "bench")
 
 
@@ -243,6 +243,9 @@ def parse_args(argv):
     p.add_argument("--shard-sources", type=int, default=0, help="sources per shard (0 = per-size default)")
     p.add_argument("--rows", type=int, default=0, help="rows per Ray run (0 = per-size default)")
     p.add_argument("--precision", default="bf16", choices=["fp32", "tf32", "bf16"])
+    p.add_argument("--fast-path", default="compiled", choices=["compiled", "eager", "off"],
+                   help="model.fast_path of the StyleGAN2 generator (off = the reference modules)")
+    p.add_argument("--no-cuda-graph", action="store_true", help="resources.cuda_graph = false")
     p.add_argument("--fuse", action="store_true", help="score inside the generator actor (resources.fuse_scoring)")
     p.add_argument("--encoders", type=int, default=0, help="encoder actors (0 = CPUs - 4)")
     p.add_argument("--generators", type=int, default=1, help="generator actors (each takes --gpus-per-generator)")
@@ -266,9 +269,10 @@ def parse_args(argv):
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    print(f"bench_generate: torch {torch.__version__}, device "
+    print(f"bench_generate: torch {torch.__version__}, CUDA {torch.version.cuda}, device "
           f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() and not args.tiny else 'cpu'}, "
-          f"precision {args.precision}, K = {args.variants}, {os.cpu_count()} CPUs"
+          f"precision {args.precision}, generator fast path {args.fast_path}, "
+          f"CUDA graphs {'off' if args.no_cuda_graph else 'on'}, K = {args.variants}, {os.cpu_count()} CPUs"
           + (" [--tiny: tiny random networks, numbers mean nothing]" if args.tiny else ""), flush=True)
     print_header(args)
     rows = []

@@ -28,6 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.stylegan2_fast import (FastPath, clear_fast_cache, correlation_taps, discriminator_forward,
+                                   generator_synthesis)
+
 NoiseMode = Literal["const", "random", "zero"]
 
 # rosinality's table for channel_multiplier = 2 (config-f); tests pass smaller tables.
@@ -107,6 +110,7 @@ class Blur(nn.Module):
             kernel = kernel * upsample_factor ** 2
         self.register_buffer("kernel", kernel)
         self.pad = pad
+        self.fir_taps = correlation_taps(kernel)  # the same, as Python floats, for the fast path
 
     def forward(self, x):
         return upfirdn2d(x, self.kernel, pad=self.pad)
@@ -121,6 +125,7 @@ class Upsample(nn.Module):
         self.register_buffer("kernel", make_blur_kernel(taps) * factor ** 2)
         p = self.kernel.shape[0] - factor
         self.pad = ((p + 1) // 2 + factor - 1, p // 2)
+        self.fir_taps = correlation_taps(self.kernel)  # the same, as Python floats, for the fast path
 
     def forward(self, x):
         return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad)
@@ -312,6 +317,10 @@ class Generator(nn.Module):
     float32, or bfloat16 under autocast, which reproduces ada's `force_fp32=True` outputs (the clamp
     included), not its float16 rounding. The loaders record num_fp16_res in the config only as
     provenance.
+
+    Fast path: `set_fast_path(FastPath(...))` makes `synthesis` run models.stylegan2_fast on the
+    FastPath's devices (CUDA by default): same parameters and function, bfloat16 channels_last
+    activations, fused elementwise work, compiled per block. None (the default) = this reference code.
     """
 
     def __init__(self, resolution: int, w_dim: int = 512, n_mlp: int = 8,
@@ -346,6 +355,13 @@ class Generator(nn.Module):
             in_ch = out_ch
         # Average w; loaders overwrite it with the checkpoint's latent_avg when there is one.
         self.register_buffer("w_avg", torch.zeros(w_dim), persistent=False)
+        self.fast_path: FastPath | None = None
+
+    def set_fast_path(self, fast: FastPath | None) -> "Generator":
+        """Run `synthesis` on the fast path (models.stylegan2_fast) where `fast` applies; None = reference."""
+        self.fast_path = fast
+        clear_fast_cache(self)
+        return self
 
     # -- contract of docs/architecture.md ("Contracts") ----------------------------------------------
     def mapping(self, z: torch.Tensor) -> torch.Tensor:
@@ -401,6 +417,8 @@ class Generator(nn.Module):
         b = wplus.shape[0]
         if noise is None or isinstance(noise, str):
             noise = self.make_noise(noise or "zero", b, generator=generator, device=wplus.device)
+        if self.fast_path is not None and self.fast_path.applies_to(wplus):
+            return generator_synthesis(self, wplus, noise, self.fast_path)
         out = self.input(b)
         out = self.conv1(out, wplus[:, 0], noise[0])
         skip = self.to_rgb1(out, wplus[:, 1])
@@ -493,6 +511,14 @@ class Discriminator(nn.Module):
         self.stddev_group = stddev_group
         self.final_conv = ConvLayer(in_ch + 1, ch[4], 3, clamp=conv_clamp)
         self.final_linear = nn.Sequential(EqualLinear(ch[4] * 16, ch[4], activation=True), EqualLinear(ch[4], 1))
+        self.fast_path: FastPath | None = None
+
+    def set_fast_path(self, fast: FastPath | None) -> "Discriminator":
+        """Run `forward` on the fast path where `fast` applies; None = reference. R1 (double backward)
+        needs FastPath(compile=False): torch.compile does not differentiate twice."""
+        self.fast_path = fast
+        clear_fast_cache(self)
+        return self
 
     def minibatch_stddev(self, x):
         """Append the std over groups of samples as one extra channel (rosinality's grouping).
@@ -509,5 +535,7 @@ class Discriminator(nn.Module):
     def forward(self, image):
         assert image.ndim == 4 and image.shape[1:] == (3, self.resolution, self.resolution), (
             f"discriminator expects [B, 3, {self.resolution}, {self.resolution}], got {list(image.shape)}")
+        if self.fast_path is not None and self.fast_path.applies_to(image):
+            return discriminator_forward(self, image, self.fast_path)
         out = self.final_conv(self.minibatch_stddev(self.convs(image)))
         return self.final_linear(out.flatten(1))

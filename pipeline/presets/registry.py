@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import nn
 
+from models.stylegan2_fast import FastPath
 from pipeline.core.config import require
 
 ROLES = ("generator", "discriminator", "regressor", "landmarks", "perceptual", "emotion")
+FAST_PATHS = ("compiled", "eager", "off")
 TRAINING_JUDGE = "training"         # key of bundle.emotion among a bundle's emotion judges
 
 
@@ -64,10 +66,17 @@ class ModelConfig:
     weights: role -> weight file, overriding the preset's default source (roles: see ROLES and the
       preset's description).
     cache_dir: zoo cache for fetched package weights ("" = $HFLD_CACHE or ~/.cache/hfld).
+    fast_path: how a StyleGAN2 generator (and discriminator) runs on a CUDA device (the CPU always
+      runs the reference code): "compiled" (default) = models.stylegan2_fast (bfloat16 channels_last
+      activations, fused elementwise work) with each block torch.compile'd (a one-off compile when a
+      stage starts, eager if compiling fails); "eager" = the same without torch.compile; "off" = the
+      reference modules, in the stage's `precision`. The fast path's bfloat16 images differ from
+      float32 within the tolerance in docs/performance.md.
     """
     preset: str = "starter"
     weights: dict[str, str] = field(default_factory=dict)
     cache_dir: str = ""
+    fast_path: Literal["compiled", "eager", "off"] = "compiled"
 
     def __post_init__(self):
         require(self.preset in PRESETS, "model.preset", self.preset, f"is not a preset; choose one of {sorted(PRESETS)}")
@@ -128,10 +137,39 @@ def tensor_hash(module: nn.Module) -> str:
     return h.hexdigest()
 
 
+def fast_path(mode: str) -> FastPath | None:
+    """ModelConfig.fast_path -> the FastPath the StyleGAN2 networks get (None = reference code)."""
+    require(mode in FAST_PATHS, "model.fast_path", mode, f"must be one of {list(FAST_PATHS)}")
+    return None if mode == "off" else FastPath(compile=mode == "compiled")
+
+
+def apply_fast_path(mode: str, *networks: nn.Module | None) -> None:
+    """Set ModelConfig.fast_path on every network that has one (StyleGAN2 G and D; others ignore it).
+    It takes effect on CUDA inputs only, so a bundle built on the CPU and moved later gets it too."""
+    fast = fast_path(mode)
+    for net in networks:
+        if net is not None and hasattr(net, "set_fast_path"):
+            net.set_fast_path(fast)
+
+
+def channels_last_convs(mode: str, *networks: nn.Module | None) -> None:
+    """With a fast path on (ModelConfig.fast_path != "off"), store every nn.Conv2d weight of the
+    measuring networks NHWC: cuDNN then runs their convolutions in its tensor-core layout and keeps
+    the activations NHWC, instead of transposing around each convolution. Same function (float
+    rounding aside); only nn.Conv2d weights change layout, as nothing else in those networks views them."""
+    if mode == "off":
+        return
+    for net in networks:
+        for m in (net.modules() if net is not None else ()):
+            if isinstance(m, nn.Conv2d) and m.weight.dim() == 4:
+                m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
+
+
 def build_bundle(cfg: ModelConfig, device: torch.device | str = "cpu") -> ModelBundle:
-    """Build the preset's networks and move them to `device` (eval mode)."""
+    """Build the preset's networks (with cfg.fast_path set) and move them to `device` (eval mode)."""
     preset = PRESETS[cfg.preset]
     bundle = preset.build(cfg)
     if not bundle.default_attributes:
         bundle.default_attributes = preset.default_attributes
+    apply_fast_path(cfg.fast_path, bundle.generator, bundle.discriminator)
     return bundle.to(torch.device(device))

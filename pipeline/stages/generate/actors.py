@@ -10,8 +10,10 @@ import io
 import numpy as np
 import torch
 
+from pipeline.core.cuda_graphs import GraphedCall
 from pipeline.core.metrics import landmark_drift, landmark_scale, total_variation
 from pipeline.core.sampling import latents_from_z, sample_noise
+from pipeline.presets import apply_fast_path, channels_last_convs
 from pipeline.stages.generate.config import ImageConfig
 from pipeline.stages.generate.job import GenerateJob
 from pipeline.stages.generate.plan import concat_rows, object_array, pack_chunks, split_chunks
@@ -41,19 +43,32 @@ def setup_torch(device: str, precision: str, threads: int) -> torch.device:
     return dev
 
 
+def graphed(fn, device: torch.device, enabled: bool):
+    """fn replayed from CUDA graphs (one per chunk shape) on a CUDA device when `enabled`, else fn."""
+    return GraphedCall(fn) if enabled and device.type == "cuda" else fn
+
+
 class GeneratorStage:
-    """Generator actor: chunk (z, s, seeds) -> uint8 source images [u, H, W, 3] and variant images [b, H, W, 3]."""
+    """Generator actor: chunk (z, s, seeds) -> uint8 source images [u, H, W, 3] and variant images [b, H, W, 3].
+
+    On CUDA the generator runs its fast path (cfg.model.fast_path) and, with resources.cuda_graph, the
+    whole chunk computation (mapping, T, synthesis, quantisation) replays as one CUDA graph per chunk
+    shape; the images it returns are then the graph's buffers, valid until the next call.
+    """
 
     def __init__(self, job: GenerateJob):
         from models.editing import DirectionMatrix
         self.job = job
         self.device = setup_torch(job.device, job.cfg.precision, job.cfg.resources.torch_threads)
-        self.generator = job.bundle_factory("cpu").generator.to(self.device).eval()  # only what this actor runs
+        generator = job.bundle_factory("cpu").generator                  # only what this actor runs
+        apply_fast_path(job.cfg.model.fast_path, generator)
+        self.generator = generator.to(self.device).eval()
         T = job.T
         self.T = DirectionMatrix(T.shape[0], T.shape[1], T.shape[2], layer_mask=job.directions.layer_mask or None)
         with torch.no_grad():
             self.T.T.copy_(T)
         self.T = self.T.to(self.device).eval()
+        self.pixels = graphed(self._pixels, self.device, job.cfg.resources.cuda_graph)
 
     @torch.no_grad()
     def images(self, chunk: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,13 +82,17 @@ class GeneratorStage:
             rngs = [torch.Generator().manual_seed(int(x)) for x in np.asarray(chunk["latent_seeds"])]
             for r in rngs:
                 torch.randn(int(z.shape[1]), generator=r)
+        noise = sample_noise(g, cfg.noise_mode, rngs, self.device)          # drawn on the host: outside a graph
+        return tuple(self.pixels(z, slot, s, *(noise if isinstance(noise, list) else ())))
+
+    def _pixels(self, z: torch.Tensor, slot: torch.Tensor, s: torch.Tensor, *noise: torch.Tensor):
+        """z [u, Z], slot [b], s [b, N], per-source noise maps (random mode) -> uint8 (sources, variants)."""
+        cfg, g = self.job.cfg, self.generator
         with autocast(self.device, cfg.precision):
             w = latents_from_z(g, z, cfg.truncation)                        # [u, L, w_dim]
             w_edit = self.T(w[slot], s)                                     # [b, L, w_dim]
-            noise = sample_noise(g, cfg.noise_mode, rngs, self.device)
-            if isinstance(noise, list):                                     # per-source maps -> per-image
-                noise = [torch.cat([n, n[slot]]) for n in noise]
-            images = g.synthesis(torch.cat([w, w_edit]), noise)
+            maps = [torch.cat([n, n[slot]]) for n in noise] if noise else cfg.noise_mode   # per-image maps
+            images = g.synthesis(torch.cat([w, w_edit]), maps)
         pixels = to_uint8_hwc(images)
         return pixels[: len(z)], pixels[len(z):]
 
@@ -97,17 +116,25 @@ class Scorers:
         self.landmarks = bundle.landmarks.to(device).eval()
         self.regressor = bundle.regressor.to(device).eval()
         self.judges = {name: bundle.judges[name].to(device).eval() for name in job.cfg.judges}
+        if device.type == "cuda":
+            channels_last_convs(job.cfg.model.fast_path, self.emotion, self.landmarks, self.regressor,
+                                *self.judges.values())
+        self.keys = ("emotion", "landmarks", "attributes", *(f"judge_{k}" for k in self.judges))
         del bundle
+        self.measure = graphed(self._measure, device, job.cfg.resources.cuda_graph)
 
     @torch.no_grad()
     def __call__(self, pixels: torch.Tensor) -> dict[str, np.ndarray]:
         """uint8 [B, H, W, 3] -> emotion [B, 7], landmarks [B, P, 2], attributes [B, A], judge_<name> [B, 7]."""
-        image = from_uint8_hwc(pixels.to(self.device))
+        out = self.measure(pixels.to(self.device))
+        return {k: v.float().cpu().numpy() for k, v in zip(self.keys, out)}
+
+    def _measure(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        image = from_uint8_hwc(pixels)
         with autocast(self.device, self.precision):
-            out = {"emotion": self.emotion(image), "landmarks": self.landmarks(image),
-                   "attributes": self.regressor(image)}
-            out.update({f"judge_{k}": m(image) for k, m in self.judges.items()})
-        return {k: v.float().cpu().numpy() for k, v in out.items()}
+            out = [self.emotion(image), self.landmarks(image), self.regressor(image)]
+            out += [m(image) for m in self.judges.values()]
+        return tuple(v.float() for v in out)
 
 
 def measure_rows(job: GenerateJob, chunk: dict, src: dict[str, np.ndarray], var: dict[str, np.ndarray]) -> dict:

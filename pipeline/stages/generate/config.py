@@ -73,6 +73,8 @@ class GenerateResources:
     torch_threads: torch intra-op threads per actor (part of the determinism contract).
     writer_on_driver_node: place the shard-writer actor on the driver's node, so output_dir only has
       to exist there (set false on a cluster whose output_dir is a shared filesystem, to let Ray place it).
+    cuda_graph: on CUDA, replay each actor's per-chunk GPU work (generator; scorers) as a CUDA graph
+      per chunk shape (the same kernels, the same bytes; one launch instead of hundreds).
     """
     address: str = ""
     generators: int = 1
@@ -84,6 +86,7 @@ class GenerateResources:
     cpus_per_actor: float = 0.25
     torch_threads: int = 1
     writer_on_driver_node: bool = True
+    cuda_graph: bool = True
 
     def __post_init__(self):
         for name in ("generators", "scorers", "encoders", "torch_threads"):

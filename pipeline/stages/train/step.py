@@ -18,7 +18,7 @@ from models.losses import EditObjective, LossWeights, assert_frozen
 from pipeline.core.config import ConfigError
 from pipeline.core.sampling import latents_from_z, sample_noise
 from pipeline.core.seeding import Stream, rng_for
-from pipeline.presets import ModelBundle
+from pipeline.presets import ModelBundle, apply_fast_path, channels_last_convs
 from pipeline.stages.train.config import NonFiniteLoss, Precision, TrainConfig
 
 
@@ -82,7 +82,15 @@ def new_directions(cfg: TrainConfig, generator: nn.Module, n_attributes: int) ->
 
 def setup_training(cfg: TrainConfig, bundle: ModelBundle, device: torch.device,
                    wrap: Callable[[nn.Module], nn.Module] | None = None) -> TrainState:
-    """Objective + T + Adam; `wrap` (e.g. Ray's prepare_model) wraps T for data parallelism."""
+    """Objective + T + Adam; `wrap` (e.g. Ray's prepare_model) wraps T for data parallelism.
+
+    The StyleGAN2 G and D get cfg.model.fast_path here too (bundles may come from elsewhere than
+    build_bundle): on CUDA they run models/stylegan2_fast.py; T-training never differentiates twice,
+    so their compiled regions are safe here.
+    """
+    apply_fast_path(cfg.model.fast_path, bundle.generator, bundle.discriminator)
+    if device.type == "cuda":
+        channels_last_convs(cfg.model.fast_path, bundle.regressor, bundle.landmarks, bundle.perceptual)
     attributes = resolve_attributes(cfg, bundle)
     objective = build_objective(cfg, bundle, attributes).to(device)
     directions = new_directions(cfg, bundle.generator, len(attributes)).to(device)

@@ -71,3 +71,16 @@ def test_missing_weights_say_how_to_fetch(tmp_path):
 def test_unknown_preset_lists_choices():
     with pytest.raises(ConfigError, match=r"model\.preset: 'nope' is not a preset; choose one of"):
         ModelConfig(preset="nope")
+
+
+def test_fast_path_setting_reaches_the_stylegan2_networks():
+    from pipeline.core.config import from_dict
+    default = build_bundle(ModelConfig(preset="tiny"), "cpu")
+    assert default.generator.fast_path.compile and default.discriminator.fast_path.compile
+    assert default.generator.fast_path.devices == ("cuda",)          # the CPU keeps the reference code
+    eager = build_bundle(ModelConfig(preset="tiny", fast_path="eager"), "cpu")
+    assert eager.generator.fast_path is not None and not eager.generator.fast_path.compile
+    off = build_bundle(ModelConfig(preset="tiny", fast_path="off"), "cpu")
+    assert off.generator.fast_path is None and off.discriminator.fast_path is None
+    with pytest.raises(ConfigError, match="fast_path"):
+        from_dict(ModelConfig, {"preset": "tiny", "fast_path": "turbo"}, "model")
