@@ -18,6 +18,8 @@ from functools import partial
 from pathlib import Path
 from typing import Mapping
 
+import torch
+
 from models.paper_nets import CELEBA_ATTRIBUTES, JD106_GROUPS
 from models.load.common import file_sha256
 from pipeline.presets.registry import ModelBundle, Preset, register
@@ -88,6 +90,36 @@ def build_paper_bundle(weights: Mapping[str, str], resolution: int, preset: str)
         emotion=load_deepface_emotion(weights_file=files["emotion"]), judges={}, identity=None,
         generator_id="sha256:" + file_sha256(files["generator"]),
         notes=tuple(notes), default_attributes=PAPER_ATTRIBUTES)
+
+
+def random_paper_bundle(resolution: int = 256, seed: int = 0) -> ModelBundle:
+    """The ffhq<resolution> preset's networks with RANDOM weights (no weight file exists offline).
+
+    Same architectures, input sizes and preprocessing as `build_paper_bundle` (StyleGAN2 config-f
+    generator and discriminator, ResNet50-40 regressor, ResNet18-106 landmarks, VGG19 features,
+    deepface's EmotionModel), so tests and benchmarks exercise exactly the code paths and costs of the
+    real preset; the numbers mean nothing. Seeded (torch's global RNG is left as it was). On the CPU.
+    """
+    from models.load.paper_nets import deepface_emotion_net
+    from models.paper_nets import CelebAAttributeRegressor, DeepFaceEmotion, Landmark106, VGGPerceptual
+    from models.stylegan2 import Discriminator, Generator
+    from pipeline.presets.registry import tensor_hash
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        generator = Generator(resolution)
+        generator.estimate_mean_latent(generator=torch.Generator().manual_seed(seed))
+        bundle = ModelBundle(
+            preset=f"ffhq{resolution}", generator=generator, discriminator=Discriminator(resolution),
+            regressor=CelebAAttributeRegressor(), landmarks=Landmark106(), perceptual=VGGPerceptual(),
+            emotion=DeepFaceEmotion(deepface_emotion_net()), judges={}, identity=None,
+            notes=(f"ffhq{resolution} with RANDOM weights (tests/benchmarks): results are meaningless",),
+            default_attributes=PAPER_ATTRIBUTES)
+    bundle.generator_id = "random:" + tensor_hash(generator)[:16]
+    for module in (bundle.generator, bundle.discriminator, bundle.regressor, bundle.landmarks, bundle.perceptual,
+                   bundle.emotion):
+        module.eval().requires_grad_(False)
+    return bundle
 
 
 def build_ffhq(cfg, resolution: int, preset: str):
