@@ -122,6 +122,33 @@ def random_paper_bundle(resolution: int = 256, seed: int = 0) -> ModelBundle:
     return bundle
 
 
+USER_FILE_LICENCE = "a file you supplied: hfld cannot know its terms; check them where you got it"
+# What the usual sources are licensed under, recorded beside the file as a reminder (not a verification).
+ROLE_LICENCE_NOTES = {
+    "generator": "NVIDIA's official StyleGAN2 / StyleGAN2-ADA networks are under the NVIDIA Source Code "
+                 "License-NC (non-commercial); FFHQ is CC BY-NC-SA 4.0",
+    "discriminator": "NVIDIA's official StyleGAN2 / StyleGAN2-ADA networks are under the NVIDIA Source Code "
+                     "License-NC (non-commercial)",
+}
+DEEPFACE_LICENCE = ("deepface (MIT) facial expression model; its training data (FER-2013) has its own terms: "
+                    "check them before any non-research use")
+
+
+def paper_weight_licences(cfg) -> dict[str, dict[str, str]]:
+    """Role -> the user's file and what is (not) known about its terms."""
+    from models.load.paper_nets import deepface_weights_path
+    from pipeline.core.paths import absolute_text
+    files = {role: absolute_text(path) for role, path in cfg.weights.items()}
+    files.setdefault("emotion", str(deepface_weights_path()))
+    out = {}
+    for role, path in sorted(files.items()):
+        licence = DEEPFACE_LICENCE if role == "emotion" else USER_FILE_LICENCE
+        if role in ROLE_LICENCE_NOTES:
+            licence += f" ({ROLE_LICENCE_NOTES[role]})"
+        out[role] = {"source": path, "licence": licence}
+    return out
+
+
 def build_ffhq(cfg, resolution: int, preset: str):
     """Preset builder: cfg is a pipeline.presets.ModelConfig (only cfg.weights is used)."""
     return build_paper_bundle(cfg.weights, resolution, preset)
@@ -145,4 +172,5 @@ for _resolution in (256, 1024):
                     weight_roles=PAPER_WEIGHT_ROLES, default_attributes=PAPER_ATTRIBUTES,
                     default_attribute_targets=PAPER_ATTRIBUTE_TARGETS, has_discriminator=True,
                     landmark_groups=tuple(JD106_GROUPS), attribute_names=tuple(CELEBA_ATTRIBUTES),
-                    n_latent=PAPER_N_LATENT[_resolution], tune_space="ffhq"))
+                    n_latent=PAPER_N_LATENT[_resolution], tune_space="ffhq",
+                    weight_licences=paper_weight_licences))

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from pipeline.core.config import require
+from pipeline.core.paths import PATH
 
 ROLES = ("generator", "discriminator", "regressor", "landmarks", "perceptual", "emotion")
 TRAINING_JUDGE = "training"         # key of bundle.emotion among a bundle's emotion judges
@@ -32,6 +33,7 @@ class Preset:
     attribute_names: its regressor's attributes (None: only known once built).
     n_latent: latent layers L of its generator (None: depends on the user's weights).
     tune_space: name of its search space in tune_spaces/.
+    weight_licences: where its weights come from and under which terms (provenance of every output).
     """
     name: str
     description: str
@@ -44,6 +46,8 @@ class Preset:
     attribute_names: tuple[str, ...] | None = None
     n_latent: int | None = None
     tune_space: str = ""
+    # model config -> {role or package: {"source", "licence"}} (pipeline/presets/provenance.py records it)
+    weight_licences: Callable[["ModelConfig"], dict[str, dict[str, str]]] | None = None
 
 
 PRESETS: dict[str, Preset] = {}
@@ -66,8 +70,8 @@ class ModelConfig:
     cache_dir: zoo cache for fetched package weights ("" = $HFLD_CACHE or ~/.cache/hfld).
     """
     preset: str = "starter"
-    weights: dict[str, str] = field(default_factory=dict)
-    cache_dir: str = ""
+    weights: dict[str, str] = field(default_factory=dict, metadata=PATH)
+    cache_dir: str = field(default="", metadata=PATH)
 
     def __post_init__(self):
         require(self.preset in PRESETS, "model.preset", self.preset, f"is not a preset; choose one of {sorted(PRESETS)}")
