@@ -126,10 +126,15 @@ class DenseBlock4(nn.Module):
         return F.relu(out1 + out2 + out3 + out4)
 
 
-def normalise_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    """face-api's normalisation: (pixels - mean RGB) / 255; pixels [B, 3, H, W] in 0..255."""
-    mean = torch.tensor(MEAN_RGB, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
-    return (pixels - mean) / 255.0
+def normalise_pixels(pixels: torch.Tensor, mean_rgb: torch.Tensor | None = None) -> torch.Tensor:
+    """face-api's normalisation: (pixels - mean RGB) / 255; pixels [B, 3, H, W] in 0..255.
+
+    `mean_rgb` [1, 3, 1, 1]: the caller's buffer (on the input's device already: a constant built here
+    from Python numbers would be a host-to-device copy, which CUDA-graph capture forbids).
+    """
+    if mean_rgb is None:
+        mean_rgb = torch.tensor(MEAN_RGB, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+    return (pixels - mean_rgb.to(pixels.dtype)) / 255.0
 
 
 class FaceFeatureExtractor(nn.Module):
@@ -140,10 +145,13 @@ class FaceFeatureExtractor(nn.Module):
         channels = (3,) + FEATURE_CHANNELS
         for i in range(4):
             self.add_module(f"dense{i}", DenseBlock4(channels[i], channels[i + 1], first_block=i == 0))
+        # Non-persistent: face-api's weight files hold no such tensor; moved with .to() like the weights.
+        self.register_buffer("mean_rgb", torch.tensor(MEAN_RGB, dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         _check_pixels(pixels)
-        x = normalise_pixels(pixels)
+        x = normalise_pixels(pixels, self.mean_rgb)
         x = self.dense3(self.dense2(self.dense1(self.dense0(x))))  # [B, 256, 7, 7]
         # face-api: avgPool 7x7, stride 2, 'valid' on the 7x7 map, i.e. the mean over it.
         return F.avg_pool2d(x, kernel_size=7, stride=2).flatten(1)

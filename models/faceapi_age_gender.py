@@ -76,10 +76,21 @@ def to_faceapi_input(image: torch.Tensor, size: int) -> torch.Tensor:
     return pixels
 
 
-def normalise_faceapi(pixels: torch.Tensor) -> torch.Tensor:
-    """face-api's normalisation of a batch [B,3,H,W] of 0..255 RGB: (x - mean_rgb) / 255."""
-    mean = torch.tensor(FACEAPI_MEAN_RGB, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
-    return (pixels - mean) / 255.0
+def faceapi_mean_rgb() -> torch.Tensor:
+    """face-api's mean RGB as a [1, 3, 1, 1] float32 tensor (for a module's non-persistent buffer)."""
+    return torch.tensor(FACEAPI_MEAN_RGB, dtype=torch.float32).view(1, 3, 1, 1)
+
+
+def normalise_faceapi(pixels: torch.Tensor, mean_rgb: torch.Tensor | None = None) -> torch.Tensor:
+    """face-api's normalisation of a batch [B,3,H,W] of 0..255 RGB: (x - mean_rgb) / 255.
+
+    Modules pass their `mean_rgb` buffer ([1, 3, 1, 1], already on the input's device): building the
+    constant here from Python numbers would be a host-to-device copy on every call, which CUDA-graph
+    capture forbids. Without one (plain function use) the constant is built on the input's device.
+    """
+    if mean_rgb is None:
+        mean_rgb = faceapi_mean_rgb().to(pixels.device)
+    return (pixels - mean_rgb.to(pixels.dtype)) / 255.0
 
 
 class Conv2dSame(nn.Conv2d):
@@ -213,6 +224,8 @@ class FaceApiAgeGender(nn.Module):
         self.net = net if net is not None else AgeGenderNet()
         self.young_age = float(young_age)
         self.temperature = float(temperature)
+        # Non-persistent: not in the state dict (the checkpoint format is unchanged), but moved with .to().
+        self.register_buffer("mean_rgb", faceapi_mean_rgb(), persistent=False)
 
     def young_probability(self, age: torch.Tensor) -> torch.Tensor:
         """age [B] in years -> P(Young) [B], a smooth decreasing function of age."""
@@ -220,7 +233,7 @@ class FaceApiAgeGender(nn.Module):
 
     def predict(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """image [B,3,H,W] in [-1,1] -> (age [B] in years, gender_probs [B,2] as (male, female))."""
-        x = normalise_faceapi(to_faceapi_input(image, AGE_GENDER_INPUT_SIZE))
+        x = normalise_faceapi(to_faceapi_input(image, AGE_GENDER_INPUT_SIZE), self.mean_rgb)
         age, gender_logits = self.net(x)
         return age, torch.softmax(gender_logits, dim=1)
 

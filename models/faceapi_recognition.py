@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.faceapi_age_gender import normalise_faceapi, pad_same, to_faceapi_input
+from models.faceapi_age_gender import faceapi_mean_rgb, normalise_faceapi, pad_same, to_faceapi_input
 
 RECOGNITION_INPUT_SIZE = 150
 DESCRIPTOR_SIZE = 128
@@ -152,9 +152,11 @@ class FaceApiDescriptor(nn.Module):
     def __init__(self, net: FaceRecognitionNet | None = None):
         super().__init__()
         self.net = net if net is not None else FaceRecognitionNet()
+        # Non-persistent: not in the state dict, but moved with .to() (no host copy inside forward).
+        self.register_buffer("mean_rgb", faceapi_mean_rgb(), persistent=False)
 
     def _normalised(self, image: torch.Tensor) -> torch.Tensor:
-        return normalise_faceapi(to_faceapi_input(image, RECOGNITION_INPUT_SIZE))
+        return normalise_faceapi(to_faceapi_input(image, RECOGNITION_INPUT_SIZE), self.mean_rgb)
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         features, descriptor = self.net.forward_features(self._normalised(image))

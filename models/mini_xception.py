@@ -107,20 +107,30 @@ class MiniXception(nn.Module):
         return logits
 
 
-def rgb_to_fer_input(image: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
+def rgb_to_fer_input(image: torch.Tensor, size: int = INPUT_SIZE, gray_weights: torch.Tensor | None = None
+                     ) -> torch.Tensor:
     """image [B, 3, H, W] RGB in [-1, 1] -> gray [B, 1, size, size] in [-1, 1], as fer prepares faces.
 
     fer does: BGR->gray (BT.601 weights), resize to 64x64, x / 255, (x - 0.5) * 2. Gray conversion and
     bilinear resizing are both linear, so their order does not matter; the resize is bilinear without
-    antialiasing so the whole path stays differentiable.
+    antialiasing so the whole path stays differentiable. `gray_weights` [1, 3, 1, 1]: the caller's
+    buffer on the image's device (built here from Python numbers it would be a host-to-device copy,
+    which CUDA-graph capture forbids).
     """
     assert image.ndim == 4 and image.shape[1] == 3, f"expected image [B, 3, H, W], got {list(image.shape)}"
     rgb01 = (image + 1) / 2
-    weights = rgb01.new_tensor(GRAY_WEIGHTS_RGB).view(1, 3, 1, 1)
+    if gray_weights is None:
+        gray_weights = gray_weights_rgb().to(image.device)
+    weights = gray_weights.to(rgb01.dtype)
     gray01 = (rgb01 * weights).sum(dim=1, keepdim=True)
     if gray01.shape[-2:] != (size, size):
         gray01 = F.interpolate(gray01, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
     return gray01 * 2 - 1
+
+
+def gray_weights_rgb() -> torch.Tensor:
+    """BT.601 luma weights as a [1, 3, 1, 1] float32 tensor."""
+    return torch.tensor(GRAY_WEIGHTS_RGB, dtype=torch.float32).view(1, 3, 1, 1)
 
 
 class FerEmotion(nn.Module):
@@ -132,10 +142,11 @@ class FerEmotion(nn.Module):
         super().__init__()
         assert net.n_classes == len(EMOTION_LABELS), f"expected a 7-class net, got {net.n_classes}"
         self.net = net
+        self.register_buffer("gray_weights", gray_weights_rgb(), persistent=False)  # not in the state dict
 
     def forward_logits(self, image: torch.Tensor) -> torch.Tensor:
         """image [B, 3, H, W] in [-1, 1] -> logits [B, 7] (pre-softmax; useful for losses)."""
-        return self.net(rgb_to_fer_input(image))
+        return self.net(rgb_to_fer_input(image, gray_weights=self.gray_weights))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         probs = self.forward_logits(image).softmax(dim=1)

@@ -8,6 +8,10 @@ and the setup tools (pipeline/cli/tools.py).
 Every stage takes --config (YAML) and repeated --set key=value overrides; errors print one line
 that names the field or file and exit with status 2; a stage that ran and failed (a Ray Train run,
 a sweep without a result) exits with status 1.
+
+Ctrl-C and SIGTERM (what `timeout`, `ray job stop`, Slurm and Kubernetes send) stop a stage the same
+way (pipeline/core/signals.py): it cleans up (checkpoint, MLflow run KILLED, lock released, Ray shut
+down) and the command exits with 128 + the signal number: 130 after Ctrl-C, 143 after SIGTERM.
 """
 
 from __future__ import annotations
@@ -54,19 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.core.signals import interrupt_exit_status, interrupt_handlers
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with interrupt_handlers():
+            return int(args.func(args) or 0)
     except _known_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except _failed_runs() as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        status = interrupt_exit_status()
+        print(f"interrupted{f' ({e})' if str(e) else ''}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ def cmd_presets(args) -> int:
 
 def cmd_preview(args) -> int:
     from pipeline.presets import ModelConfig, build_bundle
-    from pipeline.presets.preview import write_contact_sheet
+    from pipeline.presets.preview import check_preview_request, write_contact_sheet
+    check_preview_request(args.out, args.n)   # before the networks are built
     bundle = build_bundle(ModelConfig(preset=args.preset, cache_dir=args.cache or ""), "cpu")
     out = write_contact_sheet(bundle, Path(args.out), n=args.n, seed=args.seed)
     print(f"wrote {out}: {args.n} {args.preset} faces with landmarks and emotion labels")

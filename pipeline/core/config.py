@@ -142,33 +142,94 @@ def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
 
 
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
-    """Apply `a.b=value` strings (value parsed as YAML) to a nested dict, returning a new dict."""
+    """Apply `a.b=value` strings (value parsed as YAML) to a nested dict, returning a new dict.
+
+    A key under a value that is not a mapping is refused (`model=5` then `model.preset=tiny`): one of
+    the two would otherwise be dropped without a word.
+    """
     data = dict(data)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.subkey=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
+            value = parse_yaml(raw)
+        except DuplicateKey as e:
+            raise ConfigError(f"override {key}: {e}") from None
+        except (yaml.YAMLError, RecursionError) as e:
             raise ConfigError(f"override {key}: cannot parse {raw!r} ({e})") from None
         node, parts = data, key.strip().split(".")
-        for p in parts[:-1]:
+        for depth, p in enumerate(parts[:-1]):
             child = node.get(p)
+            if child is not None and not isinstance(child, Mapping):
+                where = ".".join(parts[:depth + 1])
+                raise ConfigError(f"override {item!r}: {where} is set to {child!r}, which is not a mapping, so it has "
+                                  f"no key {'.'.join(parts[depth + 1:])!r}; remove one of the two settings")
             node[p] = dict(child) if isinstance(child, Mapping) else {}
             node = node[p]
         node[parts[-1]] = value
     return data
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A YAML mapping names the same key twice (PyYAML would silently keep the last value)."""
+
+    def __init__(self, key, line: int, first_line: int):
+        super().__init__(f"line {line}: duplicate key {key!r} (first on line {first_line}); a mapping may name a "
+                         "key once")
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader (no object tags), refusing duplicate keys in a mapping.
+
+    Keys merged in from an anchor (`<<: *base`) may be overridden, as YAML's merge key intends; a key
+    the mapping itself names twice is an error.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: the base class reports it properly
+                    break
+                if first is not key_node:
+                    raise DuplicateKey(key, key_node.start_mark.line + 1, first.start_mark.line + 1)
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str):
+    """yaml.safe_load, refusing duplicate keys (DuplicateKey, a yaml.YAMLError)."""
+    return yaml.load(text, Loader=_StrictLoader)
+
+
 def read_yaml(path: str | Path) -> dict:
+    """A YAML config file's top-level mapping; every problem with the file is a ConfigError naming it."""
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise ConfigError(f"config file {p} is a folder; give a YAML file")
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not a YAML text file (byte {e.start} is not UTF-8 text); give a YAML config "
+                          "file") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read it ({e.strerror or e})") from None
+    try:
+        data = parse_yaml(text)
+    except DuplicateKey as e:
+        raise ConfigError(f"{p}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({e})") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: nested too deeply to be a config") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -61,6 +61,21 @@ def save_directions(path: str | Path, T: torch.Tensor, meta: dict, optimizer_sta
     return path
 
 
+def read_meta(path: str | Path) -> dict:
+    """The metadata (.json beside it) of a directions/checkpoint file, without reading its tensors."""
+    meta_path = sidecar(Path(path).expanduser())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: its metadata file {meta_path.name} is missing; keep the .json beside it") \
+            from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT!r} file")
+    return meta
+
+
 def load_directions(path: str | Path) -> DirectionsFile:
     """Read and validate a directions file written by `save_directions`."""
     from safetensors import SafetensorError

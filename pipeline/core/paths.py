@@ -4,6 +4,8 @@ minutes of work or an MLflow retry loop)."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -74,3 +76,50 @@ def check_output_locations(paths: dict[str, str | Path], uris_allowed: dict[str,
                               "/mnt/hfld/work), or set HFLD_WORK_DIR")
         if probe and field_name in paths:
             check_writable_dir(field_name, absolute(value))
+
+
+# ---------------------------------------------------------------------------------------------
+# Path fields of configs: recorded absolute
+# ---------------------------------------------------------------------------------------------
+
+PATH_KEY = "hfld_path"
+# Field metadata: a filesystem path ("" = unset; URIs and runs:/ models:/ references are kept as given).
+PATH = {PATH_KEY: "path"}
+# A shipped name (e.g. a tune space "starter") or a path (anything with "/", a .yaml suffix or an existing file).
+NAME_OR_PATH = {PATH_KEY: "name_or_path"}
+KEPT_AS_GIVEN = ("auto",)   # resume: "auto" is a keyword, not a path
+
+
+def absolute_text(value: str, kind: str = "path") -> str:
+    """`value` as an absolute path (~ expanded, relative to the current directory, `..` folded, symlinks
+    kept), or unchanged when it is not a local path: "", a keyword, a URI, runs:/ or models:/, a name."""
+    if not value or value in KEPT_AS_GIVEN or is_uri(value) or value.startswith(("runs:", "models:")):
+        return value
+    if kind == "name_or_path" and "/" not in value and Path(value).suffix not in (".yaml", ".yml") \
+            and not Path(value).is_file():
+        return value
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def absolute_paths(cfg):
+    """A copy of config dataclass `cfg` (nested ones included) whose path fields (metadata PATH or
+    NAME_OR_PATH; a dict field: its values) hold absolute paths.
+
+    Stages call it once, after check_output_locations (which must still see relative paths, to refuse
+    them inside a Ray job): from then on every file, manifest, T file and MLflow param records the
+    paths the stage really used, whatever the current directory of a later reader. The copy skips
+    __post_init__ (values only become absolute; their validation does not change).
+    """
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        return cfg
+    out = copy.copy(cfg)
+    for f in dataclasses.fields(cfg):
+        value, kind = getattr(cfg, f.name), f.metadata.get(PATH_KEY)
+        if kind and isinstance(value, str):
+            value = absolute_text(value, kind)
+        elif kind and isinstance(value, dict):
+            value = {k: absolute_text(v, kind) if isinstance(v, str) else v for k, v in value.items()}
+        elif dataclasses.is_dataclass(value):
+            value = absolute_paths(value)
+        object.__setattr__(out, f.name, value)
+    return out

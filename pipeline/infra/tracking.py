@@ -13,6 +13,13 @@ A stage called with no tracker opens its own run (`stage_run(cfg.tracking, None,
 it opens a child run under that tracker. Only rank 0 of a distributed job logs. A run created by one process (the Ray driver) can be
 continued by another (the rank 0 worker) with `MLflowTracker.attach`; only the creator ends it.
 
+Across invocations: a resumed training continues the MLflow run that trained its checkpoint
+(`stage_run(..., continue_run=...)`, `MLflowTracker.reopen`: the run goes back to RUNNING and this
+process ends it); params that changed since (e.g. `iterations`) keep their first value, as MLflow
+requires, and the new value is a `param_changed.<key>` tag. A stage holding its folder's lock records
+its run there (pipeline.core.locks); a run that a killed process left RUNNING is marked KILLED (with its
+RUNNING child runs) by the next invocation that takes the lock over (`close_abandoned_runs`).
+
 Offline by construction: the default backend is a SQLite file under the work dir
 (`sqlite:////abs/work_dir/mlflow.db`, artifacts beside it in `mlartifacts/`), MLflow's telemetry is
 switched off before mlflow is imported, and nothing here talks to a server unless the user points
@@ -134,6 +141,9 @@ class NullTracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         pass
 
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        pass
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         pass
 
@@ -160,8 +170,9 @@ class MLflowTracker:
     continuing the driver's run) logs but leaves ending to the creator.
     """
 
-    def __init__(self, client, run_id: str, tracking_uri: str, owns_run: bool):
+    def __init__(self, client, run_id: str, tracking_uri: str, owns_run: bool, continued: bool = False):
         self.client, self.run_id, self.tracking_uri, self.owns_run = client, run_id, tracking_uri, owns_run
+        self.continued = continued     # an earlier invocation's run, reopened (its params already logged)
         self._ended = False
 
     def __bool__(self) -> bool:
@@ -215,14 +226,33 @@ class MLflowTracker:
         """Continue logging into an existing run (e.g. from the Ray rank 0 worker)."""
         return cls(cls._client(tracking_uri), run_id, tracking_uri, owns_run=False)
 
+    @classmethod
+    def reopen(cls, tracking_uri: str, run_id: str) -> "MLflowTracker | None":
+        """An earlier invocation's run, set RUNNING again and owned (ended) by this process; None when the
+        store has no such run (deleted, or another store)."""
+        from mlflow.exceptions import MlflowException
+        client = cls._client(tracking_uri)
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            return None
+        if run.info.lifecycle_stage == "deleted":
+            return None
+        client.update_run(run_id, status="RUNNING")
+        return cls(client, run_id, tracking_uri, owns_run=True, continued=True)
+
     # -- logging --------------------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Flattened params (`losses.landmark`), values cut to MLflow's limit; the full nested mapping
         is also stored as the artifact params.yaml, so nothing is lost to truncation."""
         from mlflow.entities import Param
         from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
-        flat = flatten(params)
-        entries = [Param(k, param_value(v, MAX_PARAM_VAL_LENGTH)) for k, v in flat.items()]
+        flat = {k: param_value(v, MAX_PARAM_VAL_LENGTH) for k, v in flatten(params).items()}
+        if self.continued:  # MLflow params are write-once: keep the first value, tag the new one
+            logged = self.client.get_run(self.run_id).data.params
+            self.set_tags({f"param_changed.{k}": v for k, v in flat.items() if k in logged and logged[k] != v})
+            flat = {k: v for k, v in flat.items() if k not in logged}
+        entries = [Param(k, v) for k, v in flat.items()]
         for chunk in _chunks(entries, MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(self.run_id, params=chunk)
         self.client.log_text(self.run_id, yaml.safe_dump(dict(params), sort_keys=False), "params.yaml")
@@ -239,6 +269,10 @@ class MLflowTracker:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        """`data` as a JSON artifact (e.g. "provenance.json")."""
+        self.client.log_text(self.run_id, json.dumps(data, indent=1, sort_keys=True, default=str), artifact_file)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for k, v in tags.items():
@@ -300,12 +334,75 @@ def open_tracker(cfg: TrackingConfig, *, work_dir: str | Path, run_name: str, st
 
 
 def stage_run(cfg: TrackingConfig, tracker: Tracker | None, *, work_dir: str | Path, run_name: str, stage: str,
-              tags: Mapping[str, Any] | None = None) -> Tracker:
+              tags: Mapping[str, Any] | None = None, lock=None, continue_run: Mapping[str, str] | None = None,
+              print_fn=print) -> Tracker:
     """The run a stage logs into: with no `tracker`, its own run from `cfg` (a NullTracker when
-    tracking is disabled); with one, a child run of that tracker. Use as a context manager."""
-    if tracker is None:
-        return open_tracker(cfg, work_dir=work_dir, run_name=run_name, stage=stage, tags=tags)
-    return tracker.child(run_name=run_name, stage=stage, tags=tags)
+    tracking is disabled); with one, a child run of that tracker. Use as a context manager.
+
+    lock: the stage's folder lock (pipeline.core.locks.RunLock): the run is recorded in it, and a run
+      that a dead predecessor recorded there and left RUNNING is marked KILLED (unless continued).
+    continue_run: {"run_id", "tracking_uri"} of the run to continue (a resumed training that owns its
+      run); continued when it exists in the store this stage logs to, else a new run is made.
+    """
+    previous = ((lock.previous or {}).get("mlflow") if lock is not None else None) or None
+    run = None
+    if tracker is None and cfg.enabled and continue_run and continue_run.get("run_id"):
+        uri = resolve_tracking_uri(cfg, work_dir)
+        if continue_run.get("tracking_uri") in (None, "", uri):
+            run = MLflowTracker.reopen(uri, continue_run["run_id"])
+        if run is not None:
+            print_fn(f"[{stage}] continuing MLflow run {run.run_id} (the run that trained the checkpoint)")
+        else:
+            print_fn(f"[{stage}] note: MLflow run {continue_run['run_id']} of the checkpoint is not in {uri}; "
+                     "recording into a new run")
+    if previous and previous.get("run_id") and (run is None or previous["run_id"] != run.run_id):
+        close_abandoned_runs(previous, print_fn)
+    if run is None:
+        run = (open_tracker(cfg, work_dir=work_dir, run_name=run_name, stage=stage, tags=tags) if tracker is None
+               else tracker.child(run_name=run_name, stage=stage, tags=tags))
+    if lock is not None and run.run_id:
+        lock.update(mlflow={"run_id": run.run_id, "tracking_uri": run.tracking_uri})
+    return run
+
+
+def close_abandoned_runs(record: Mapping[str, str], print_fn=print) -> list[str]:
+    """Mark KILLED the run in `record` ({"run_id", "tracking_uri"}) and its child runs, where they are
+    still RUNNING: their process is gone (its lock was taken over). Returns the ids marked."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    try:
+        client = MlflowClient(tracking_uri=record["tracking_uri"], registry_uri=record["tracking_uri"])
+        run = client.get_run(record["run_id"])
+        children = client.search_runs([run.info.experiment_id],
+                                      filter_string=f"tags.`{PARENT_RUN_TAG}` = '{record['run_id']}'")
+    except (MlflowException, KeyError, OSError) as e:
+        print_fn(f"[tracking] note: could not check MLflow run {record.get('run_id')} of the dead process ({e})")
+        return []
+    marked = []
+    for r in (run, *children):
+        if r.info.status == "RUNNING":
+            client.set_terminated(r.info.run_id, "KILLED")
+            marked.append(r.info.run_id)
+    if marked:
+        print_fn(f"[tracking] note: marked MLflow run(s) {', '.join(marked)} KILLED: the process that ran them "
+                 "is gone")
+    return marked
+
+
+def tracking_locations(cfg: TrackingConfig, work_dir: str | Path) -> dict[str, Path]:
+    """The folder a stage's own MLflow store writes to, for pipeline.core.paths.check_output_locations:
+    {"tracking.tracking_uri": <folder of the SQLite file>} (empty for a server, or tracking disabled)."""
+    if not cfg.enabled:
+        return {}
+    db = sqlite_path(resolve_tracking_uri(cfg, work_dir))
+    return {"tracking.tracking_uri": db.parent} if db else {}
+
+
+def log_provenance(tracker: Tracker, provenance: Mapping[str, Any]) -> None:
+    """Provenance (pipeline.presets.provenance) as provenance.* tags and a provenance.json artifact."""
+    if tracker:
+        tracker.set_tags({f"provenance.{k}": v for k, v in flatten(dict(provenance)).items()})
+        tracker.log_dict(dict(provenance), "provenance.json")
 
 
 def attach_tracker(tracking_uri: str | None, run_id: str | None) -> Tracker:

@@ -18,6 +18,8 @@ from functools import partial
 from pathlib import Path
 from typing import Mapping
 
+import torch
+
 from models.paper_nets import CELEBA_ATTRIBUTES, JD106_GROUPS
 from models.load.common import file_sha256
 from pipeline.presets.registry import ModelBundle, Preset, register
@@ -90,6 +92,63 @@ def build_paper_bundle(weights: Mapping[str, str], resolution: int, preset: str)
         notes=tuple(notes), default_attributes=PAPER_ATTRIBUTES)
 
 
+def random_paper_bundle(resolution: int = 256, seed: int = 0) -> ModelBundle:
+    """The ffhq<resolution> preset's networks with RANDOM weights (no weight file exists offline).
+
+    Same architectures, input sizes and preprocessing as `build_paper_bundle` (StyleGAN2 config-f
+    generator and discriminator, ResNet50-40 regressor, ResNet18-106 landmarks, VGG19 features,
+    deepface's EmotionModel), so tests and benchmarks exercise exactly the code paths and costs of the
+    real preset; the numbers mean nothing. Seeded (torch's global RNG is left as it was). On the CPU.
+    """
+    from models.load.paper_nets import deepface_emotion_net
+    from models.paper_nets import CelebAAttributeRegressor, DeepFaceEmotion, Landmark106, VGGPerceptual
+    from models.stylegan2 import Discriminator, Generator
+    from pipeline.presets.registry import tensor_hash
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        generator = Generator(resolution)
+        generator.estimate_mean_latent(generator=torch.Generator().manual_seed(seed))
+        bundle = ModelBundle(
+            preset=f"ffhq{resolution}", generator=generator, discriminator=Discriminator(resolution),
+            regressor=CelebAAttributeRegressor(), landmarks=Landmark106(), perceptual=VGGPerceptual(),
+            emotion=DeepFaceEmotion(deepface_emotion_net()), judges={}, identity=None,
+            notes=(f"ffhq{resolution} with RANDOM weights (tests/benchmarks): results are meaningless",),
+            default_attributes=PAPER_ATTRIBUTES)
+    bundle.generator_id = "random:" + tensor_hash(generator)[:16]
+    for module in (bundle.generator, bundle.discriminator, bundle.regressor, bundle.landmarks, bundle.perceptual,
+                   bundle.emotion):
+        module.eval().requires_grad_(False)
+    return bundle
+
+
+USER_FILE_LICENCE = "a file you supplied: hfld cannot know its terms; check them where you got it"
+# What the usual sources are licensed under, recorded beside the file as a reminder (not a verification).
+ROLE_LICENCE_NOTES = {
+    "generator": "NVIDIA's official StyleGAN2 / StyleGAN2-ADA networks are under the NVIDIA Source Code "
+                 "License-NC (non-commercial); FFHQ is CC BY-NC-SA 4.0",
+    "discriminator": "NVIDIA's official StyleGAN2 / StyleGAN2-ADA networks are under the NVIDIA Source Code "
+                     "License-NC (non-commercial)",
+}
+DEEPFACE_LICENCE = ("deepface (MIT) facial expression model; its training data (FER-2013) has its own terms: "
+                    "check them before any non-research use")
+
+
+def paper_weight_licences(cfg) -> dict[str, dict[str, str]]:
+    """Role -> the user's file and what is (not) known about its terms."""
+    from models.load.paper_nets import deepface_weights_path
+    from pipeline.core.paths import absolute_text
+    files = {role: absolute_text(path) for role, path in cfg.weights.items()}
+    files.setdefault("emotion", str(deepface_weights_path()))
+    out = {}
+    for role, path in sorted(files.items()):
+        licence = DEEPFACE_LICENCE if role == "emotion" else USER_FILE_LICENCE
+        if role in ROLE_LICENCE_NOTES:
+            licence += f" ({ROLE_LICENCE_NOTES[role]})"
+        out[role] = {"source": path, "licence": licence}
+    return out
+
+
 def build_ffhq(cfg, resolution: int, preset: str):
     """Preset builder: cfg is a pipeline.presets.ModelConfig (only cfg.weights is used)."""
     return build_paper_bundle(cfg.weights, resolution, preset)
@@ -113,4 +172,5 @@ for _resolution in (256, 1024):
                     weight_roles=PAPER_WEIGHT_ROLES, default_attributes=PAPER_ATTRIBUTES,
                     default_attribute_targets=PAPER_ATTRIBUTE_TARGETS, has_discriminator=True,
                     landmark_groups=tuple(JD106_GROUPS), attribute_names=tuple(CELEBA_ATTRIBUTES),
-                    n_latent=PAPER_N_LATENT[_resolution], tune_space="ffhq"))
+                    n_latent=PAPER_N_LATENT[_resolution], tune_space="ffhq",
+                    weight_licences=paper_weight_licences))

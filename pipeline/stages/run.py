@@ -4,9 +4,11 @@
     dataset with the HFLD T (Ray Data) -> evaluate baseline vs HFLD -> report
 
 Every stage records a nested MLflow run under one parent run of this invocation. The run-level
-`model`, `seed`, `work_dir` and `tracking` are the single source of truth: they replace the same
-fields of the stage sections (train / tune / generate / evaluate), which otherwise keep their own
-settings. Re-running the same command continues where it stopped: finished trainings are reused
+`model`, `seed`, `work_dir`, `name` and `tracking` are the single source of truth: they replace the
+same fields of the stage sections (train / tune / generate / evaluate; see REPLACED_BY_RUN), which
+otherwise keep their own settings. A section that sets one of those fields to anything but its
+default is refused when the config is loaded (a ConfigError naming the field), never silently
+replaced. Re-running the same command continues where it stopped: finished trainings are reused
 (`resume=auto`) and the generate stage writes only its missing shards.
 """
 
@@ -19,9 +21,12 @@ from pathlib import Path
 import yaml
 
 from pipeline.core.config import ConfigError, load_config, require, to_dict
-from pipeline.core.paths import check_output_locations, default_work_dir
-from pipeline.infra.tracking import Tracker, TrackingConfig, resolve_tracking_uri, stage_run
+from pipeline.core.paths import NAME_OR_PATH, PATH, absolute_paths, check_output_locations, default_work_dir
+from pipeline.core.locks import run_lock
+from pipeline.infra.tracking import Tracker, TrackingConfig, log_provenance, resolve_tracking_uri, stage_run, \
+    tracking_locations
 from pipeline.presets import PRESETS, ModelConfig
+from pipeline.presets.provenance import provenance
 from pipeline.stages.evaluate import EvaluateConfig, EvaluateResult, run_evaluate
 from pipeline.stages.generate import GenerateConfig, GenerateResult, run_generate
 from pipeline.stages.train import ScalingConfig, TrainConfig, TrainResult, run_train
@@ -61,11 +66,11 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     seed: int = 0
     name: str = ""
-    work_dir: str = field(default_factory=default_work_dir)
+    work_dir: str = field(default_factory=default_work_dir, metadata=PATH)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     hfld_lambda4: float = 0.5e6
     use_tune: bool = True
-    tune_space: str = ""
+    tune_space: str = field(default="", metadata=NAME_OR_PATH)
     use_generate: bool = True
     train: TrainConfig = field(default_factory=default_run_train)
     tune: TuneConfig = field(default_factory=default_run_tune)
@@ -74,6 +79,7 @@ class RunConfig:
 
     def __post_init__(self):
         require(self.hfld_lambda4 > 0, "hfld_lambda4", self.hfld_lambda4, "must be > 0 (the baseline is lambda4 = 0)")
+        check_stage_sections(self)  # at load time, so --print-config never shows a setting the run would drop
 
     @property
     def run_name(self) -> str:
@@ -124,9 +130,20 @@ def banner(print_fn, k: int, n: int, text: str) -> None:
 
 
 def run_pipeline(cfg: RunConfig, *, tracker: Tracker | None = None, print_fn=print) -> RunResult:
-    """Run every stage; returns where everything is (also printed at the end)."""
+    """Run every stage; returns where everything is (also printed at the end).
+
+    The run folder (<work_dir>/<name>) is locked for the whole chain: a second `hfld run` of the same
+    name gets a ConfigError naming this process.
+    """
     check_stage_sections(cfg)
-    check_output_locations({"work_dir": cfg.work_dir})
+    own_store = tracking_locations(cfg.tracking, cfg.work_dir) if tracker is None else {}
+    check_output_locations({"work_dir": cfg.work_dir, "name": cfg.out_dir, **own_store})
+    cfg = absolute_paths(cfg)
+    with run_lock(cfg.out_dir, "name", print_fn) as lock:
+        return _run_locked(cfg, lock, tracker, print_fn)
+
+
+def _run_locked(cfg: RunConfig, lock, tracker: Tracker | None, print_fn) -> RunResult:
     t0 = time.perf_counter()
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -134,8 +151,9 @@ def run_pipeline(cfg: RunConfig, *, tracker: Tracker | None = None, print_fn=pri
     n = 3 + cfg.use_tune + cfg.use_generate
     k = 0
     with stage_run(cfg.tracking, tracker, work_dir=cfg.work_dir, run_name=cfg.run_name, stage="run",
-                   tags={"preset": cfg.model.preset}) as parent:
+                   tags={"preset": cfg.model.preset}, lock=lock, print_fn=print_fn) as parent:
         parent.log_params(to_dict(cfg))
+        log_provenance(parent, provenance(cfg.model, "see each stage's run (this process only coordinates)"))
         parent_id = getattr(parent, "run_id", None)
         sweep = None
         base, lambda4 = cfg.train, cfg.hfld_lambda4
@@ -196,9 +214,42 @@ def print_summary(r: RunResult, print_fn=print) -> None:
     print_fn("\n".join(lines), flush=True)
 
 
+# What the run sets in each section (section -> field path -> the run-level setting that replaces it). A
+# section value that differs from the section's default would be silently replaced, so it is refused.
+REPLACED_BY_RUN: dict[str, dict[str, str]] = {
+    "train": {"model": "model", "seed": "seed", "work_dir": "work_dir", "run_name": "name",
+              "resume": "the run (it always resumes: resume=auto)", "tracking": "tracking",
+              "losses.landmark": "hfld_lambda4 (the baseline always uses 0)"},
+    "tune": {"train.model": "model", "train.seed": "seed", "space": "tune_space", "work_dir": "work_dir",
+             "run_name": "name", "tracking": "tracking"},
+    "generate": {"model": "model", "seed": "seed", "work_dir": "work_dir", "run_name": "name",
+                 "output_dir": "work_dir and name (the dataset goes to <work_dir>/<name>/dataset)",
+                 "tracking": "tracking"},
+    "evaluate": {"model": "model", "seed": "seed", "work_dir": "work_dir", "run_name": "name",
+                 "output_dir": "work_dir and name (the report goes to <work_dir>/<name>/report)",
+                 "tracking": "tracking"},
+}
+SECTION_DEFAULTS = {"train": default_run_train, "tune": default_run_tune, "generate": default_run_generate,
+                    "evaluate": default_run_evaluate}
+
+
+def _field(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def check_stage_sections(cfg: RunConfig) -> None:
     """Settings a section may not carry because the run sets them (clear error instead of silence)."""
     if cfg.generate.directions:
         raise ConfigError("generate.directions: the run generates with the HFLD T it trains; leave it empty")
     if cfg.evaluate.baseline or cfg.evaluate.hfld:
         raise ConfigError("evaluate.baseline / evaluate.hfld: the run evaluates the T's it trains; leave them empty")
+    for section, fields in REPLACED_BY_RUN.items():
+        given, default = getattr(cfg, section), SECTION_DEFAULTS[section]()
+        for name, replaced_by in fields.items():
+            value = _field(given, name)
+            if value != _field(default, name):
+                shown = to_dict(value) if hasattr(value, "__dataclass_fields__") else value
+                raise ConfigError(f"{section}.{name}: {shown!r} would be replaced by the run's {replaced_by}; set that "
+                                  f"at the top level of the run config instead, and leave {section}.{name} unset")

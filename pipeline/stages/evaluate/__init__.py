@@ -43,10 +43,11 @@ import yaml
 from pipeline.core import metrics as M
 from pipeline.core.config import to_dict
 from pipeline.core.io import atomic_write_bytes, json_safe
-from pipeline.core.paths import check_output_locations
+from pipeline.core.paths import absolute_paths, check_output_locations
 from pipeline.core.sampling import resolve_device
-from pipeline.infra.tracking import Tracker, stage_run
+from pipeline.infra.tracking import Tracker, log_provenance, stage_run, tracking_locations
 from pipeline.presets import ModelBundle, build_bundle
+from pipeline.presets.provenance import provenance
 from pipeline.stages.evaluate import report as R
 from pipeline.stages.evaluate.config import GESTURE_FEATURES, METHODS, EvaluateConfig
 from pipeline.stages.evaluate.measure import (DirectionsSource, collect, load_pair, prepare_directions, resolve_targets,
@@ -82,7 +83,9 @@ def run_evaluate(cfg: EvaluateConfig, *, tracker: Tracker | None = None, bundle:
     gets params = resolved config, metrics = every number, artifacts = report files, figures and
     metrics.json.
     """
-    check_output_locations({"work_dir": cfg.work_dir, "output_dir": cfg.output_dir})
+    own_store = tracking_locations(cfg.tracking, cfg.work_dir) if tracker is None else {}
+    check_output_locations({"work_dir": cfg.work_dir, "output_dir": cfg.out_dir, **own_store})
+    cfg = absolute_paths(cfg)
     pair = load_pair(cfg, baseline, hfld)          # before any heavy work: a bad path fails fast
     with stage_run(cfg.tracking, tracker, work_dir=cfg.work_dir, run_name=cfg.name, stage="evaluate",
                    tags={"preset": cfg.model.preset}) as run:
@@ -105,8 +108,10 @@ def _evaluate(cfg: EvaluateConfig, pair, tracker: Tracker, bundle: ModelBundle |
     warnings = lineage_notes(directions, bundle)
     for w in warnings:
         print_fn(f"[evaluate] warning: {w}")
+    prov = provenance(cfg.model, device)
     if tracker:
         tracker.log_params(to_dict(cfg))
+        log_provenance(tracker, prov)
         tracker.set_tags({f"{d.key}_directions": d.source for d in directions}
                          | {f"{d.key}_sha256": d.file.meta.get("sha256", "") for d in directions}
                          | {f"{d.key}_run_id": d.file.meta.get("mlflow_run_id", "") for d in directions})
@@ -121,7 +126,7 @@ def _evaluate(cfg: EvaluateConfig, pair, tracker: Tracker, bundle: ModelBundle |
                      "bootstrap_resamples": cfg.bootstrap_resamples, "targets": list(targets),
                      "methods": {d.key: describe_directions(d) for d in directions},
                      "networks": describe_networks(bundle, judges, scale_name),
-                     "warnings": warnings, "attributes": {}}
+                     "warnings": warnings, "attributes": {}, "provenance": prov}
     drifts = {}
     for a in targets:
         numbers["attributes"][a], drifts[a] = attribute_numbers(cfg, data, a, names, judges, scale, groups, stats)

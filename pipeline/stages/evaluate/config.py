@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline.core.config import require
 from pipeline.core.edits import EditMode
-from pipeline.core.paths import default_work_dir
+from pipeline.core.paths import PATH, default_work_dir
 from pipeline.core.sampling import NoiseMode
 from pipeline.infra.tracking import TrackingConfig
 from pipeline.presets import ModelConfig
@@ -35,8 +35,8 @@ class EvaluateConfig:
     """
     model: ModelConfig = field(default_factory=ModelConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    baseline: str = ""
-    hfld: str = ""
+    baseline: str = field(default="", metadata=PATH)
+    hfld: str = field(default="", metadata=PATH)
     baseline_label: str = "baseline (lambda4 = 0)"
     hfld_label: str = "HFLD"
     attributes: tuple[str, ...] = ()
@@ -54,9 +54,9 @@ class EvaluateConfig:
     bootstrap_resamples: int = 1000
     confidence: float = 0.95
     device: str = "auto"
-    work_dir: str = field(default_factory=default_work_dir)
+    work_dir: str = field(default_factory=default_work_dir, metadata=PATH)
     run_name: str = ""
-    output_dir: str = ""
+    output_dir: str = field(default="", metadata=PATH)
 
     def __post_init__(self):
         require(self.n_samples >= 2, "n_samples", self.n_samples, "must be >= 2 (a bootstrap needs faces)")

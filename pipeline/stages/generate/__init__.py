@@ -59,9 +59,11 @@ from pathlib import Path
 
 from pipeline.core.config import to_dict
 from pipeline.core.io import atomic_write_bytes, remove_stale_temps
-from pipeline.core.paths import check_output_locations
+from pipeline.core.locks import run_lock
+from pipeline.core.paths import absolute_paths, check_output_locations
 from pipeline.infra.ray_session import ray_session
-from pipeline.infra.tracking import Tracker, stage_run
+from pipeline.infra.tracking import Tracker, log_provenance, stage_run, tracking_locations
+from pipeline.presets.provenance import provenance
 from pipeline.stages.generate.config import (GenerateConfig, GenerateResources, ImageConfig, QCConfig,
                                              job_config)
 from pipeline.stages.generate.job import BundleFactory, GenerateJob, prepare
@@ -99,15 +101,20 @@ class GenerateResult:
 
 def run_generate(cfg: GenerateConfig, *, tracker: Tracker | None = None, bundle_factory: BundleFactory | None = None,
                  job: GenerateJob | None = None, print_fn=print) -> GenerateResult:
-    """Generate (or finish) the dataset of `cfg`: every check first (see job.prepare; no MLflow run
-    for a bad config), then the Ray Data pipeline inside the stage's MLflow run.
+    """Generate (or finish) the dataset of `cfg`: every check first (output locations, then job.prepare;
+    no MLflow run for a bad config), then, holding the output folder's lock (a second process gets a
+    ConfigError naming the holder), the Ray Data pipeline inside the stage's MLflow run.
 
     tracker: None = an MLflow run of its own (cfg.tracking); a tracker = a child run of it.
+    Interrupted (Ctrl-C, SIGTERM through the CLI): finished shards stay; the same command resumes.
     """
-    check_output_locations({"work_dir": cfg.work_dir, "output_dir": cfg.output_dir})
+    own_store = tracking_locations(cfg.tracking, cfg.work_dir) if tracker is None else {}
+    check_output_locations({"work_dir": cfg.work_dir, "output_dir": cfg.out_dir, **own_store})
+    cfg = absolute_paths(cfg)
     job = job or prepare(cfg, bundle_factory)
-    with stage_run(cfg.tracking, tracker, work_dir=cfg.work_dir, run_name=cfg.name, stage="generate",
-                   tags={"preset": cfg.model.preset}) as run:
+    with run_lock(job.out_dir, "output_dir", print_fn) as lock, \
+            stage_run(cfg.tracking, tracker, work_dir=cfg.work_dir, run_name=cfg.name, stage="generate",
+                      tags={"preset": cfg.model.preset}, lock=lock, print_fn=print_fn) as run:
         return _generate(job, run, print_fn)
 
 
@@ -118,12 +125,14 @@ def _generate(job: GenerateJob, run: Tracker, print_fn) -> GenerateResult:
     t0 = time.perf_counter()
     rows_written, progress = 0, []
     if not todo:
+        job.provenance = provenance(cfg.model, "none: every shard was already written")
         start(job, records, todo, run, print_fn)
     else:
         # Imported here: Ray is only needed when there is work left.
         from pipeline.stages.generate.ray_data import resolve_generate_device, write_missing_shards
         with ray_session(cfg.resources.address, dashboard=False, worker_logs=False):
             job.device = resolve_generate_device(cfg)     # the last check (it needs the cluster's resources)
+            job.provenance = provenance(cfg.model, job.device)   # recorded in every shard record this run writes
             start(job, records, todo, run, print_fn)
             rows_written, progress = write_missing_shards(job, records, todo, t0, print_fn)
     seconds = time.perf_counter() - t0
@@ -160,6 +169,7 @@ def start(job: GenerateJob, records: dict[int, dict], todo: list[int], run: Trac
                  + (f" ({stale} stale temp files removed)" if stale else ""))
     if run:
         run.log_params(to_dict(cfg))
+        log_provenance(run, job.provenance)
         run.set_tags({"directions_run_id": job.directions.run_id, "directions_source": job.directions.source,
                       "directions_sha256": job.directions.sha256, "generator_id": job.facts.generator_id,
                       "output_dir": str(out), "preset": cfg.model.preset})

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.core.config import require, to_dict
-from pipeline.core.paths import default_work_dir
+from pipeline.core.paths import PATH, default_work_dir
 from pipeline.core.policies import EditPolicyConfig
 from pipeline.core.sampling import NoiseMode
 from pipeline.infra.tracking import TrackingConfig
@@ -113,7 +113,7 @@ class GenerateConfig:
     verify_existing: re-hash finished shards before skipping them on a rerun.
     """
     model: ModelConfig = field(default_factory=ModelConfig)
-    directions: str = ""
+    directions: str = field(default="", metadata=PATH)
     policy: EditPolicyConfig = field(default_factory=EditPolicyConfig)
     n_sources: int = 100
     variants: int = 4
@@ -128,8 +128,8 @@ class GenerateConfig:
     resources: GenerateResources = field(default_factory=GenerateResources)
     device: str = "auto"
     precision: Precision = "fp32"
-    output_dir: str = ""
-    work_dir: str = field(default_factory=default_work_dir)
+    output_dir: str = field(default="", metadata=PATH)
+    work_dir: str = field(default_factory=default_work_dir, metadata=PATH)
     run_name: str = ""
     verify_existing: bool = True
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

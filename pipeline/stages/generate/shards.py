@@ -101,7 +101,8 @@ def write_shard(job: GenerateJob, shard: int, rows: dict) -> dict:
                                        "source_emotion_label", "variant_emotion_label"],
                        write_statistics=False)
         record = {"file": final.name, "shard": shard, "rows": table.num_rows, "bytes": tmp.stat().st_size,
-                  "sha256": file_sha256(tmp), "qc_pass": int(np.asarray(rows["qc_pass"]).sum())}
+                  "sha256": file_sha256(tmp), "qc_pass": int(np.asarray(rows["qc_pass"]).sum()),
+                  "provenance": job.provenance}
         # The record lands before the shard's rename: a final name always has its record.
         atomic_write_bytes(record_path(job, shard), json.dumps(record, sort_keys=True, indent=1).encode())
     return record
@@ -157,6 +158,20 @@ def schema_summary(job: GenerateJob) -> dict:
             "metadata": json.loads(schema.metadata[b"hfld"]) | {"shard": None}}
 
 
+def shard_provenance(records: list[dict]) -> list[dict]:
+    """The distinct provenances (packages, device, weight licences) of the invocations that wrote the
+    shards, each with the shards it wrote: one entry unless a resumed run wrote some of them elsewhere."""
+    groups: list[dict] = []
+    for r in records:
+        prov = r.get("provenance") or {"unknown": "shard written before hfld recorded provenance"}
+        match = next((g for g in groups if g["provenance"] == prov), None)
+        if match is None:
+            match = {"provenance": prov, "shards": []}
+            groups.append(match)
+        match["shards"].append(r["shard"])
+    return [{**g["provenance"], "shards": g["shards"]} for g in groups]
+
+
 def write_manifest(job: GenerateJob, records: list[dict]) -> tuple[Path, dict]:
     total_rows = sum(r["rows"] for r in records)
     qc = sum(r["qc_pass"] for r in records)
@@ -169,6 +184,7 @@ def write_manifest(job: GenerateJob, records: list[dict]) -> tuple[Path, dict]:
                    "shards": len(records), "qc_pass": qc, "qc_pass_rate": qc / max(total_rows, 1)},
         "schema": schema_summary(job),
         "shards": [{k: r[k] for k in ("file", "rows", "bytes", "sha256", "qc_pass")} for r in records],
+        "provenance": shard_provenance(records),
     }
     path = job.out_dir / "manifest.json"
     atomic_write_bytes(path, json.dumps(manifest, indent=1, sort_keys=True).encode())

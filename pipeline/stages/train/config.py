@@ -10,7 +10,7 @@ from typing import Literal
 from models.losses import LossWeights
 from models.editing import EditSampling
 from pipeline.core.config import require
-from pipeline.core.paths import default_work_dir
+from pipeline.core.paths import PATH, default_work_dir
 from pipeline.core.sampling import NoiseMode
 from pipeline.infra.tracking import TrackingConfig
 from pipeline.presets import ModelConfig
@@ -37,7 +37,7 @@ class ScalingConfig:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
     max_failures: int = 0
-    storage_path: str = ""
+    storage_path: str = field(default="", metadata=PATH)
 
     def __post_init__(self):
         require(self.num_workers >= 0, "scaling.num_workers", self.num_workers, "must be >= 0 (0 = no Ray)")
@@ -61,6 +61,9 @@ class TrainConfig:
     truncation: psi applied to the sampled training latents (1 = none).
     noise_mode: generator noise for x and x' (always the same for both): const, random, zero.
     resume: "" (fresh run), "auto" (the run dir's latest checkpoint, if any) or a checkpoint path.
+      A checkpoint trained with settings that change results (see stages/train/resume.py) is refused...
+    resume_force: ...unless this is true; then directions.json ("config_history") and the MLflow run
+      record the previous config, the changed values and the step where they changed.
     cuda_graph: on a single CUDA device (T not DDP-wrapped), capture the whole step (both passes,
       backward, Adam) as one CUDA graph after 3 eager warm-up steps and replay it: the step is
       launch-bound at the paper's batch of 4, so this removes most of its CPU overhead.
@@ -86,9 +89,10 @@ class TrainConfig:
     cuda_graph: bool = True
     log_every: int = 50
     checkpoint_every: int = 1000
-    work_dir: str = field(default_factory=default_work_dir)
+    work_dir: str = field(default_factory=default_work_dir, metadata=PATH)
     run_name: str = ""
-    resume: str = ""
+    resume: str = field(default="", metadata=PATH)
+    resume_force: bool = False
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 

@@ -3,7 +3,13 @@
 `train_loop` runs the steps of one worker (in this process, or on every Ray Train worker through
 ray_train.py); `train_in_process` is the whole single-process stage body. Run directory:
 <work_dir>/<run_name>/ with config.yaml, metrics.jsonl, checkpoint.safetensors(+.json) (latest
-trainer state, for resuming) and directions.safetensors(+.json) (the final T).
+trainer state, for resuming) and directions.safetensors(+.json) (the final T). Every checkpoint's
+metadata names the run directory and the MLflow run that wrote it (a resumed run continues that MLflow
+run) and the provenance of the run (package versions, device, weight licences).
+
+Interrupted in process (Ctrl-C, or SIGTERM through the CLI's handler): the step in flight completes,
+a checkpoint of the step reached is written, then the KeyboardInterrupt goes on (the MLflow run ends
+KILLED); `resume=auto` continues from there.
 """
 
 from __future__ import annotations
@@ -19,16 +25,32 @@ import yaml
 from models.losses import TERMS
 from pipeline.core.config import ConfigError, to_dict
 from pipeline.core.directions import DIRECTIONS_ARTIFACT, DirectionsFile, load_directions, save_directions
+from pipeline.core.io import atomic_write_bytes, jsonl_bytes, read_jsonl
+from pipeline.core.paths import check_output_locations
 from pipeline.core.sampling import resolve_device
 from pipeline.core.seeding import Stream, global_sample_ids
-from pipeline.infra.tracking import NullTracker, Tracker
+from pipeline.core.signals import signals_deferred
+from pipeline.infra.tracking import NullTracker, Tracker, log_provenance, tracking_locations
 from pipeline.presets import ModelBundle, build_bundle
+from pipeline.presets.provenance import provenance
 from pipeline.stages.train.config import TrainConfig, TrainResult
+from pipeline.stages.train.resume import (CHECKPOINT_FILE, DIRECTIONS_FILE, ResumePlan, describe_changes,
+                                          plan_from_file, resolve_resume)
 from pipeline.stages.train.step import TrainState, make_step, resolve_attributes, sample_batch, setup_training
 
-CHECKPOINT_FILE = "checkpoint.safetensors"
-DIRECTIONS_FILE = "directions.safetensors"
+__all__ = ["CHECKPOINT_FILE", "DIRECTIONS_FILE", "METRICS_FILE", "check_train_locations", "resolve_resume",
+           "train_in_process", "train_loop"]
+
 METRICS_FILE = "metrics.jsonl"
+
+
+def check_train_locations(cfg: TrainConfig, tracker: Tracker | None) -> None:
+    """Every place training writes, checked before any work (one ConfigError naming the field); the
+    MLflow store too when the stage opens its own run (an unwritable SQLite folder made MLflow retry
+    for minutes)."""
+    own_store = tracking_locations(cfg.tracking, cfg.work_dir) if tracker is None else {}
+    check_output_locations({"work_dir": cfg.work_dir, "run_name": cfg.run_dir, **own_store},
+                           {"scaling.storage_path": cfg.scaling.storage_path})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,7 +69,20 @@ def directions_meta(cfg: TrainConfig, bundle: ModelBundle, state: TrainState, **
             "attributes": list(state.objective.attributes), "layer_mask": list(cfg.layer_mask),
             "landmark_groups": list(cfg.landmark_groups), "preset": cfg.model.preset,
             "generator_id": bundle.generator_id, "lambdas": to_dict(state.objective.weights), "step": state.step,
-            "regressor_names": list(bundle.regressor.names), "config": to_dict(cfg), **extra}
+            "regressor_names": list(bundle.regressor.names), "config": to_dict(cfg), "run_dir": str(cfg.run_dir),
+            **extra}
+
+
+def run_lineage(tracker: Tracker) -> dict:
+    """The MLflow run a checkpoint belongs to (continued when the run is resumed)."""
+    return {"mlflow_run_id": tracker.run_id, "mlflow_tracking_uri": tracker.tracking_uri} if tracker.run_id else {}
+
+
+def consistent_state(state: TrainState) -> bool:
+    """Whether T and Adam's moments belong to the same completed step (an interrupt can land inside an
+    optimiser step when the CLI's deferring handlers are not installed)."""
+    opt = state.optimizer.state.get(state.directions.T)
+    return not opt or int(torch.as_tensor(opt["step"]).item()) == state.step
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -78,22 +113,6 @@ def restore_state(state: TrainState, ckpt: DirectionsFile, source: Path | str) -
                             "exp_avg_sq": ckpt.optimizer["exp_avg_sq"].to(state.device)}}
         state.optimizer.load_state_dict(osd)
     state.step = int(ckpt.meta.get("step", 0))
-
-
-def resolve_resume(cfg: TrainConfig) -> Path | None:
-    """The checkpoint to resume from, or None; refuses to overwrite a finished or started run silently."""
-    run_dir, latest = cfg.run_dir, cfg.run_dir / CHECKPOINT_FILE
-    if cfg.resume == "auto":
-        return latest if latest.is_file() else None
-    if cfg.resume:
-        p = Path(cfg.resume).expanduser()
-        if not p.is_file():
-            raise ConfigError(f"resume: checkpoint {p} not found")
-        return p
-    if (run_dir / DIRECTIONS_FILE).exists() or latest.exists():
-        raise ConfigError(f"run_name: {run_dir} already holds a run; choose another run_name, or set "
-                          "resume=auto to continue it")
-    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,39 +151,45 @@ def train_loop(cfg: TrainConfig, bundle: ModelBundle, state: TrainState, *, rank
     metrics: dict = {}
     step = make_step(state, cfg)
     while state.step < cfg.iterations:
-        ids = global_sample_ids(state.step, rank, cfg.batch_size, world_size)
-        batch = sample_batch(cfg, bundle.generator, n_attr, ids, state.device)
-        metrics = step(batch)
-        if on_log and (state.step % cfg.log_every == 0 or state.step == cfg.iterations):
-            on_log(state.step, metrics)
-        if on_checkpoint and state.step % cfg.checkpoint_every == 0 and state.step < cfg.iterations:
-            on_checkpoint(state)
+        # A signal (Ctrl-C, SIGTERM) is raised between iterations, never inside a step or a checkpoint.
+        with signals_deferred():
+            ids = global_sample_ids(state.step, rank, cfg.batch_size, world_size)
+            batch = sample_batch(cfg, bundle.generator, n_attr, ids, state.device)
+            metrics = step(batch)
+            if on_log and (state.step % cfg.log_every == 0 or state.step == cfg.iterations):
+                on_log(state.step, metrics)
+            if on_checkpoint and state.step % cfg.checkpoint_every == 0 and state.step < cfg.iterations:
+                on_checkpoint(state)
         if on_step:
             on_step(state)
     return metrics
 
 
 def train_in_process(cfg: TrainConfig, *, bundle: ModelBundle | None = None, tracker: Tracker = NullTracker(),
-                     print_fn=print) -> TrainResult:
+                     print_fn=print, resume: ResumePlan | None = None) -> TrainResult:
     """Single-process training of T, logging into `tracker` (an open run); writes the run directory
-    and returns where T is."""
-    resume_from = resolve_resume(cfg)  # before any work: a bad resume/run_name fails fast
+    and returns where T is. `resume`: the plan run_train made (None: made here)."""
+    resume = resume if resume is not None else plan_from_file(cfg, print_fn)  # before any work: fails fast
     device = resolve_device(cfg.device)
     bundle = bundle or build_bundle(cfg.model, device)
     for note in bundle.notes:
         print_fn(f"[train] note: {note}")
     state = setup_training(cfg, bundle, device)
-    if resume_from:
-        restore_state(state, load_directions(resume_from), resume_from)
-        print_fn(f"[train] resumed from {resume_from} at step {state.step}")
+    if resume.source:
+        restore_state(state, load_directions(resume.source), resume.source)
+        print_fn(f"[train] resumed from {resume.source} at step {state.step}")
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    prov = provenance(cfg.model, device)
     if tracker:
         tracker.log_params(to_dict(cfg))
-        tracker.set_tags(lineage_tags(cfg, bundle, resumed_from=resume_from))
-    lineage = {"mlflow_run_id": tracker.run_id} if tracker.run_id else {}
+        tracker.set_tags(lineage_tags(cfg, bundle, resumed_from=resume.source, run_dir=str(run_dir)))
+        log_provenance(tracker, prov)
+        log_resume_changes(tracker, resume)
+    extra = {**run_lineage(tracker), "provenance": prov, **resume.meta()}
     history: list[dict] = []
+    keep_metrics_up_to(run_dir / METRICS_FILE, state.step)
     progress = ProgressLine(cfg.iterations, cfg.batch_size, state.step, print_fn)
 
     def on_log(step, metrics):
@@ -176,15 +201,40 @@ def train_in_process(cfg: TrainConfig, *, bundle: ModelBundle | None = None, tra
             tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
 
     def on_checkpoint(st):
-        save_checkpoint(run_dir / CHECKPOINT_FILE, cfg, bundle, st)
+        save_checkpoint(run_dir / CHECKPOINT_FILE, cfg, bundle, st, **extra)
 
-    final = train_loop(cfg, bundle, state, on_log=on_log, on_checkpoint=on_checkpoint)
-    out = save_checkpoint(run_dir / DIRECTIONS_FILE, cfg, bundle, state, final_metrics=final, **lineage)
-    save_checkpoint(run_dir / CHECKPOINT_FILE, cfg, bundle, state)
+    try:
+        final = train_loop(cfg, bundle, state, on_log=on_log, on_checkpoint=on_checkpoint)
+    except KeyboardInterrupt:
+        checkpoint_on_interrupt(run_dir / CHECKPOINT_FILE, cfg, bundle, state, extra, print_fn)
+        raise
+    out = save_checkpoint(run_dir / DIRECTIONS_FILE, cfg, bundle, state, final_metrics=final, **extra)
+    save_checkpoint(run_dir / CHECKPOINT_FILE, cfg, bundle, state, **extra)
     if tracker:
         log_final_directions(tracker, cfg, out, print_fn)
     print_fn(f"[train] done: {state.step} steps; T written to {out}")
     return TrainResult(run_dir, out, state.step, final, history)
+
+
+def checkpoint_on_interrupt(path: Path, cfg: TrainConfig, bundle: ModelBundle, state: TrainState, extra: dict,
+                            print_fn=print) -> None:
+    """Save the step reached, so `resume=auto` loses nothing (skipped, with a note, if the interrupt
+    landed inside an optimiser step: the last periodic checkpoint then stands)."""
+    if not consistent_state(state):
+        print_fn(f"[train] interrupted inside step {state.step + 1}: no checkpoint written; the last one "
+                 f"({path}) stands", flush=True)
+        return
+    save_checkpoint(path, cfg, bundle, state, **extra)
+    print_fn(f"[train] interrupted at step {state.step}: checkpoint written to {path}; continue with "
+             "resume=auto", flush=True)
+
+
+def keep_metrics_up_to(path: Path, step: int) -> None:
+    """Drop the rows a killed earlier attempt logged after its last checkpoint (they are redone)."""
+    rows = read_jsonl(path)
+    kept = [r for r in rows if r.get("step", 0) <= step]
+    if len(kept) != len(rows):
+        atomic_write_bytes(path, jsonl_bytes(kept))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,6 +244,14 @@ def train_in_process(cfg: TrainConfig, *, bundle: ModelBundle | None = None, tra
 def lineage_tags(cfg: TrainConfig, bundle: ModelBundle, **extra) -> dict:
     return {"preset": cfg.model.preset, "generator_id": bundle.generator_id,
             "attributes": ",".join(resolve_attributes(cfg, bundle)), **{k: v for k, v in extra.items() if v}}
+
+
+def log_resume_changes(tracker, resume: ResumePlan) -> None:
+    """A forced resume (resume_force) in the MLflow run: tags naming the step and the changes, and the
+    whole config history as config_history.json."""
+    if tracker and resume.changes:
+        tracker.set_tags({"resume_forced_at_step": resume.step, "resume_changes": describe_changes(resume.changes, 50)})
+        tracker.log_dict({"config_history": resume.config_history}, "config_history.json")
 
 
 def log_final_directions(tracker, cfg: TrainConfig, directions_path: Path, print_fn=print) -> None:

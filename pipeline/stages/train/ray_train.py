@@ -30,10 +30,14 @@ in-process trainer's `train_loop` with Ray around it:
   `ray.train.get_checkpoint()`. Explicit resume: cfg.resume = a checkpoint path (its bytes are sent
   to the workers, so the file need only exist on the driver's machine) or "auto", which continues
   Ray's own run of the same name (and otherwise the run directory's checkpoint.safetensors).
-- MLflow: the driver creates the run (deterministic name = cfg.name) and ends it FINISHED or
-  FAILED; everything in it is logged by rank 0 alone: params, loss terms averaged over workers and
-  samples/s per log interval, the final T as artifact and as a registered model version. After a
-  restart, rank 0 continues the same run. On a multi-node cluster use a tracking server URI and
+- MLflow: the driver creates the run (deterministic name = cfg.name) and ends it FINISHED,
+  FAILED or KILLED (interrupted); everything in it is logged by rank 0 alone: params, loss terms
+  averaged over workers and samples/s per log interval, the final T as artifact and as a registered
+  model version. After a restart, rank 0 continues the same run; a resumed invocation (resume=auto,
+  or the run dir's own checkpoint) continues the MLflow run recorded in the checkpoint it resumes.
+- Interrupted (Ctrl-C / SIGTERM): the driver stops, `ray_session` shuts Ray down (the workers stop);
+  Ray's last checkpoint is what `resume=auto` continues. The run folder is locked while the driver
+  runs (pipeline.core.locks). On a multi-node cluster use a tracking server URI and
   shared storage (work_dir, scaling.storage_path) that every node can reach.
 - Outputs: when training ends the driver copies the final Ray checkpoint into the run directory,
   so both paths leave config.yaml, metrics.jsonl, directions.safetensors (+ .json) and
@@ -64,16 +68,19 @@ import torch
 import yaml
 
 from pipeline.core.config import ConfigError, from_dict, to_dict
-from pipeline.core.directions import load_directions
+from pipeline.core.directions import CheckpointError, load_directions, read_meta
 from pipeline.core.io import atomic_write_bytes, jsonl_bytes, read_jsonl
-from pipeline.core.paths import is_uri
+from pipeline.core.locks import run_lock
+from pipeline.core.paths import absolute_paths, is_uri
 from pipeline.infra.ray_session import GPU_SAFETY_ENV, ray_session
-from pipeline.infra.tracking import NullTracker, Tracker, attach_tracker, stage_run
+from pipeline.infra.tracking import NullTracker, Tracker, attach_tracker, log_provenance, stage_run
 from pipeline.presets import build_bundle
+from pipeline.presets.provenance import provenance
 from pipeline.stages.train.config import RayTrainFailed, TrainConfig, TrainResult
-from pipeline.stages.train.loop import (CHECKPOINT_FILE, DIRECTIONS_FILE, METRICS_FILE, ProgressLine, lineage_tags,
-                                        log_final_directions, resolve_resume, restore_state, save_checkpoint,
-                                        train_loop)
+from pipeline.stages.train.loop import (CHECKPOINT_FILE, DIRECTIONS_FILE, METRICS_FILE, ProgressLine,
+                                        check_train_locations, lineage_tags, log_final_directions, log_resume_changes,
+                                        restore_state, save_checkpoint, train_loop)
+from pipeline.stages.train.resume import ResumePlan, plan_resume, resolve_resume
 from pipeline.stages.train.step import setup_training
 
 FAULT_STEP_ENV, FAULT_RANK_ENV, FAULT_MARKER_ENV = "HFLD_FAULT_AT_STEP", "HFLD_FAULT_RANK", "HFLD_FAULT_MARKER"
@@ -261,10 +268,16 @@ def train_worker(loop_config: dict) -> dict:
 
     tracker = attach_tracker(loop_config.get("tracking_uri"), loop_config.get("mlflow_run_id")) if chief \
         else NullTracker()
+    prov = provenance(cfg.model, device)
     if tracker:
+        tracker.continued = True   # the driver may have reopened an earlier run: its params stay as logged
         tracker.log_params(to_dict(cfg))
         tracker.set_tags(lineage_tags(cfg, bundle, world_size=world, **resumed))
-    lineage = {"mlflow_run_id": loop_config["mlflow_run_id"]} if loop_config.get("mlflow_run_id") else {}
+        log_provenance(tracker, prov)
+    lineage = ({"mlflow_run_id": loop_config["mlflow_run_id"], "mlflow_tracking_uri": loop_config.get("tracking_uri")}
+               if loop_config.get("mlflow_run_id") else {})
+    history_meta = {"config_history": loop_config["config_history"]} if loop_config.get("config_history") else {}
+    extra = {**lineage, "provenance": prov, **history_meta}
 
     progress = ProgressLine(cfg.iterations, cfg.batch_size * world, state.step, say)
     last: dict = {}
@@ -279,7 +292,7 @@ def train_worker(loop_config: dict) -> dict:
             tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
 
     def write_checkpoint(d: Path) -> None:
-        save_checkpoint(d / CHECKPOINT_FILE, cfg, bundle, state, world_size=world)
+        save_checkpoint(d / CHECKPOINT_FILE, cfg, bundle, state, world_size=world, **extra)
         (d / METRICS_FILE).write_bytes(jsonl_bytes(history))
 
     probe = loop_config["probe"](cfg, bundle, device) if chief and loop_config.get("probe") else None
@@ -307,7 +320,7 @@ def train_worker(loop_config: dict) -> dict:
     def write_final(d: Path) -> None:
         write_checkpoint(d)
         save_checkpoint(d / DIRECTIONS_FILE, cfg, bundle, state, final_metrics=final, world_size=world,
-                        **resumed, **lineage)
+                        **resumed, **extra)
         if tracker:
             log_final_directions(tracker, cfg, d / DIRECTIONS_FILE, say)
 
@@ -377,13 +390,45 @@ def train_with_ray(cfg: TrainConfig, *, tracker: Tracker | None = None, print_fn
     if cfg.scaling.num_workers < 1:
         raise ConfigError("scaling.num_workers: 0 means in-process training; use pipeline.stages.train.run_train")
     check_device(cfg)
+    check_train_locations(cfg, tracker)
+    cfg = absolute_paths(cfg)
+    with run_lock(cfg.run_dir, "run_name", print_fn) as lock:
+        return _train_locked(cfg, lock, tracker, print_fn, callbacks, probe)
+
+
+def ray_checkpoint_meta(ray_run: Path | str) -> dict | None:
+    """The metadata of the latest checkpoint Ray keeps for a run (what `resume=auto` restores), or None."""
+    from ray.train import Result
+    try:
+        checkpoint = Result.from_path(str(ray_run)).checkpoint
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as d:
+            return read_meta(Path(d) / CHECKPOINT_FILE)
+    except (RuntimeError, OSError, CheckpointError, ValueError):
+        return None
+
+
+def resume_plan(cfg: TrainConfig, ray_run: Path | str, print_fn) -> tuple[Path | None, ResumePlan]:
+    """(the checkpoint file the workers get, the plan): Ray's own latest checkpoint of this run when
+    resume=auto finds one (the workers restore it), else resolve_resume's file."""
     resume_from = resolve_resume(cfg)   # a bad resume/run_name fails before anything starts
+    if location_exists(ray_run):
+        if cfg.resume != "auto":
+            # Ray would restore its own latest checkpoint of that run, taking precedence over any path.
+            raise ConfigError(f"run_name: Ray already holds a run named {cfg.name!r} in {ray_run}; choose another "
+                              "run_name, or set resume=auto to continue it")
+        meta = ray_checkpoint_meta(ray_run)
+        if meta is not None:
+            return resume_from, plan_resume(cfg, f"Ray's checkpoint in {ray_run}", meta, print_fn)
+    meta = read_meta(resume_from) if resume_from else None
+    return resume_from, plan_resume(cfg, resume_from, meta, print_fn)
+
+
+def _train_locked(cfg: TrainConfig, lock, tracker: Tracker | None, print_fn, callbacks, probe) -> TrainResult:
     storage = storage_path(cfg)
     ray_run = ray_run_location(cfg)
-    if location_exists(ray_run) and cfg.resume != "auto":
-        # Ray would restore its own latest checkpoint of that run, taking precedence over any path.
-        raise ConfigError(f"run_name: Ray already holds a run named {cfg.name!r} in {ray_run}; choose another "
-                          "run_name, or set resume=auto to continue it")
+    resume_from, plan = resume_plan(cfg, ray_run, print_fn)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -392,16 +437,18 @@ def train_with_ray(cfg: TrainConfig, *, tracker: Tracker | None = None, print_fn
 
     tags = {"preset": cfg.model.preset, "num_workers": cfg.scaling.num_workers}
     with ray_session(), stage_run(cfg.tracking, tracker, work_dir=cfg.work_dir, run_name=cfg.name, stage="train",
-                                  tags=tags) as run:
+                                  tags=tags, lock=lock, continue_run=plan.mlflow, print_fn=print_fn) as run:
         loop_config = {
             "config": to_dict(cfg),
             "resume": checkpoint_payload(resume_from) if resume_from else None,
             "mlflow_run_id": run.run_id,
             "tracking_uri": run.tracking_uri,
+            "config_history": plan.config_history,
             "fault": asdict(fault) if fault else None,
             "probe": probe,
         }
         run.set_tags({"ray_storage": str(ray_run), "run_dir": str(run_dir)})
+        log_resume_changes(run, plan)
         print_fn(f"[train] Ray Train: {cfg.scaling.num_workers} worker(s) x batch {cfg.batch_size} "
                  f"({'GPU' if cfg.scaling.use_gpu else 'CPU'}), checkpoints in {ray_run}")
         from ray.train import TrainingFailedError
@@ -410,6 +457,10 @@ def train_with_ray(cfg: TrainConfig, *, tracker: Tracker | None = None, print_fn
         except TrainingFailedError as e:
             raise RayTrainFailed(f"Ray Train run {cfg.name!r} failed (max_failures={cfg.scaling.max_failures}):"
                                  f"\n  {_failure_message(e)}") from e
+        except KeyboardInterrupt:
+            print_fn(f"[train] interrupted: Ray keeps this run's checkpoints in {ray_run}; continue with "
+                     "resume=auto", flush=True)
+            raise
         if result.checkpoint is None:
             raise RayTrainFailed(f"Ray Train run {cfg.name!r} ended without a checkpoint")
         with result.checkpoint.as_directory() as d:

@@ -73,10 +73,12 @@ import yaml
 
 from pipeline.core.config import ConfigError, to_dict
 from pipeline.core.io import json_safe
-from pipeline.core.paths import check_output_locations
+from pipeline.core.locks import LOCK_FILE, run_lock
+from pipeline.core.paths import absolute_paths, check_output_locations
 from pipeline.core.sampling import resolve_device
-from pipeline.infra.tracking import Tracker, stage_run
+from pipeline.infra.tracking import Tracker, log_provenance, stage_run, tracking_locations
 from pipeline.presets import build_bundle
+from pipeline.presets.provenance import provenance
 from pipeline.stages.train import resolve_attributes
 from pipeline.stages.tune.config import ObjectiveConfig, SchedulerConfig, TuneConfig
 from pipeline.stages.tune.objective import SCORE_DEFINITION, build_held_out, emotion_judge
@@ -112,12 +114,18 @@ def _covered_attributes(space: TuneSpace, base_attributes: tuple[str, ...]) -> t
     return tuple(seen)
 
 
+def check_tune_locations(cfg: TuneConfig, tracker: Tracker | None) -> None:
+    own_store = tracking_locations(cfg.tracking, cfg.work_dir) if tracker is None else {}
+    check_output_locations({"work_dir": cfg.work_dir, "run_name": cfg.out_dir, **own_store},
+                           {"trial_scaling.storage_path": cfg.trial_scaling.storage_path})
+
+
 def prepare(cfg: TuneConfig, print_fn=print):
     """Everything checked and built before Ray starts: space, networks, held-out set, output folder."""
-    check_output_locations({"work_dir": cfg.work_dir}, {"trial_scaling.storage_path": cfg.trial_scaling.storage_path})
+    check_tune_locations(cfg, None)
     space = load_space(cfg.space, cfg.train.model.preset)              # cheap: fails first
     out_dir = cfg.out_dir
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if out_dir.exists() and any(p.name != LOCK_FILE for p in out_dir.iterdir()):
         finished = (out_dir / "summary.json").is_file()
         raise ConfigError(f"run_name: {out_dir} already holds a{'' if finished else 'n unfinished'} sweep; choose "
                           "another run_name" + (", or set resume=auto to use its results" if finished
@@ -145,12 +153,19 @@ def run_tune(cfg: TuneConfig, *, tracker: Tracker | None = None, print_fn=print)
     tracker: None = an MLflow run of its own (cfg.tracking); a tracker = a child run of it.
     """
     t0 = time.perf_counter()
+    check_tune_locations(cfg, tracker)
+    cfg = absolute_paths(cfg)
     if cfg.resume == "auto" and (cfg.out_dir / "summary.json").is_file():
         load_space(cfg.space, cfg.train.model.preset)
         result = load_sweep(cfg.out_dir)
         print_fn(f"[tune] resume=auto: {cfg.out_dir} holds a finished sweep; best: trial {result.best['trial_id']} "
                  f"(lambda4 {result.best['lambda4']:.4g}, subset {result.best['subset']!r})")
         return result
+    with run_lock(cfg.out_dir, "run_name", print_fn) as lock:
+        return _sweep_locked(cfg, lock, tracker, print_fn, t0)
+
+
+def _sweep_locked(cfg: TuneConfig, lock, tracker: Tracker | None, print_fn, t0: float) -> TuneResult:
     space, held_out, labels = prepare(cfg, print_fn)
     out_dir = cfg.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -159,10 +174,13 @@ def run_tune(cfg: TuneConfig, *, tracker: Tracker | None = None, print_fn=print)
     shutil.copyfile(resolve_space_path(cfg.space), files["space"])
     files["config"].write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
+    prov = provenance(cfg.train.model, resolve_device(cfg.objective.device))
     with stage_run(cfg.tracking, tracker, work_dir=cfg.work_dir, run_name=cfg.name, stage="tune",
-                   tags={"preset": cfg.train.model.preset, "space": str(resolve_space_path(cfg.space))}) as run:
+                   tags={"preset": cfg.train.model.preset, "space": str(resolve_space_path(cfg.space))}, lock=lock,
+                   print_fn=print_fn) as run:
         if run:
             run.log_params(to_dict(cfg))
+            log_provenance(run, prov)
         # Imported here: Ray (seconds to import) is only needed once everything is validated.
         from pipeline.stages.tune.ray_tune import annotate_child_runs, sweep
         rows = sweep(cfg, space, held_out, run, out_dir, print_fn)
@@ -185,7 +203,7 @@ def run_tune(cfg: TuneConfig, *, tracker: Tracker | None = None, print_fn=print)
                    "best": best, "baselines": [r for r in rows if r["role"] == "baseline"],
                    "counts": {s: sum(r["status"] == s for r in rows) for s in (COMPLETED, STOPPED, ERROR)},
                    "files": {k: p.name for k, p in files.items()}, "seconds": time.perf_counter() - t0,
-                   "mlflow_run_id": getattr(run, "run_id", None), "trials": rows}
+                   "mlflow_run_id": getattr(run, "run_id", None), "provenance": prov, "trials": rows}
         files["summary"] = out_dir / "summary.json"
         files["summary"].write_text(json.dumps(json_safe(summary), indent=1))
         if run:

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pipeline.core.config import require
 from pipeline.core.edits import EditMode
-from pipeline.core.paths import default_work_dir
+from pipeline.core.paths import NAME_OR_PATH, PATH, default_work_dir
 from pipeline.infra.tracking import TrackingConfig
 from pipeline.stages.train import ScalingConfig, TrainConfig
 
@@ -106,7 +106,7 @@ class TuneConfig:
     verbose: Ray Tune's console output (0 silent, 1 status, 2 every result).
     """
     train: TrainConfig = field(default_factory=TrainConfig)
-    space: str = "starter"
+    space: str = field(default="starter", metadata=NAME_OR_PATH)
     num_samples: int = 4
     search_seed: int = 0
     max_concurrent_trials: int = 1
@@ -115,7 +115,7 @@ class TuneConfig:
     driver_memory_mb: int = 256
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    work_dir: str = field(default_factory=default_work_dir)
+    work_dir: str = field(default_factory=default_work_dir, metadata=PATH)
     run_name: str = ""
     resume: Literal["", "auto"] = ""
     verbose: int = 1

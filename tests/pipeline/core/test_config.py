@@ -69,3 +69,36 @@ def test_train_config_validation_names_field():
         from_dict(TrainConfig, {"batch_size": 0})
     with pytest.raises(ConfigError, match=r"model\.weights\.generator"):
         from_dict(TrainConfig, {"model": {"preset": "tiny", "weights": {"generator": "/x.pt"}}})
+
+
+def test_duplicate_keys_are_refused_but_merge_keys_may_be_overridden(tmp_path):
+    from pipeline.core.config import DuplicateKey, parse_yaml
+    with pytest.raises(DuplicateKey, match=r"line 2: duplicate key 'a' \(first on line 1\)"):
+        parse_yaml("a: 1\na: 2\n")
+    with pytest.raises(DuplicateKey, match="duplicate key 'a'"):
+        parse_yaml("{a: 1, a: 2}")
+    assert parse_yaml("base: &b {lr: 1}\nrun:\n  <<: *b\n  lr: 2\n") == {"base": {"lr": 1}, "run": {"lr": 2}}
+    with pytest.raises(ConfigError, match=r"override losses: line 1: duplicate key 'landmark'"):
+        apply_overrides({}, ["losses={landmark: 1, landmark: 2}"])
+
+
+def test_an_override_under_a_non_mapping_value_is_refused():
+    with pytest.raises(ConfigError, match=r"override 'model.preset=tiny': model is set to 5, which is not a mapping"):
+        apply_overrides({}, ["model=5", "model.preset=tiny"])
+    with pytest.raises(ConfigError, match=r"inner\.rate is set to 1"):
+        apply_overrides({"inner": {"rate": 1}}, ["inner.rate.x=2"])
+    # an empty (null) section may still be filled in, and a mapping replaced as a whole
+    assert apply_overrides({"inner": None}, ["inner.rate=2"]) == {"inner": {"rate": 2}}
+    assert apply_overrides({"inner": {"rate": 1}}, ["inner=7"]) == {"inner": 7}
+
+
+def test_unreadable_config_files_are_config_errors(tmp_path):
+    from pipeline.core.config import read_yaml
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ConfigError, match=r"bin\.yaml: not a YAML text file \(byte 0 is not UTF-8"):
+        read_yaml(tmp_path / "bin.yaml")
+    with pytest.raises(ConfigError, match="is a folder"):
+        read_yaml(tmp_path)
+    (tmp_path / "deep.yaml").write_text("[" * 5000 + "]" * 5000)
+    with pytest.raises(ConfigError, match="deep.yaml"):
+        read_yaml(tmp_path / "deep.yaml")

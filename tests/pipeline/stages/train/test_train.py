@@ -89,3 +89,84 @@ def test_target_edit_sampling_and_layer_mask(tmp_path, tiny_bundle):
     assert torch.equal(trained.T[2:], init[2:])          # masked layers get no gradient
     assert not torch.allclose(trained.T[:2], init[:2])   # edited layers moved
     assert trained.meta["layer_mask"] == [0, 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Locks, honest resume, the same MLflow run, provenance, absolute paths
+# ---------------------------------------------------------------------------------------------
+
+def tracked(tmp_path, **over):
+    return cfg_for(tmp_path, tracking={"enabled": True, "experiment": "exp-resume", "register_model": False},
+                   run_name="r", **over)
+
+
+def mlflow_run(cfg):
+    from mlflow import MlflowClient
+    from pipeline.infra.tracking import resolve_tracking_uri
+    client = MlflowClient(resolve_tracking_uri(cfg.tracking, cfg.work_dir))
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    runs = client.search_runs([exp.experiment_id])
+    return client, runs
+
+
+def test_a_second_training_of_the_same_run_name_is_refused_while_the_first_runs(tmp_path):
+    """Two trainings with one run name used to run at once and mix their files in one folder."""
+    import os
+    from pipeline.core.locks import run_lock
+    cfg = cfg_for(tmp_path, run_name="busy")
+    with run_lock(cfg.run_dir, "run_name"):          # the first training, as far as the folder can tell
+        with pytest.raises(ConfigError, match=rf"run_name: .*busy is in use by pid {os.getpid()} on .* since "):
+            run_train(cfg, print_fn=quiet)
+    assert not (cfg.run_dir / "checkpoint.safetensors").exists()
+    assert run_train(cfg, print_fn=quiet).steps == 6    # free again
+
+
+def test_resume_refuses_a_changed_config_and_resume_force_records_both(tmp_path):
+    """resume=auto used to accept lambda4 = 0, lr 0.5 and rewrite directions.json as a baseline T."""
+    first = run_train(tracked(tmp_path, iterations=3, lr=1e-3), print_fn=quiet)
+    changed = {"losses": {"landmark": 0.0}, "lr": 0.5}
+    with pytest.raises(ConfigError) as e:
+        run_train(tracked(tmp_path, iterations=5, resume="auto", **changed), print_fn=quiet)
+    msg = str(e.value)
+    assert "losses.landmark: 100.0 -> 0.0" in msg and "lr: 0.001 -> 0.5" in msg and "resume_force=true" in msg
+    assert "iterations" not in msg                   # extending a run is not a change of config
+    assert load_directions(first.directions_path).meta["config"]["lr"] == 1e-3   # untouched
+
+    forced = run_train(tracked(tmp_path, iterations=5, resume="auto", resume_force=True, **changed), print_fn=quiet)
+    meta = load_directions(forced.directions_path).meta
+    assert meta["config"]["lr"] == 0.5 and meta["lambdas"]["landmark"] == 0.0 and meta["step"] == 5
+    (change,) = meta["config_history"]
+    assert change["step"] == 3 and change["previous_config"]["lr"] == 1e-3
+    assert change["changed"] == {"losses.landmark": [100.0, 0.0], "lr": [0.001, 0.5]}
+    client, runs = mlflow_run(tracked(tmp_path))
+    assert len(runs) == 1, "a resumed run continues its MLflow run"
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.tags["resume_forced_at_step"] == "3"
+    assert run.data.params["lr"] == "0.001" and run.data.tags["param_changed.lr"] == "0.5"
+    assert "config_history.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+    again = run_train(tracked(tmp_path, iterations=6, resume="auto", **changed), print_fn=quiet)  # same config now
+    assert load_directions(again.directions_path).meta["config_history"] == meta["config_history"]
+
+
+def test_a_resumed_run_continues_the_same_mlflow_run(tmp_path):
+    first = run_train(tracked(tmp_path, iterations=3), print_fn=quiet)
+    run_id = load_directions(first.directions_path).meta["mlflow_run_id"]
+    second = run_train(tracked(tmp_path, iterations=6, resume="auto"), print_fn=quiet)
+    assert load_directions(second.directions_path).meta["mlflow_run_id"] == run_id
+    client, runs = mlflow_run(tracked(tmp_path))
+    assert [r.info.run_id for r in runs] == [run_id] and runs[0].info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run_id, "total")] == [2, 3, 4, 6]   # 3: the first end
+    assert runs[0].data.params["iterations"] == "3" and runs[0].data.tags["param_changed.iterations"] == "6"
+
+
+def test_t_files_record_provenance_and_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = run_train(cfg_for("relative-work", run_name="p"), print_fn=quiet)
+    meta = load_directions(res.directions_path).meta
+    assert meta["config"]["work_dir"] == str(tmp_path / "relative-work")
+    assert meta["run_dir"] == str(tmp_path / "relative-work" / "p") and res.run_dir.is_absolute()
+    prov = meta["provenance"]
+    assert prov["packages"]["torch"] == torch.__version__ and {"ray", "mlflow", "hfld"} <= set(prov["packages"])
+    assert prov["device"].startswith("cpu") and prov["weights"]["tiny"]["licence"].startswith("none")
+    assert load_directions(res.run_dir / "checkpoint.safetensors").meta["provenance"] == prov
