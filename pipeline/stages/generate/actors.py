@@ -41,6 +41,21 @@ def setup_torch(device: str, precision: str, threads: int) -> torch.device:
     return dev
 
 
+LATENT_KEYS = ("z", "wplus", "noise_flat")       # per-source inputs that stay in the generator actor
+
+
+def source_noise(generator, chunk: dict, device) -> list[torch.Tensor]:
+    """The sources' own noise maps (an inversion that optimised them): flat [u, N] -> per layer [u, 1, r, r]."""
+    flat = torch.tensor(np.asarray(chunk["noise_flat"]), device=device, dtype=torch.float32)
+    maps, start = [], 0
+    for ref in generator.make_noise("const", 1):
+        h, w = ref.shape[-2:]
+        maps.append(flat[:, start:start + h * w].reshape(-1, 1, h, w))
+        start += h * w
+    assert start == flat.shape[1], f"noise maps: {flat.shape[1]} values per source, the generator takes {start}"
+    return maps
+
+
 class GeneratorStage:
     """Generator actor: chunk (z, s, seeds) -> uint8 source images [u, H, W, 3] and variant images [b, H, W, 3]."""
 
@@ -59,29 +74,34 @@ class GeneratorStage:
     def images(self, chunk: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(source uint8 [u, H, W, 3], variant uint8 [b, H, W, 3]) on the actor's device."""
         cfg, g = self.job.cfg, self.generator
-        z = torch.tensor(np.asarray(chunk["z"]), device=self.device)
+        from_sources = "wplus" in chunk                                     # --sources: latents given
+        z = None if from_sources else torch.tensor(np.asarray(chunk["z"]), device=self.device)
         slot = torch.tensor(np.asarray(chunk["slot"]), device=self.device).long()
         s = torch.tensor(np.asarray(chunk["s"]), device=self.device)
         rngs = []
         if cfg.noise_mode == "random":  # the noise maps follow z in each source's own stream
             rngs = [torch.Generator().manual_seed(int(x)) for x in np.asarray(chunk["latent_seeds"])]
             for r in rngs:
-                torch.randn(int(z.shape[1]), generator=r)
+                torch.randn(self.job.facts.z_dim if z is None else int(z.shape[1]), generator=r)
         with autocast(self.device, cfg.precision):
-            w = latents_from_z(g, z, cfg.truncation)                        # [u, L, w_dim]
+            if from_sources:
+                w = torch.tensor(np.asarray(chunk["wplus"]), device=self.device, dtype=torch.float32)
+            else:
+                w = latents_from_z(g, z, cfg.truncation)                    # [u, L, w_dim]
             w_edit = self.T(w[slot], s)                                     # [b, L, w_dim]
-            noise = sample_noise(g, cfg.noise_mode, rngs, self.device)
+            noise = source_noise(g, chunk, self.device) if "noise_flat" in chunk else \
+                sample_noise(g, cfg.noise_mode, rngs, self.device)
             if isinstance(noise, list):                                     # per-source maps -> per-image
                 noise = [torch.cat([n, n[slot]]) for n in noise]
             images = g.synthesis(torch.cat([w, w_edit]), noise)
         pixels = to_uint8_hwc(images)
-        return pixels[: len(z)], pixels[len(z):]
+        return pixels[: len(w)], pixels[len(w):]
 
     def __call__(self, batch: dict) -> dict:
         outs = []
         for chunk in split_chunks(batch):
             src, var = self.images(chunk)
-            out = {k: v for k, v in chunk.items() if k != "z"}
+            out = {k: v for k, v in chunk.items() if k not in LATENT_KEYS}
             out["source_pixels"], out["variant_pixels"] = src.cpu().numpy(), var.cpu().numpy()
             outs.append(out)
         return pack_chunks(outs)
