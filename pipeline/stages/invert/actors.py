@@ -45,7 +45,7 @@ class InvertStage:
             self.detector = build_face_detector(cfg.model, cfg.align.min_score).to(self.device)
         _, heldout = build_heldout_identity(cfg.model, job.facts.heldout_identity)
         self.judges = QualityJudges(bundle, heldout, self.device)
-        self.landmarks = bundle.landmarks
+        self.landmarks = bundle.landmarks if cfg.align.refine else None     # the second alignment pass
         self.image_cfg = ImageConfig(format="png", png_compress_level=cfg.png_compress_level)
         self.resolution = job.facts.resolution
 

@@ -31,6 +31,7 @@ import torch
 
 from pipeline.core.config import require, to_dict
 from pipeline.core.io import atomic_write_bytes
+from pipeline.core.metrics import eye_groups
 from pipeline.core.paths import check_output_locations
 from pipeline.core.sampling import latents_from_z
 from pipeline.core.seeding import Stream, rng_for
@@ -153,7 +154,8 @@ def markdown(cfg: InvertCheckConfig, m: dict, facts) -> str:
         f"Faces found: {m['found']} of {m['faces']} (no face: {m['no_face']}).", "",
         "| measure | mean | median | p10 | p90 |", "|---|---|---|---|---|",
         row("identity cosine (held-out descriptor)", m["identity_cosine"]),
-        row("landmark error (inter-ocular units)", m["landmark_error"]),
+        row("landmark error (inter-ocular units)" if eye_groups(facts.landmark_groups) else
+            "landmark error (image sides: no eye groups)", m["landmark_error"]),
         row("PSNR (dB)", m["psnr"]),
         row("latent recovery error (/ w_std)", m["latent_error"]),
         row("... of the mean latent (the start)", m["latent_error_at_start"]), "",

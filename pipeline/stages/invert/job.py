@@ -105,8 +105,7 @@ def resolve_alignment(cfg: InvertConfig) -> AlignmentSpec:
     try:
         spec = dataclasses.replace(spec, method=method,
                                    detector_template=a.detector_template or spec.detector_template,
-                                   landmark_template=(a.landmark_template or spec.landmark_template) if a.refine
-                                   else None)
+                                   landmark_template=a.landmark_template or spec.landmark_template)
     except ConfigError as e:
         raise ConfigError(f"align: {e} (preset {cfg.model.preset!r} has no template; set "
                           "align.detector_template or another align.method)") from None

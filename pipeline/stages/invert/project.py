@@ -7,7 +7,8 @@ noise on the latent whose scale w_std * latent_noise * max(0, 1 - t / latent_noi
 and (with optimize_noise) noise maps regularised by their shifted autocorrelation over a pyramid
 down to 8x8 and renormalised to zero mean and unit variance after every step. Differences, on purpose:
 the latent is W+ (one w per layer, [B, L, w_dim]) instead of one w, the loss is the preset's (pixel +
-perceptual + identity + landmark, below) instead of LPIPS-VGG16, and many faces are optimised at once.
+perceptual + identity + landmark, below) instead of LPIPS-VGG16, a W+ tie (losses.wplus_spread) keeps
+the layers near one common w, and many faces are optimised at once.
 
 Every loss term is computed per face ([B]) and the batch loss is their sum, so each face's gradient
 is its own: Adam's update is elementwise, so a face's latent follows the same path in any batch (up
@@ -208,8 +209,7 @@ class Projector:
         return [torch.cat([torch.randn(1, 1, *hw, generator=g) for g in gens]).to(self.device, self.dtype)
                 for hw in shapes]
 
-    def project(self, target: torch.Tensor, seeds: list[int], *, steps: int | None = None,
-                progress=None) -> Projection:
+    def project(self, target: torch.Tensor, seeds: list[int], *, steps: int | None = None) -> Projection:
         """Optimise latents for target faces [B, 3, R, R] in [-1, 1] (aligned like the generator's faces).
 
         seeds: one per face; face i's initial noise maps and the latent noise of its steps come from
@@ -225,7 +225,7 @@ class Projector:
         wplus = self.start_latents(b).requires_grad_(True)
         noise = self.start_noise(seeds)
         params = [wplus] + ([n.requires_grad_(True) for n in noise] if noise else [])
-        opt = torch.optim.Adam(params, lr=self.cfg.lr, betas=(0.9, 0.999))
+        opt = torch.optim.Adam(params, lr=self.cfg.lr, betas=(0.9, 0.999), fused=self.device.type == "cuda")
         # each face's latent noise from its own generator: a face's path does not depend on its batch
         step_gens = [torch.Generator(device=self.device).manual_seed(derive_seed(int(s), Stream.INIT, 1)) for s in seeds]
         with torch.no_grad():
@@ -246,16 +246,15 @@ class Projector:
             opt.step()
             if noise:
                 normalise_noise_(noise)
-            history.append(float(per_face.detach().mean()))
-            if progress is not None:
-                progress(step, history[-1])
+            history.append(per_face.detach().mean())      # a tensor: no device sync inside the loop
         final = wplus.detach()
         final_noise = [n.detach() for n in noise] if noise else None
         with torch.no_grad():
             with self.autocast():
                 images = self.synthesis(final, final_noise).to(self.dtype)
             loss_end = self.total(self.terms(images, tgt, final, final_noise))
-        return Projection(final, final_noise, images, loss_start.detach(), loss_end.detach(), history)
+        return Projection(final, final_noise, images, loss_start.detach(), loss_end.detach(),
+                          torch.stack(history).cpu().tolist())
 
 
 def face_seeds(job_seed: int, rows: np.ndarray) -> list[int]:

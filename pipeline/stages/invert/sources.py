@@ -223,7 +223,11 @@ class TableSource(Source):
 
     def hf_dataset(self):
         if "hf" not in self._cache:
-            import datasets
+            try:
+                import datasets
+            except ImportError:
+                raise ConfigError(f"input.path: {self.root} is a saved Hugging Face dataset; reading it needs the "
+                                  "`datasets` package (pip install 'hfld[hf]' or pip install datasets)") from None
             try:
                 ds = datasets.load_from_disk(str(self.root))
             except Exception as e:   # datasets raises FileNotFoundError / its own errors for a bad folder

@@ -28,7 +28,7 @@ from pipeline.stages.generate.ray_data import FAULT_ENV
 
 pytestmark = pytest.mark.timeout(300)
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[4]      # the checkout (tests/pipeline/stages/generate -> root)
 N_SOURCES, VARIANTS, SHARD_SOURCES = 50, 4, 5          # 200 rows in 10 shards of 20 rows
 ATTRIBUTES = ["Male", "Young"]
 

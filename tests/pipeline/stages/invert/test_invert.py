@@ -303,7 +303,9 @@ def test_folder_and_csv_sources_read_rows_and_labels(tmp_path):
     assert data[0] == png(faces[0]) and data[1] is None                          # a missing file: unreadable
 
 
-def test_hugging_face_dataset_on_disk(ray_local, tmp_path, tracking, starter_cache):
+def test_hugging_face_dataset_on_disk_with_noise_maps(ray_local, tmp_path, tracking, starter_cache, directions):
+    """A saved Hugging Face dataset in, noise maps optimised, float32 latents; generate --sources then
+    reproduces the reconstructions from the stored latents and noise maps."""
     import datasets
     from PIL import Image
     with np.load(FIXTURE) as data:
@@ -314,16 +316,31 @@ def test_hugging_face_dataset_on_disk(ray_local, tmp_path, tracking, starter_cac
                                      "note": ["x", "y", "z"]}, features=features)
     ds.save_to_disk(str(tmp_path / "hf"))
     cfg = invert_config(tmp_path / "hf", tmp_path / "out", tracking, starter_cache, **{
-        "align.method": "none", "input.label_columns": ["label", "note"], "store_images": False,
-        "latent_dtype": "float32"})
+        "align.method": "none", "input.label_columns": ["label", "note"], "latent_dtype": "float32",
+        "projection.optimize_noise": True})
     result = run_invert(cfg, print_fn=lambda *a, **k: None)
     table = read(tmp_path / "out")
     assert result.counts["ok"] == 3 and table.column("label").to_pylist() == [1, 0, 1]
     assert table.column("note").to_pylist() == ["x", "y", "z"]
-    assert "aligned_image" not in table.column_names and "reconstruction_image" not in table.column_names
     assert table.schema.field("wplus").type.value_type.id == 11        # float32
+    sizes = [r * r for r in (4, 8, 8, 16, 16, 32, 32)]                 # the tiny generator's noise maps
+    assert [len(n) for n in table.column("noise").to_pylist()] == [sum(sizes)] * 3
     hf = json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]
     assert hf["label"]["names"] == ["a", "b"]
+    out = tmp_path / "unedited"
+    run_generate(generate_config(tmp_path / "out", out, directions, variants=1,
+                                 policy={"kind": "recipes", "recipes": ["none"]}), print_fn=lambda *a, **k: None)
+    for g, s in zip(read(out).to_pylist(), table.to_pylist()):
+        a = np.asarray(Image.open(io.BytesIO(g["image"]["bytes"])), np.int16)
+        b = np.asarray(Image.open(io.BytesIO(s["reconstruction_image"]["bytes"])), np.int16)
+        assert np.abs(a - b).max() <= 1                                  # float32 latent and noise: same image
+
+
+def test_store_images_false_stores_neither_image(input_parquet, tracking, starter_cache, tmp_path):
+    from pipeline.stages.invert.shards import output_schema
+    job = prepare(invert_config(input_parquet, tmp_path / "out", tracking, starter_cache, store_images=False))
+    names = output_schema(job, 0).names
+    assert "aligned_image" not in names and "reconstruction_image" not in names and "wplus" in names
 
 
 def test_bad_inputs_are_refused_before_any_work(tmp_path, input_parquet, tracking, starter_cache):
