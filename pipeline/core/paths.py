@@ -35,8 +35,8 @@ def check_writable_dir(field_name: str, path: Path) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        what = "exists and is not a directory" if existing == path else f"is under {existing}, which is a file"
-        raise ConfigError(f"{field_name}: {path} {what}; choose another {field_name}")
+        why = "it exists and is not a directory" if existing == path else f"{existing} is a file"
+        raise ConfigError(f"{field_name}: {path} is not writable: {why}; choose another {field_name}")
     try:
         fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-probe-")
         os.close(fd)

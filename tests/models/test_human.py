@@ -104,7 +104,7 @@ def smooth_images(batch: int, height: int, width: int, seed: int = 0) -> torch.T
 # ---- parity with TF.js ---------------------------------------------------------------------------
 
 def test_fixture_was_made_from_the_pinned_files():
-    from pipeline.zoo import STARTER
+    from pipeline.presets.zoo import STARTER
     pinned = {Path(m.dest).name: m.sha256 for a in STARTER if a.name == "human" for m in a.members}
     with np.load(FIXTURE, allow_pickle=False) as data:
         used = dict(zip(data["model_files"].tolist(), data["model_sha256"].tolist()))
@@ -281,7 +281,7 @@ def test_manifests_list_only_the_fetched_shards(models_dir):
 
 
 def test_zoo_pins_exactly_these_files():
-    from pipeline.zoo import STARTER
+    from pipeline.presets.zoo import STARTER
     (human,) = [a for a in STARTER if a.name == "human"]
     assert (human.registry, human.spec) == ("npm", "@vladmandic/human@3.3.6")
     assert human.archive == "vladmandic-human-3.3.6.tgz"
@@ -390,7 +390,7 @@ def test_loaded_models_are_frozen_and_in_eval_mode(facemesh, faceres, blazeface)
 
 
 def test_mesh_groups_fit_the_pipeline():
-    from pipeline.metrics import EYE_GROUP_PAIRS
+    from pipeline.core.metrics import EYE_GROUP_PAIRS
     wrapper = HumanFaceMesh(FaceMeshNet())
     assert EYE_GROUP_PAIRS[0] == ("right_eye", "left_eye") and set(EYE_GROUP_PAIRS[0]) <= set(wrapper.groups)
     assert {"right_brow", "left_brow", "nose", "outer_mouth", "inner_mouth", "face_oval"} <= set(wrapper.groups)

@@ -508,7 +508,8 @@ def test_paper_bundle_names_every_missing_role(tmp_path, files):
 def test_paper_presets_ffhq256_and_ffhq1024_are_registered():
     from pipeline.presets import PRESETS
     from pipeline.presets.paper import PAPER_ATTRIBUTE_TARGETS, PAPER_WEIGHT_ROLES
-    registry = {name: p for name, p in PRESETS.items() if p.build.func.__module__ == "pipeline.presets.paper"}
+    registry = {name: p for name, p in PRESETS.items()
+                if getattr(p.build, "func", p.build).__module__ == "pipeline.presets.paper"}
     assert sorted(registry) == ["ffhq1024", "ffhq256"]
     for preset in registry.values():
         assert preset.weight_roles == PAPER_WEIGHT_ROLES and preset.has_discriminator

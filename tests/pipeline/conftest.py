@@ -18,7 +18,9 @@ def ray_local():
 
     Its temp dir is short (unix socket paths must stay under 107 bytes) and private, and
     address="local" never joins a cluster another program runs. Tests that need Ray (train, tune,
-    generate) take this fixture instead of calling ray.init themselves.
+    generate) take this fixture instead of calling ray.init themselves. The dashboard runs: Ray
+    Train's controller uses its state API to release the workers and placement groups of trials Tune
+    stopped early (without it they keep their CPUs and a later 2-worker run waits forever).
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance: no token in ~/.ray
@@ -29,7 +31,7 @@ def ray_local():
         return
     temp_dir = tempfile.mkdtemp(prefix="hr", dir="/tmp")
     ray.init(address="local", num_cpus=RAY_TEST_CPUS, object_store_memory=RAY_TEST_OBJECT_STORE,
-             _temp_dir=temp_dir, log_to_driver=False, include_dashboard=False)
+             _temp_dir=temp_dir, log_to_driver=False, include_dashboard=True)
     try:
         yield ray
     finally:

@@ -25,10 +25,10 @@ from pipeline.stages.generate import GenerateConfig, ImageConfig, prepare, run_g
 from pipeline.stages.generate.actors import GeneratorStage, ScorerStage, encode_image
 from pipeline.stages.generate.plan import Plan, chunk_latents
 from pipeline.stages.generate.ray_data import FAULT_ENV
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.timeout(300)
 
-REPO = Path(__file__).resolve().parents[4]      # the checkout (tests/pipeline/stages/generate -> root)
 N_SOURCES, VARIANTS, SHARD_SOURCES = 50, 4, 5          # 200 rows in 10 shards of 20 rows
 ATTRIBUTES = ["Male", "Young"]
 
