@@ -141,7 +141,7 @@ def check_metrics(table, truth: np.ndarray, w_avg: np.ndarray, w_std: float, n_l
     }
 
 
-def markdown(cfg: InvertCheckConfig, m: dict, facts) -> str:
+def markdown(cfg: InvertCheckConfig, m: dict, facts, alignment: str) -> str:
     def row(name, s):
         return (f"| {name} | {s['mean']:.4f} | {s['median']:.4f} | {s['p10']:.4f} | {s['p90']:.4f} |"
                 if s.get("n") else f"| {name} | - | - | - | - |")
@@ -149,7 +149,7 @@ def markdown(cfg: InvertCheckConfig, m: dict, facts) -> str:
     return "\n".join([
         f"# Inversion check: preset {cfg.invert.model.preset}, {cfg.n_faces} held-out faces (seed {cfg.seed})", "",
         f"Generator {facts.generator_id} ({facts.latent_space} latents [{facts.n_latent}, {facts.w_dim}]); alignment "
-        f"{cfg.invert.align.method}; {cfg.invert.projection.steps} steps; identity by {facts.heldout_identity} "
+        f"{alignment}; {cfg.invert.projection.steps} steps; identity by {facts.heldout_identity} "
         f"(not in the loss), emotion by {facts.emotion_judge}.", "",
         f"Faces found: {m['found']} of {m['faces']} (no face: {m['no_face']}).", "",
         "| measure | mean | median | p10 | p90 |", "|---|---|---|---|---|",
@@ -191,8 +191,9 @@ def run_invert_check(cfg: InvertCheckConfig, *, tracker: Tracker | None = None, 
         metrics = check_metrics(table, truth, projector.w_avg.numpy(), projector.w_std, f.n_latent, f.w_dim)
         metrics["config"] = to_dict(cfg)
         report_json = atomic_write_bytes(out / "report.json", json.dumps(metrics, indent=1, sort_keys=True).encode())
-        report_md = atomic_write_bytes(out / "report.md", markdown(cfg, metrics, f).encode())
-        print_fn(markdown(cfg, metrics, f))
+        text = markdown(cfg, metrics, f, job.alignment.method)
+        report_md = atomic_write_bytes(out / "report.md", text.encode())
+        print_fn(text)
         if run:
             run.log_metrics({"identity_cosine_mean": metrics["identity_cosine"].get("mean", 0.0),
                              f"identity_cosine_ge_{IDENTITY_TARGET}": metrics[f"identity_cosine_ge_{IDENTITY_TARGET}"],
