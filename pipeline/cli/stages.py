@@ -63,6 +63,17 @@ def _gan_report(r) -> list[str]:
     return lines
 
 
+def _invert_report(r) -> list[str]:
+    c = r.counts
+    return [f"[invert] {r.n_rows} rows in {r.n_shards} shards under {r.out_dir} (ok {c['ok']}, no_face "
+            f"{c['no_face']}, unreadable {c['unreadable']})",
+            f"[invert] augment them with: hfld generate --sources {r.out_dir} -T <T>"]
+
+
+def _invert_check_report(r) -> list[str]:
+    return [f"[invert-check] report: {r.report_md}", f"[invert-check] numbers: {r.report_json}"]
+
+
 def _evaluate_report(r) -> list[str]:
     return [f"[evaluate] markdown report: {r.report_md}", f"[evaluate] numbers: {r.metrics_json}"]
 
@@ -81,8 +92,21 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("generate", "generate a labelled augmented dataset into parquet (Ray Data)", "pipeline.stages.generate",
           "GenerateConfig", "run_generate",
           flags=(Flag(("--directions", "-T"), "directions", T_HELP, "T"),
-                 Flag(("--output-dir", "-o"), "output_dir", "where the parquet shards go", "DIR")),
+                 Flag(("--output-dir", "-o"), "output_dir", "where the parquet shards go", "DIR"),
+                 Flag(("--sources",), "sources", "start from the faces `hfld invert` wrote (its output folder) "
+                      "instead of random latents; rows keep their source's id and labels and get a split", "DIR")),
           report=_generate_report),
+    Stage("invert", "put real labelled faces into the generator's latent space (detect, align, project; Ray Data)",
+          "pipeline.stages.invert", "InvertConfig", "run_invert",
+          flags=(Flag(("--input", "-i"), "input.path", "a folder of images, a parquet or CSV file (image + label "
+                      "columns) or a saved Hugging Face dataset", "PATH"),
+                 Flag(("--output-dir", "-o"), "output_dir", "where the parquet shards go", "DIR")),
+          report=_invert_report),
+    Stage("invert-check", "held-out quality of the inversion on generated faces with known latents",
+          "pipeline.stages.invert", "InvertCheckConfig", "run_invert_check", preset_key="invert.model.preset",
+          flags=(Flag(("--n-faces",), "n_faces", "faces to generate and invert", "N", int),
+                 Flag(("--output-dir", "-o"), "output_dir", "where faces, inversion and report go", "DIR")),
+          report=_invert_check_report),
     Stage("evaluate", "the paper's tables, figures and a report for a baseline vs HFLD pair of T",
           "pipeline.stages.evaluate", "EvaluateConfig", "run_evaluate",
           flags=(Flag(("--baseline",), "baseline", "baseline T (lambda4 = 0). " + T_HELP, "PATH"),

@@ -49,7 +49,36 @@ def cmd_preview(args) -> int:
     return 0
 
 
+def cmd_align_template(args) -> int:
+    """Measure where a preset's generator puts eyes and mouth (the AlignmentSpec templates of `hfld invert`)."""
+    import json
+    import torch
+    from pipeline.presets import ModelConfig, build_bundle
+    from pipeline.presets.faces import build_face_detector
+    from pipeline.stages.invert.align import measure_templates
+    torch.set_num_threads(args.threads)
+    cfg = ModelConfig(preset=args.preset, cache_dir=args.cache or "")
+    bundle = build_bundle(cfg, "cpu")
+    found = measure_templates(bundle.generator, bundle.landmarks, build_face_detector(cfg, 0.0), n=args.n,
+                              seed=args.seed, min_score=args.min_score)
+    print(json.dumps(found, indent=1))
+    print(f"AlignmentSpec(method=\"template\", detector_template={found['detector_template']}, "
+          f"landmark_template={found['landmark_template']}, measured=\"{args.preset}: {args.n} held-out faces of seed "
+          f"{args.seed}, uint8\")")
+    return 0
+
+
 def add_subcommands(sub: argparse._SubParsersAction, presets: list[str]) -> None:
+    p = sub.add_parser("align-template", help="measure where a preset's generator puts eyes and mouth (the "
+                       "alignment template of `hfld invert`)")
+    p.add_argument("--preset", choices=presets, default="starter")
+    p.add_argument("--n", type=int, default=300, help="generated faces to measure")
+    p.add_argument("--seed", type=int, default=7001, help="held-out seed of the faces")
+    p.add_argument("--min-score", type=float, default=0.3, help="BlazeFace score a face must reach to count")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--cache", help="zoo cache (default $HFLD_CACHE or ~/.cache/hfld)")
+    p.set_defaults(func=cmd_align_template)
+
     p = sub.add_parser("presets", help="list the model presets and the weight files they take")
     p.set_defaults(func=cmd_presets)
 

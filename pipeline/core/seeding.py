@@ -18,6 +18,8 @@ class Stream(IntEnum):
     HELD_OUT = 1   # fixed evaluation / tuning sets
     GENERATE = 2   # dataset generation
     INIT = 3       # initialisation of T and of random networks
+    INVERT = 4     # per-face randomness of the inversion (noise maps, latent noise)
+    INVERT_CHECK = 5   # faces with known latents for the inversion's held-out quality check
 
 
 def derive_seed(seed: int, stream: Stream, index: int) -> int:

@@ -24,6 +24,7 @@ timeout). Nothing started by this process survives longer than that.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,3 +53,18 @@ def ray_session(address: str = "", *, dashboard: bool = True, worker_logs: bool 
         yield
     finally:
         ray.shutdown()
+
+
+def quiet_ray_data() -> None:
+    """Ray Data without progress bars, start-up banners, stats logs or per-actor memory advice: the
+    stages print their own progress lines."""
+    from ray.data import DataContext
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.verbose_stats_logs = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    try:  # the per-actor memory advice is printed every 30 s on stdout; our actors hold models on purpose
+        ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
+    except AttributeError:
+        pass

@@ -22,7 +22,7 @@ import torch
 
 from models.paper_nets import CELEBA_ATTRIBUTES, JD106_GROUPS
 from models.load.common import file_sha256
-from pipeline.presets.registry import ModelBundle, Preset, register
+from pipeline.presets.registry import AlignmentSpec, ModelBundle, Preset, register
 
 PAPER_WEIGHT_ROLES = ("generator", "discriminator", "regressor", "landmarks", "perceptual", "emotion")
 REQUIRED_ROLES = ("generator", "regressor", "landmarks", "perceptual")
@@ -173,4 +173,7 @@ for _resolution in (256, 1024):
                     default_attribute_targets=PAPER_ATTRIBUTE_TARGETS, has_discriminator=True,
                     landmark_groups=tuple(JD106_GROUPS), attribute_names=tuple(CELEBA_ATTRIBUTES),
                     n_latent=PAPER_N_LATENT[_resolution], tune_space="ffhq",
-                    weight_licences=paper_weight_licences))
+                    weight_licences=paper_weight_licences,
+                    # FFHQ's own alignment rule; human's faceres measures identity (not in the loss: VGG19).
+                    alignment=AlignmentSpec(method="ffhq", measured="FFHQ alignment rule (NVlabs ffhq-dataset)"),
+                    heldout_identity="faceres"))

@@ -26,6 +26,46 @@ ROLES = ("generator", "discriminator", "regressor", "landmarks", "perceptual", "
 FAST_PATHS = ("compiled", "eager", "off")
 TRAINING_JUDGE = "training"         # key of bundle.emotion among a bundle's emotion judges
 
+Point = tuple[float, float]
+AlignMethod = Literal["none", "template", "ffhq"]
+
+
+@dataclass(frozen=True)
+class AlignmentSpec:
+    """How the preset's generator frames a face: what `hfld invert` warps real photos to.
+
+    Three face points fix a similarity transform (scale, rotation, shift): the subject's right eye,
+    left eye and mouth centre. All template points are (x, y) fractions of the aligned crop.
+
+    method:
+      "none"      inputs are already framed like the generator's faces: centre square, resized;
+      "template"  move the three points onto fixed positions (least-squares similarity transform);
+      "ffhq"      the FFHQ rule (NVlabs ffhq-dataset): a square of side
+                  2 * max(2 |eye_to_eye|, 1.8 |eye_to_mouth|) around eye_avg + 0.1 * eye_to_mouth,
+                  oriented by eye_to_eye - rot90(eye_to_mouth).
+    detector_template: the three points as the BlazeFace detector's keypoints 0, 1, 3 (right eye,
+      left eye, mouth) place them on the generator's own faces ("template": the first pass).
+    landmark_template: the three points as the preset's landmark model H places them (centroids of
+      its two eye groups and of its mouth groups) on the generator's own faces. When set, a second
+      pass runs H on the first-pass crop and aligns with H's points (sharper than BlazeFace's).
+    measured: how the templates were obtained (generator, faces, seed).
+    """
+    method: AlignMethod = "none"
+    detector_template: tuple[Point, Point, Point] | None = None
+    landmark_template: tuple[Point, Point, Point] | None = None
+    measured: str = ""
+
+    def __post_init__(self):
+        require(self.method in ("none", "template", "ffhq"), "alignment.method", self.method,
+                "must be none, template or ffhq")
+        require(self.method != "template" or self.detector_template is not None, "alignment.detector_template",
+                self.detector_template, "is needed by the template method")
+        for name in ("detector_template", "landmark_template"):
+            points = getattr(self, name)
+            if points is not None:
+                require(len(points) == 3 and all(len(p) == 2 for p in points), f"alignment.{name}", points,
+                        "must be three (x, y) points: right eye, left eye, mouth")
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -36,6 +76,9 @@ class Preset:
     n_latent: latent layers L of its generator (None: depends on the user's weights).
     tune_space: name of its search space in tune_spaces/.
     weight_licences: where its weights come from and under which terms (provenance of every output).
+    alignment: how its generator frames faces (`hfld invert` aligns photos the same way).
+    heldout_identity: the face descriptor `hfld invert` reports identity similarity with; it must
+      not be in the inversion loss (pipeline.presets.faces.build_heldout_identity names them).
     """
     name: str
     description: str
@@ -50,6 +93,8 @@ class Preset:
     tune_space: str = ""
     # model config -> {role or package: {"source", "licence"}} (pipeline/presets/provenance.py records it)
     weight_licences: Callable[["ModelConfig"], dict[str, dict[str, str]]] | None = None
+    alignment: AlignmentSpec = AlignmentSpec()
+    heldout_identity: str = ""
 
 
 PRESETS: dict[str, Preset] = {}

@@ -13,7 +13,7 @@ from models.faceapi import IBUG68_GROUPS
 from models.faceapi_age_gender import FaceApiAgeGender
 from models.load.common import file_sha256
 from pipeline.presets import zoo
-from pipeline.presets.registry import ModelBundle, ModelConfig, Preset, register
+from pipeline.presets.registry import AlignmentSpec, ModelBundle, ModelConfig, Preset, register
 
 
 class DescriptorOnly(nn.Module):
@@ -88,6 +88,17 @@ def starter_weight_licences(cfg: ModelConfig) -> dict[str, dict[str, str]]:
     return out
 
 
+# The framing of the starter generator's faces, measured with `hfld align-template --preset starter
+# --n 300 --seed 7001` (pipeline.stages.invert.align.measure_templates): BlazeFace found 298 of 300
+# faces at score >= 0.3; per-point spread (std) 0.04-0.07 for BlazeFace, 0.02-0.03 for face-api's
+# 68 points. Re-measure when the generator changes (tests/pipeline/stages/invert checks it).
+STARTER_ALIGNMENT = AlignmentSpec(
+    method="template",
+    detector_template=((0.3496, 0.4602), (0.6305, 0.461), (0.4815, 0.7751)),
+    landmark_template=((0.3398, 0.4527), (0.6496, 0.4525), (0.4981, 0.7963)),
+    measured="starter DCGAN (gan-face-generate 1.1.1), 300 held-out faces of seed 7001, uint8")
+
+
 register(Preset("starter", "The embedded default, fully offline from registry packages: 64 px DCGAN face "
                 "generator (PyPI gan-face-generate, L = 1, NO discriminator: lambda3 is forced to 0), "
                 "face-api.js age/gender regressor (Male, Young), 68-point landmarks, expression net "
@@ -96,6 +107,7 @@ register(Preset("starter", "The embedded default, fully offline from registry pa
                 build_starter, default_attributes=("Male", "Young"), default_attribute_targets=("Male", "Young"),
                 has_discriminator=False, landmark_groups=tuple(IBUG68_GROUPS),
                 attribute_names=tuple(FaceApiAgeGender.names), n_latent=1, tune_space="starter",
-                weight_licences=starter_weight_licences))
+                weight_licences=starter_weight_licences, alignment=STARTER_ALIGNMENT,
+                heldout_identity="faceres"))
 
 

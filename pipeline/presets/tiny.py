@@ -6,7 +6,7 @@ import torch
 
 from models.tiny import TINY_LANDMARK_GROUPS
 from pipeline.core.seeding import Stream, derive_seed
-from pipeline.presets.registry import ModelBundle, ModelConfig, Preset, register, tensor_hash
+from pipeline.presets.registry import AlignmentSpec, ModelBundle, ModelConfig, Preset, register, tensor_hash
 
 TINY_ATTRIBUTES = ("Male", "Young", "Smiling", "Eyeglasses")
 TINY_CHANNELS = {4: 16, 8: 16, 16: 8, 32: 8}
@@ -38,4 +38,6 @@ register(Preset("tiny", "Random tiny StyleGAN2 (32 px, 8 latent layers, w_dim 32
                 landmark_groups=tuple(TINY_LANDMARK_GROUPS), attribute_names=TINY_ATTRIBUTES,
                 n_latent=TINY_N_LATENT, tune_space="tiny",
                 weight_licences=lambda cfg: {"tiny": {"source": "random initialisation (seeded)",
-                                                      "licence": "none: no pretrained weights"}}))
+                                                      "licence": "none: no pretrained weights"}},
+                # Its random images are not faces: inputs are taken as already framed (tests override it).
+                alignment=AlignmentSpec(method="none"), heldout_identity="tiny"))

@@ -64,13 +64,25 @@ from pipeline.core.paths import absolute_paths, check_output_locations
 from pipeline.infra.ray_session import ray_session
 from pipeline.infra.tracking import Tracker, log_provenance, stage_run, tracking_locations
 from pipeline.presets.provenance import provenance
-from pipeline.stages.generate.config import (GenerateConfig, GenerateResources, ImageConfig, QCConfig,
+from pipeline.stages.generate.actors import autocast, encode_image, setup_torch, to_uint8_hwc
+from pipeline.stages.generate.config import (GenerateConfig, GenerateResources, ImageConfig, QCConfig, SplitConfig,
                                              job_config)
 from pipeline.stages.generate.job import BundleFactory, GenerateJob, prepare
-from pipeline.stages.generate.shards import finished_record, write_manifest
+from pipeline.stages.generate.plan import Plan, concat_rows, object_array, pack_chunks, split_chunks
+from pipeline.stages.generate.shards import (finished_record, read_finished_record, write_manifest,
+                                             write_table_atomically)
+from pipeline.stages.generate.sources import (ID_COLUMN, INVERTED_FORMAT, LATENT_COLUMN, NOISE_COLUMN, OK_STATUS,
+                                              QUALITY_COLUMNS, STATUS_COLUMN, LatentSources, ParquetRows,
+                                              open_latent_sources, split_of)
 
 __all__ = ["GenerateConfig", "GenerateJob", "GenerateResources", "GenerateResult", "ImageConfig", "QCConfig",
-           "job_config", "prepare", "run_generate"]
+           "SplitConfig", "job_config", "prepare", "run_generate",
+           # latent sources (`--sources`), the format `hfld invert` writes
+           "ID_COLUMN", "INVERTED_FORMAT", "LATENT_COLUMN", "NOISE_COLUMN", "OK_STATUS", "QUALITY_COLUMNS",
+           "STATUS_COLUMN", "LatentSources", "ParquetRows", "open_latent_sources", "split_of",
+           # the shard machinery other stages reuse
+           "Plan", "autocast", "concat_rows", "encode_image", "object_array", "pack_chunks", "read_finished_record",
+           "setup_torch", "split_chunks", "to_uint8_hwc", "write_table_atomically"]
 
 
 @dataclass
@@ -159,8 +171,13 @@ def start(job: GenerateJob, records: dict[int, dict], todo: list[int], run: Trac
     cfg, out, plan = job.cfg, job.out_dir, job.plan
     atomic_write_bytes(out / "_meta" / "job.json", json.dumps(job.job_record(), indent=1, sort_keys=True).encode())
     stale = remove_stale_temps(out, out / "_meta")
-    print_fn(f"[generate] {cfg.n_sources} sources x {cfg.variants} variants = {cfg.n_rows} rows in "
-             f"{plan.n_shards} shards -> {out}")
+    print_fn(f"[generate] {job.n_sources} sources x {cfg.variants} variants = {job.n_sources * cfg.variants} rows "
+             f"in {plan.n_shards} shards -> {out}")
+    if job.sources is not None:
+        src = job.sources
+        print_fn(f"[generate] sources: {src.path}: {src.n_sources} of {src.n_rows} rows inverted (status ok), "
+                 f"{job.n_sources} used (n_sources does not apply); labels {src.label_names}; split "
+                 f"{dict(cfg.split.fractions)} by {cfg.split.column}")
     print_fn(f"[generate] T: {job.directions.source} (sha256 {job.directions.sha256[:12]}, attributes "
              f"{job.directions.attributes}, run {job.directions.run_id}); policy {cfg.policy.kind}; "
              f"device {job.device}")

@@ -48,8 +48,24 @@ def graphed(fn, device: torch.device, enabled: bool):
     return GraphedCall(fn) if enabled and device.type == "cuda" else fn
 
 
+LATENT_KEYS = ("z", "wplus", "noise_flat")       # per-source inputs that stay in the generator actor
+
+
+def source_noise(generator, chunk: dict, device) -> list[torch.Tensor]:
+    """The sources' own noise maps (an inversion that optimised them): flat [u, N] -> per layer [u, 1, r, r]."""
+    flat = torch.tensor(np.asarray(chunk["noise_flat"]), device=device, dtype=torch.float32)
+    maps, start = [], 0
+    for ref in generator.make_noise("const", 1):
+        h, w = ref.shape[-2:]
+        maps.append(flat[:, start:start + h * w].reshape(-1, 1, h, w))
+        start += h * w
+    assert start == flat.shape[1], f"noise maps: {flat.shape[1]} values per source, the generator takes {start}"
+    return maps
+
+
 class GeneratorStage:
-    """Generator actor: chunk (z, s, seeds) -> uint8 source images [u, H, W, 3] and variant images [b, H, W, 3].
+    """Generator actor: chunk (z or given W+ latents, s, seeds) -> uint8 source images [u, H, W, 3] and
+    variant images [b, H, W, 3].
 
     On CUDA the generator runs its fast path (cfg.model.fast_path) and, with resources.cuda_graph, the
     whole chunk computation (mapping, T, synthesis, quantisation) replays as one CUDA graph per chunk
@@ -68,39 +84,53 @@ class GeneratorStage:
         with torch.no_grad():
             self.T.T.copy_(T)
         self.T = self.T.to(self.device).eval()
-        self.pixels = graphed(self._pixels, self.device, job.cfg.resources.cuda_graph)
+        enabled = job.cfg.resources.cuda_graph
+        self.pixels_from_z = graphed(self._pixels_from_z, self.device, enabled)
+        self.pixels_from_w = graphed(self._pixels_from_w, self.device, enabled)
 
     @torch.no_grad()
     def images(self, chunk: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(source uint8 [u, H, W, 3], variant uint8 [b, H, W, 3]) on the actor's device."""
         cfg, g = self.job.cfg, self.generator
-        z = torch.tensor(np.asarray(chunk["z"]), device=self.device)
+        from_sources = "wplus" in chunk                                     # --sources: latents given
         slot = torch.tensor(np.asarray(chunk["slot"]), device=self.device).long()
         s = torch.tensor(np.asarray(chunk["s"]), device=self.device)
         rngs = []
         if cfg.noise_mode == "random":  # the noise maps follow z in each source's own stream
             rngs = [torch.Generator().manual_seed(int(x)) for x in np.asarray(chunk["latent_seeds"])]
             for r in rngs:
-                torch.randn(int(z.shape[1]), generator=r)
-        noise = sample_noise(g, cfg.noise_mode, rngs, self.device)          # drawn on the host: outside a graph
-        return tuple(self.pixels(z, slot, s, *(noise if isinstance(noise, list) else ())))
+                torch.randn(self.job.facts.z_dim, generator=r)
+        # Noise is drawn on the host, outside a graph: the sources' own maps, or per-source random maps.
+        noise = source_noise(g, chunk, self.device) if "noise_flat" in chunk else \
+            sample_noise(g, cfg.noise_mode, rngs, self.device)
+        maps = noise if isinstance(noise, list) else ()
+        if from_sources:
+            w = torch.tensor(np.asarray(chunk["wplus"]), device=self.device, dtype=torch.float32)
+            return tuple(self.pixels_from_w(w, slot, s, *maps))
+        z = torch.tensor(np.asarray(chunk["z"]), device=self.device)
+        return tuple(self.pixels_from_z(z, slot, s, *maps))
 
-    def _pixels(self, z: torch.Tensor, slot: torch.Tensor, s: torch.Tensor, *noise: torch.Tensor):
-        """z [u, Z], slot [b], s [b, N], per-source noise maps (random mode) -> uint8 (sources, variants)."""
+    def _pixels_from_z(self, z: torch.Tensor, slot: torch.Tensor, s: torch.Tensor, *noise: torch.Tensor):
+        """z [u, Z], slot [b], s [b, N], per-source noise maps -> uint8 (sources, variants)."""
+        with autocast(self.device, self.job.cfg.precision):
+            w = latents_from_z(self.generator, z, self.job.cfg.truncation)    # [u, L, w_dim]
+        return self._pixels_from_w(w, slot, s, *noise)
+
+    def _pixels_from_w(self, w: torch.Tensor, slot: torch.Tensor, s: torch.Tensor, *noise: torch.Tensor):
+        """wplus [u, L, w_dim], slot [b], s [b, N], per-source noise maps -> uint8 (sources, variants)."""
         cfg, g = self.job.cfg, self.generator
         with autocast(self.device, cfg.precision):
-            w = latents_from_z(g, z, cfg.truncation)                        # [u, L, w_dim]
             w_edit = self.T(w[slot], s)                                     # [b, L, w_dim]
             maps = [torch.cat([n, n[slot]]) for n in noise] if noise else cfg.noise_mode   # per-image maps
             images = g.synthesis(torch.cat([w, w_edit]), maps)
         pixels = to_uint8_hwc(images)
-        return pixels[: len(z)], pixels[len(z):]
+        return pixels[: len(w)], pixels[len(w):]
 
     def __call__(self, batch: dict) -> dict:
         outs = []
         for chunk in split_chunks(batch):
             src, var = self.images(chunk)
-            out = {k: v for k, v in chunk.items() if k != "z"}
+            out = {k: v for k, v in chunk.items() if k not in LATENT_KEYS}
             out["source_pixels"], out["variant_pixels"] = src.cpu().numpy(), var.cpu().numpy()
             outs.append(out)
         return pack_chunks(outs)

@@ -98,6 +98,32 @@ class GenerateResources:
 
 
 @dataclass(frozen=True)
+class SplitConfig:
+    """The `split` column of a sources run (--sources): one split per source, so variants of a face
+    never straddle train and test.
+
+    fractions: split name -> fraction of the sources (>= 0, summing to 1), in the order given.
+    column: the value that decides the split: "source_id", or a label column of the sources (e.g. a
+      subject id, to keep every image of a person in one split).
+    seed: another seed gives another (equally deterministic) assignment.
+    A source's split is a function of (seed, its value) only: sha256 -> u in [0, 1) -> the first split
+    whose cumulative fraction exceeds u (pipeline/stages/generate/sources.py `split_of`).
+    """
+    fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
+    column: str = "source_id"
+    seed: int = 0
+
+    def __post_init__(self):
+        require(len(self.fractions) >= 1, "split.fractions", self.fractions, "needs at least one split")
+        require(all(name.strip() for name in self.fractions), "split.fractions", self.fractions,
+                "has an empty split name")
+        require(all(v >= 0 for v in self.fractions.values()), "split.fractions", self.fractions,
+                "must all be >= 0")
+        require(abs(sum(self.fractions.values()) - 1.0) < 1e-6, "split.fractions", self.fractions,
+                f"must sum to 1 (they sum to {sum(self.fractions.values()):g})")
+
+
+@dataclass(frozen=True)
 class GenerateConfig:
     """A generate job: `n_sources` faces x `variants` edits each (rows = n_sources * variants).
 
@@ -111,6 +137,12 @@ class GenerateConfig:
     precision: fp32, tf32 (CUDA matmul/conv in TF32) or bf16 (autocast) for generator and scorers.
     output_dir: "" = <work_dir>/<name>.
     verify_existing: re-hash finished shards before skipping them on a rerun.
+    sources: "" = random faces (z from seeds); else the output of `hfld invert` (folder or parquet
+      file): source k is its k-th row with status "ok", its latent replaces w (n_sources and truncation
+      do not apply), and every row also carries the source's id, its label columns (verbatim), the
+      inversion quality and a `split` (see SplitConfig).
+    sources_limit: with sources, use only the first `sources_limit` usable sources (0 = all).
+    split: how a sources run assigns splits.
     """
     model: ModelConfig = field(default_factory=ModelConfig)
     directions: str = field(default="", metadata=PATH)
@@ -133,9 +165,15 @@ class GenerateConfig:
     run_name: str = ""
     verify_existing: bool = True
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sources: str = ""
+    sources_limit: int = 0
+    split: SplitConfig = field(default_factory=SplitConfig)
 
     def __post_init__(self):
         require(self.n_sources >= 1, "n_sources", self.n_sources, "must be >= 1")
+        require(self.sources_limit >= 0, "sources_limit", self.sources_limit, "must be >= 0 (0 = all sources)")
+        require(not self.sources or self.truncation == 1, "truncation", self.truncation,
+                "does not apply to --sources (their latents are used as they are); leave it at 1")
         require(self.variants >= 1, "variants", self.variants, "must be >= 1")
         require(self.batch_sources >= 1, "batch_sources", self.batch_sources, "must be >= 1")
         require(self.shard_sources >= 1, "shard_sources", self.shard_sources, "must be >= 1")
@@ -161,9 +199,13 @@ class GenerateConfig:
 NON_OUTPUT_FIELDS = ("resources", "output_dir", "work_dir", "run_name", "verify_existing", "tracking")
 
 
+# Keys of a sources run only: left out of a random-z job's record, whose files stay as they were.
+SOURCES_FIELDS = ("sources", "sources_limit", "split")
+
+
 def job_config(cfg: GenerateConfig) -> dict:
     """The output-affecting part of the config (recorded in job.json and the manifest)."""
     d = to_dict(cfg)
-    for k in NON_OUTPUT_FIELDS:
+    for k in NON_OUTPUT_FIELDS + (() if cfg.sources else SOURCES_FIELDS):
         d.pop(k, None)
     return d

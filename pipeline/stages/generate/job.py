@@ -19,6 +19,7 @@ from pipeline.infra.tracking import resolve_tracking_uri
 from pipeline.presets import ModelBundle, build_bundle
 from pipeline.stages.generate.config import GenerateConfig, job_config
 from pipeline.stages.generate.plan import Plan
+from pipeline.stages.generate.sources import LatentSources, open_latent_sources
 
 FORMAT = "hfld-generate"
 FORMAT_VERSION = 1
@@ -53,6 +54,11 @@ class GenerateJob:
     device: str                       # "cuda" or "cpu" for the actors ("auto" until Ray is up)
     out_dir: Path
     provenance: dict = field(default_factory=dict)   # of this invocation (packages, device, licences)
+    sources: LatentSources | None = None   # --sources: the inverted faces (None: random z)
+
+    @property
+    def n_sources(self) -> int:
+        return self.plan.n_sources
 
     @property
     def T(self) -> torch.Tensor:
@@ -75,17 +81,26 @@ class GenerateJob:
             "directions_source": self.directions.source, "directions_sha256": self.directions.sha256,
             "directions_run_id": self.directions.run_id,
             "policy": self.policy.describe(), "seed": self.cfg.seed, "variants": self.cfg.variants,
-            "n_sources": self.cfg.n_sources, "truncation": self.cfg.truncation, "noise_mode": self.cfg.noise_mode,
+            "n_sources": self.n_sources, "truncation": self.cfg.truncation, "noise_mode": self.cfg.noise_mode,
             "qc": to_dict(self.cfg.qc), "image_format": self.cfg.image.format,
             "seeds": "latent_seed = derive_seed(seed, GENERATE, source_index); "
                      "edit_seed = derive_seed(latent_seed, GENERATE, variant)",
-        }
+        } | (self.sources_metadata() if self.sources is not None else {})
+
+    def sources_metadata(self) -> dict:
+        src = self.sources
+        return {"sources": {"path": src.path, "rows": src.n_rows, "usable": src.n_sources, "used": self.n_sources,
+                            "latent_space": src.meta.get("latent_space"), "preset": src.meta.get("preset"),
+                            "input": src.meta.get("input")},
+                "label_columns": src.label_names, "split": to_dict(self.cfg.split),
+                "source_index": "position of the source among the usable (status ok) rows of the sources, "
+                                "in file order"}
 
     def job_record(self) -> dict:
         """_meta/job.json: what must match for a rerun to continue this output directory."""
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "config": job_config(self.cfg),
                 "generator_id": self.facts.generator_id, "directions_sha256": self.directions.sha256,
-                "n_shards": self.plan.n_shards, "n_rows": self.cfg.n_rows}
+                "n_shards": self.plan.n_shards, "n_rows": self.n_sources * self.cfg.variants}
 
 
 def has_eye_groups(groups: dict) -> bool:
@@ -123,11 +138,46 @@ def prepare(cfg: GenerateConfig, bundle_factory: BundleFactory | None = None) ->
     facts = model_facts(bundle, cfg.judges)
     del bundle
     out_dir = cfg.out_dir
+    sources = check_sources(cfg, facts) if cfg.sources else None
     check_writable_dir("output_dir", out_dir)
-    plan = Plan(cfg.n_sources, cfg.variants, cfg.shard_sources, cfg.batch_sources)
-    job = GenerateJob(cfg, plan, directions, policy, facts, factory, "auto", out_dir)
+    n_sources = cfg.n_sources if sources is None else min(sources.n_sources, cfg.sources_limit or sources.n_sources)
+    plan = Plan(n_sources, cfg.variants, cfg.shard_sources, cfg.batch_sources)
+    job = GenerateJob(cfg, plan, directions, policy, facts, factory, "auto", out_dir, sources)
     check_same_job(job)
     return job
+
+
+# Columns of every generated row; a sources label column may not take one of these names.
+GENERATED_COLUMNS = ("image", "source_image", "row_index", "source_index", "variant", "latent_seed", "edit_seed",
+                     "generator_id", "directions_sha256", "directions_run_id", "s", "source_emotion",
+                     "source_emotion_label", "source_landmarks", "source_attributes", "variant_emotion",
+                     "variant_emotion_label", "variant_landmarks", "variant_attributes", "emotion_drift",
+                     "landmark_drift", "emotion_label_kept", "qc_pass", "source_id", "split",
+                     "inversion_identity_cosine", "inversion_psnr")
+
+
+def check_sources(cfg: GenerateConfig, facts: ModelFacts) -> LatentSources:
+    """Open the --sources and check they fit this generator, the output columns and the split config."""
+    sources = open_latent_sources(cfg.sources)
+    meta = sources.meta
+    if (int(meta.get("n_latent", -1)), int(meta.get("w_dim", -1))) != (facts.n_latent, facts.w_dim):
+        raise ConfigError(f"sources: latents of shape [{meta.get('n_latent')}, {meta.get('w_dim')}] do not fit this "
+                          f"generator's [{facts.n_latent}, {facts.w_dim}] (preset {cfg.model.preset!r})")
+    if meta.get("generator_id") != facts.generator_id:
+        raise ConfigError(f"sources: inverted with generator {meta.get('generator_id')} (preset "
+                          f"{meta.get('preset')!r}); this preset's generator is {facts.generator_id}: a latent "
+                          "only means that face in the generator that made it")
+    clash = [n for n in sources.label_names if n in GENERATED_COLUMNS or n.startswith("judge_")]
+    if clash:
+        raise ConfigError(f"sources: label column(s) {clash} clash with generate's own columns; rename them in the "
+                          "input and invert again")
+    if cfg.split.column != "source_id" and cfg.split.column not in sources.label_names:
+        raise ConfigError(f"split.column: {cfg.split.column!r} is neither 'source_id' nor a label column of the "
+                          f"sources ({sources.label_names})")
+    if sources.noise_shapes and cfg.noise_mode != "const":
+        raise ConfigError(f"noise_mode: the sources carry their own noise maps (inverted with "
+                          f"projection.optimize_noise); leave noise_mode at 'const', got {cfg.noise_mode!r}")
+    return sources
 
 
 def check_same_job(job: GenerateJob) -> None:

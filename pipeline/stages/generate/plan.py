@@ -52,20 +52,40 @@ class Plan:
         return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 3), np.int64)
 
 
-def chunk_latents(job_seed: int, K: int, z_dim: int, policy: EditPolicy, shard: int, src_start: int,
-                  src_stop: int) -> dict[str, Any]:
-    """Seeds, z [u, z_dim] and edits s [b, N] of one chunk (sources src_start..src_stop-1, all variants)."""
+def chunk_seeds(job_seed: int, K: int, policy: EditPolicy, shard: int, src_start: int, src_stop: int
+                ) -> dict[str, Any]:
+    """Seeds, ids and edits s [b, N] of one chunk (sources src_start..src_stop-1, all variants)."""
     sources = np.arange(src_start, src_stop, dtype=np.int64)
     latent_seeds = np.array([derive_seed(job_seed, Stream.GENERATE, int(i)) for i in sources], dtype=np.int64)
-    z = torch.stack([torch.randn(z_dim, generator=torch.Generator().manual_seed(int(s))) for s in latent_seeds])
     slot = np.repeat(np.arange(len(sources), dtype=np.int32), K)
     variant = np.tile(np.arange(K, dtype=np.int32), len(sources))
     edit_seeds = np.array([derive_seed(int(latent_seeds[j]), Stream.GENERATE, int(v)) for j, v in zip(slot, variant)],
                           dtype=np.int64)
-    return {"shard": shard, "source_ids": sources, "latent_seeds": latent_seeds, "z": z.numpy(),
+    return {"shard": shard, "source_ids": sources, "latent_seeds": latent_seeds,
             "slot": slot, "source_index": sources[slot], "variant": variant,
             "row_index": sources[slot] * K + variant, "latent_seed": latent_seeds[slot], "edit_seed": edit_seeds,
             "s": policy.edits(edit_seeds, variant)}
+
+
+def chunk_latents(job_seed: int, K: int, z_dim: int, policy: EditPolicy, shard: int, src_start: int,
+                  src_stop: int) -> dict[str, Any]:
+    """chunk_seeds plus z [u, z_dim] (random faces: z ~ N(0, I) from each source's latent seed)."""
+    chunk = chunk_seeds(job_seed, K, policy, shard, src_start, src_stop)
+    z = torch.stack([torch.randn(z_dim, generator=torch.Generator().manual_seed(int(s)))
+                     for s in chunk["latent_seeds"]])
+    return {**chunk, "z": z.numpy()}
+
+
+def chunk_source_latents(job_seed: int, K: int, policy: EditPolicy, sources, shard: int, src_start: int,
+                         src_stop: int) -> dict[str, Any]:
+    """chunk_seeds plus the sources' latents wplus [u, L, w_dim] (and noise maps, flattened, when the
+    sources have them)."""
+    chunk = chunk_seeds(job_seed, K, policy, shard, src_start, src_stop)
+    wplus, noise = sources.latents(chunk["source_ids"])
+    chunk["wplus"] = wplus
+    if noise is not None:
+        chunk["noise_flat"] = np.concatenate([n.reshape(len(n), -1) for n in noise], axis=1)
+    return chunk
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,6 +115,11 @@ def concat_rows(parts: list[dict]) -> dict:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def plan_latents(batch: dict, job_seed: int, K: int, z_dim: int, policy: EditPolicy, chunks: np.ndarray) -> dict:
-    """Ray map_batches fn: chunk positions (column `data`) -> chunk rows with seeds, z and s."""
+def plan_latents(batch: dict, job_seed: int, K: int, z_dim: int, policy: EditPolicy, chunks: np.ndarray,
+                 sources=None) -> dict:
+    """Ray map_batches fn: chunk positions (column `data`) -> chunk rows with seeds, z (or the sources'
+    latents) and s."""
+    if sources is not None:
+        return pack_chunks([chunk_source_latents(job_seed, K, policy, sources, *map(int, chunks[int(i)]))
+                            for i in batch["data"]])
     return pack_chunks([chunk_latents(job_seed, K, z_dim, policy, *map(int, chunks[int(i)])) for i in batch["data"]])

@@ -11,17 +11,17 @@ The driver only sees one small row per written shard (progress).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 
 import numpy as np
 import ray
 import torch
-from ray.data import ActorPoolStrategy, DataContext
+from ray.data import ActorPoolStrategy
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.core.config import ConfigError
+from pipeline.infra.ray_session import quiet_ray_data
 from pipeline.stages.generate.actors import EncoderStage, FusedStage, GeneratorStage, ScorerStage
 from pipeline.stages.generate.config import GenerateConfig
 from pipeline.stages.generate.job import GenerateJob
@@ -69,18 +69,6 @@ def check_placement(cfg: GenerateConfig, gpu: bool, cpus: float, gpus: float) ->
                           f"{gpus:g}")
 
 
-def quiet_ray_data() -> None:
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    ctx.verbose_stats_logs = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    try:  # the per-actor memory advice is printed every 30 s on stdout; our actors hold models on purpose
-        ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
-    except AttributeError:
-        pass
-
-
 def build_dataset(job: GenerateJob, todo_shards: list[int]):
     """The Ray Data pipeline over the chunks of the shards still to write (lazy; see the module docstring)."""
     cfg, res = job.cfg, job.cfg.resources
@@ -93,7 +81,8 @@ def build_dataset(job: GenerateJob, todo_shards: list[int]):
     ds = ray.data.from_numpy([part for part in np.array_split(np.arange(len(chunks)), n_blocks) if len(part)])
     ds = ds.map_batches(plan_latents, batch_size=1, num_cpus=res.cpus_per_actor,
                         fn_kwargs={"job_seed": cfg.seed, "K": cfg.variants, "z_dim": job.facts.z_dim,
-                                   "policy": job.policy, "chunks": chunks})
+                                   "policy": job.policy, "chunks": chunks,
+                                   **({"sources": job.sources} if job.sources is not None else {})})
     if res.fuse_scoring:
         ds = ds.map_batches(FusedStage, fn_constructor_args=(job,), batch_size=1,
                             compute=ActorPoolStrategy(size=res.generators),

@@ -16,6 +16,7 @@ from pipeline.core.io import atomic_output, atomic_write_bytes, file_sha256
 from pipeline.stages.generate.config import job_config
 from pipeline.stages.generate.job import FORMAT, FORMAT_VERSION, GenerateJob
 from pipeline.stages.generate.plan import concat_rows
+from pipeline.stages.generate.sources import ID_COLUMN
 
 ROW_GROUP_ROWS = 128            # parquet row group: small enough for streaming readers of large images
 
@@ -40,11 +41,32 @@ def output_schema(job: GenerateJob, shard: int):
     hf_features = {"image": {"_type": "Image"}}
     if job.cfg.image.store_source:
         hf_features["source_image"] = {"_type": "Image"}
+    if job.sources is not None:   # the source's id, its labels verbatim, the inversion quality, the split
+        fields += [("source_id", pa.string()), *job.sources.label_schema,
+                   ("inversion_identity_cosine", pa.float32()), ("inversion_psnr", pa.float32()), ("split", pa.string())]
+        hf_features.update(job.sources.hf_features)
     meta = {**job.file_metadata(), "shard": shard, "n_shards": job.plan.n_shards}
     return pa.schema(fields, metadata={
         "hfld": json.dumps(meta, sort_keys=True),
         # datasets.load_dataset("parquet") reads this and decodes the image structs as PIL images.
         "huggingface": json.dumps({"info": {"features": hf_features}}, sort_keys=True)})
+
+
+def source_columns(job: GenerateJob, source_index: np.ndarray) -> dict:
+    """--sources: per-row arrow arrays of the source's id, labels (verbatim), inversion quality and split."""
+    import pyarrow as pa
+    from pipeline.stages.generate.sources import split_of
+    unique, inverse = np.unique(source_index, return_inverse=True)
+    table = job.sources.columns(unique)
+    split_cfg = job.cfg.split
+    keys = table.column(split_cfg.column).to_pylist()
+    splits = pa.array([split_of(str(k), split_cfg.fractions, split_cfg.seed) for k in keys], pa.string())
+    take = pa.array(inverse.astype(np.int64))
+    out = {name: table.column(name).combine_chunks().take(take) for name in [ID_COLUMN, *job.sources.label_names]}
+    out["inversion_identity_cosine"] = table.column("identity_cosine").combine_chunks().take(take)
+    out["inversion_psnr"] = table.column("psnr").combine_chunks().take(take)
+    out["split"] = splits.take(take)
+    return out
 
 
 def build_table(job: GenerateJob, shard: int, rows: dict):
@@ -55,9 +77,12 @@ def build_table(job: GenerateJob, shard: int, rows: dict):
     n = len(order)
     consts = {"generator_id": job.facts.generator_id, "directions_sha256": job.directions.sha256,
               "directions_run_id": job.directions.run_id}
+    from_sources = source_columns(job, np.asarray(rows["source_index"])[order]) if job.sources is not None else {}
     columns = []
     for f in schema:
-        if f.name in consts:
+        if f.name in from_sources:
+            columns.append(from_sources[f.name].cast(f.type))
+        elif f.name in consts:
             columns.append(pa.array([consts[f.name]] * n, f.type))
         elif f.name in ("image", "source_image"):
             data = pa.array(list(rows[f.name][order]), pa.binary())
@@ -75,8 +100,9 @@ def build_table(job: GenerateJob, shard: int, rows: dict):
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def column_compression(schema) -> dict[str, str]:
-    """zstd for every parquet leaf column except the image bytes (already compressed: a waste of CPU)."""
+def column_compression(schema, raw: tuple[str, ...] = ("image", "source_image")) -> dict[str, str]:
+    """zstd for every parquet leaf column except the `raw` ones (image bytes: already compressed, zstd
+    would waste CPU)."""
     import pyarrow as pa
 
     def leaves(name: str, tp) -> list[str]:
@@ -85,27 +111,56 @@ def column_compression(schema) -> dict[str, str]:
         if pa.types.is_list(tp):
             return leaves(f"{name}.list.element", tp.value_type)
         return [name]
-    return {leaf: "none" if f.name in ("image", "source_image") else "zstd"
-            for f in schema for leaf in leaves(f.name, f.type)}
+    return {leaf: "none" if f.name in raw else "zstd" for f in schema for leaf in leaves(f.name, f.type)}
+
+
+def write_table_atomically(table, final: Path, record_file: Path, shard: int, extra: dict, *,
+                           dictionary_columns: list[str], raw_columns: tuple[str, ...] = ("image", "source_image")
+                           ) -> dict:
+    """Write one parquet shard atomically: temp file -> sha256 -> record (record_file) -> rename.
+
+    Returns the record {file, shard, rows, bytes, sha256, **extra}. Shared by the stages that write
+    resumable shards (generate, invert).
+    """
+    import pyarrow.parquet as pq
+    with atomic_output(final) as tmp:
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS,
+                       compression=column_compression(table.schema, raw_columns),
+                       use_dictionary=dictionary_columns, write_statistics=False)
+        record = {"file": final.name, "shard": shard, "rows": table.num_rows, "bytes": tmp.stat().st_size,
+                  "sha256": file_sha256(tmp), **extra}
+        # The record lands before the shard's rename: a final name always has its record.
+        atomic_write_bytes(record_file, json.dumps(record, sort_keys=True, indent=1).encode())
+    return record
+
+
+def read_finished_record(final: Path, record_file: Path, rows: int, verify: bool) -> dict | None:
+    """A shard's record when its file is complete (`rows` rows, the recorded size) and, if `verify`,
+    matches the recorded sha256; None when it must be written (again)."""
+    if not (final.is_file() and record_file.is_file()):
+        return None
+    try:
+        record = json.loads(record_file.read_text())
+    except json.JSONDecodeError:
+        return None
+    if record.get("rows") != rows or record.get("bytes") != final.stat().st_size:
+        return None
+    if verify and file_sha256(final) != record.get("sha256"):
+        return None
+    return record
 
 
 def write_shard(job: GenerateJob, shard: int, rows: dict) -> dict:
     """Write one shard atomically: temp file -> sha256 -> record (_meta) -> rename. Returns the record."""
-    import pyarrow.parquet as pq
     table = build_table(job, shard, rows)
-    name = job.plan.shard_name(shard)
-    final = job.out_dir / f"{name}.parquet"
-    with atomic_output(final) as tmp:
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, compression=column_compression(table.schema),
-                       use_dictionary=["generator_id", "directions_sha256", "directions_run_id",
-                                       "source_emotion_label", "variant_emotion_label"],
-                       write_statistics=False)
-        record = {"file": final.name, "shard": shard, "rows": table.num_rows, "bytes": tmp.stat().st_size,
-                  "sha256": file_sha256(tmp), "qc_pass": int(np.asarray(rows["qc_pass"]).sum()),
-                  "provenance": job.provenance}
-        # The record lands before the shard's rename: a final name always has its record.
-        atomic_write_bytes(record_path(job, shard), json.dumps(record, sort_keys=True, indent=1).encode())
-    return record
+    final = job.out_dir / f"{job.plan.shard_name(shard)}.parquet"
+    extra = {"qc_pass": int(np.asarray(rows["qc_pass"]).sum()), "provenance": job.provenance}
+    if job.sources is not None:     # rows per split, for the manifest
+        splits = table.column("split").to_pylist()
+        extra["splits"] = {name: splits.count(name) for name in job.cfg.split.fractions}
+    return write_table_atomically(table, final, record_path(job, shard), shard, extra,
+                                  dictionary_columns=["generator_id", "directions_sha256", "directions_run_id",
+                                                      "source_emotion_label", "variant_emotion_label"])
 
 
 def record_path(job: GenerateJob, shard: int) -> Path:
@@ -114,18 +169,8 @@ def record_path(job: GenerateJob, shard: int) -> Path:
 
 def finished_record(job: GenerateJob, shard: int, verify: bool) -> dict | None:
     """The shard's record when its file is complete and (if `verify`) matches the recorded hash."""
-    final, rec_path = job.out_dir / f"{job.plan.shard_name(shard)}.parquet", record_path(job, shard)
-    if not (final.is_file() and rec_path.is_file()):
-        return None
-    try:
-        record = json.loads(rec_path.read_text())
-    except json.JSONDecodeError:
-        return None
-    if record.get("rows") != job.plan.shard_rows(shard) or record.get("bytes") != final.stat().st_size:
-        return None
-    if verify and file_sha256(final) != record.get("sha256"):
-        return None
-    return record
+    return read_finished_record(job.out_dir / f"{job.plan.shard_name(shard)}.parquet", record_path(job, shard),
+                                job.plan.shard_rows(shard), verify)
 
 
 class ShardWriter:
@@ -180,12 +225,16 @@ def write_manifest(job: GenerateJob, records: list[dict]) -> tuple[Path, dict]:
         "config": job_config(job.cfg),
         "identifiers": {"generator_id": job.facts.generator_id, "directions_source": job.directions.source,
                         "directions_sha256": job.directions.sha256, "directions_run_id": job.directions.run_id},
-        "counts": {"sources": job.cfg.n_sources, "variants": job.cfg.variants, "rows": total_rows,
+        "counts": {"sources": job.n_sources, "variants": job.cfg.variants, "rows": total_rows,
                    "shards": len(records), "qc_pass": qc, "qc_pass_rate": qc / max(total_rows, 1)},
         "schema": schema_summary(job),
         "shards": [{k: r[k] for k in ("file", "rows", "bytes", "sha256", "qc_pass")} for r in records],
         "provenance": shard_provenance(records),
     }
+    if job.sources is not None:
+        manifest["counts"]["splits"] = {name: sum(r.get("splits", {}).get(name, 0) for r in records)
+                                        for name in job.cfg.split.fractions}
+        manifest["identifiers"]["sources"] = job.sources.path
     path = job.out_dir / "manifest.json"
     atomic_write_bytes(path, json.dumps(manifest, indent=1, sort_keys=True).encode())
     return path, manifest

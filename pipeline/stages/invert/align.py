@@ -1,0 +1,334 @@
+"""Find the face in a photo and warp it to the framing of the generator's own faces.
+
+    decode_image(bytes) -> uint8 [H, W, 3] or None            (PIL; EXIF orientation applied)
+    detect(detector, images) -> best face candidate per image  (BlazeFace on a 256 px letterbox)
+    align_faces(...) -> aligned crops [B, 3, R, R] + the 2x3 matrices that made them
+
+Coordinates are continuous pixel coordinates: pixel (i, j) covers [j, j+1] x [i, i+1], its centre is
+at (j + 0.5, i + 0.5); BlazeFace keypoints and landmark fractions (x / width) are already in that
+convention. A warp is a 2x3 matrix M with source = M @ (u, v, 1) for the output pixel position (u, v)
+in [0, R]; `grid_sample` does the resampling (bilinear, reflected at the border, differentiable).
+
+Three face points fix the transform: the subject's right eye, left eye and mouth centre (`THREE`).
+The preset's AlignmentSpec (pipeline/presets/registry.py) says how they map to the crop:
+  template: least-squares similarity (Umeyama, no reflection) onto fixed template points;
+  ffhq:     the FFHQ rule from the eye centres and the mouth centre (ffhq_matrix).
+First pass: BlazeFace's keypoints. Second pass (when the spec has a landmark template, or for ffhq,
+and the landmark model H has two eye groups and mouth groups): H on the first-pass crop, which is
+framed like the faces H sees in training, gives sharper eye/mouth centres; they are mapped back to
+the photo and the transform is computed again from them.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.core.metrics import eye_groups
+from pipeline.presets.registry import AlignmentSpec
+
+DETECTOR_SIZE = 256
+# BlazeFace keypoint order (models.human_blazeface.KEYPOINT_NAMES): right_eye, left_eye, nose, mouth, ...
+DETECTOR_POINTS = (0, 1, 3)
+THREE = ("right_eye", "left_eye", "mouth")
+MAX_PIXELS = 64 * 2**20          # refuse larger images (decompression bombs) as unreadable
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------------------------
+
+def decode_image(data: bytes | None) -> np.ndarray | None:
+    """Encoded image bytes -> uint8 [H, W, 3] RGB (EXIF orientation applied), or None when unreadable."""
+    if not data:
+        return None
+    from PIL import Image, ImageOps
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > MAX_PIXELS:
+                return None
+            img = ImageOps.exif_transpose(img)
+            rgb = np.array(img.convert("RGB"), dtype=np.uint8)
+    except Exception:     # PIL raises many types for bad data (OSError, SyntaxError, ValueError, ...)
+        return None
+    if rgb.ndim != 3 or rgb.shape[0] < 8 or rgb.shape[1] < 8:
+        return None
+    return np.ascontiguousarray(rgb)
+
+
+def to_tensor(pixels: np.ndarray, device) -> torch.Tensor:
+    """uint8 [H, W, 3] -> float [3, H, W] in [-1, 1]."""
+    return torch.from_numpy(pixels).to(device).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """[B, 3, R, R] in [-1, 1] -> uint8 [B, R, R, 3] (round to nearest)."""
+    return ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# Transforms
+# ---------------------------------------------------------------------------------------------
+
+def similarity_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity dst ~ s R src + t (Umeyama 1991, rotation without reflection).
+
+    src, dst [n, 2] -> A [2, 3] with dst = A @ (x, y, 1).
+    """
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    a, b = src - mu_s, dst - mu_d
+    var_s = (a ** 2).sum() / len(src)
+    if var_s <= 1e-12:
+        raise ValueError("similarity_matrix: the source points coincide")
+    cov = b.T @ a / len(src)
+    u, sing, vt = np.linalg.svd(cov)
+    d = np.diag([1.0, np.sign(np.linalg.det(u @ vt)) or 1.0])
+    rot = u @ d @ vt
+    scale = np.trace(np.diag(sing) @ d) / var_s
+    t = mu_d - scale * rot @ mu_s
+    return np.concatenate([scale * rot, t[:, None]], axis=1)
+
+
+def invert_affine(a: np.ndarray) -> np.ndarray:
+    """[2, 3] affine -> its inverse [2, 3]."""
+    lin = np.linalg.inv(a[:, :2])
+    return np.concatenate([lin, -lin @ a[:, 2:]], axis=1)
+
+
+def apply_affine(a: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """[2, 3] affine on points [n, 2] -> [n, 2]."""
+    return points @ a[:, :2].T + a[:, 2]
+
+
+def template_matrix(points: np.ndarray, template, size: int) -> np.ndarray:
+    """Warp matrix (output pixel -> photo pixel) putting the three photo `points` [3, 2] on `template`
+    (fractions of a `size` crop)."""
+    to_crop = similarity_matrix(points, np.asarray(template, np.float64) * size)
+    return invert_affine(to_crop)
+
+
+def ffhq_matrix(points: np.ndarray, size: int) -> np.ndarray:
+    """Warp matrix of the FFHQ alignment rule (NVlabs ffhq-dataset) from the photo's right eye, left eye
+    and mouth centre [3, 2] (subject's sides: the right eye is on the image's left).
+
+        eye_to_eye = image-right eye - image-left eye,  eye_to_mouth = mouth - eye_avg
+        x = eye_to_eye - rot(eye_to_mouth), with rot(a, b) = (-b, a)
+        x = x / |x| * max(2 |eye_to_eye|, 1.8 |eye_to_mouth|),  y = (-x_y, x_x)
+        c = eye_avg + 0.1 eye_to_mouth;  the crop is the square c +- x +- y
+    """
+    right, left, mouth = (np.asarray(p, np.float64) for p in points)
+    eye_avg = (right + left) / 2
+    eye_to_eye = left - right
+    eye_to_mouth = mouth - eye_avg
+    x = eye_to_eye - np.array([-eye_to_mouth[1], eye_to_mouth[0]])
+    norm = np.hypot(*x)
+    if norm <= 1e-9:
+        raise ValueError("ffhq_matrix: degenerate face points")
+    x = x / norm * max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8)
+    y = np.array([-x[1], x[0]])
+    c = eye_avg + 0.1 * eye_to_mouth
+    # output (u, v) in [0, size] -> c + x (2u/size - 1) + y (2v/size - 1)
+    return np.stack([np.array([2 * x[0] / size, 2 * y[0] / size, c[0] - x[0] - y[0]]),
+                     np.array([2 * x[1] / size, 2 * y[1] / size, c[1] - x[1] - y[1]])])
+
+
+def centre_square_matrix(height: int, width: int, size: int) -> np.ndarray:
+    """Warp matrix of the centre square of a photo resized to `size` (alignment method "none")."""
+    side = min(height, width)
+    k = side / size
+    return np.array([[k, 0.0, (width - side) / 2], [0.0, k, (height - side) / 2]])
+
+
+def warp(image: torch.Tensor, matrix: np.ndarray, size: int) -> torch.Tensor:
+    """image [3, H, W] in [-1, 1], matrix [2, 3] (output pixel -> image pixel) -> crop [3, size, size].
+
+    Shrinking by more than 1.5x first resizes the photo with an antialiasing filter (like the FFHQ
+    script's shrink step), so the bilinear resampling does not alias. Outside the photo the image is
+    reflected (the FFHQ script pads by reflection too). Differentiable in `image`.
+    """
+    _, h, w = image.shape
+    m = np.asarray(matrix, np.float64).copy()
+    shrink = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+    if shrink > 1.5:
+        nh, nw = max(1, round(h / shrink)), max(1, round(w / shrink))
+        image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)[0]
+        m[0] *= nw / w
+        m[1] *= nh / h
+        h, w = nh, nw
+    # normalised output (xn, yn) in [-1, 1] -> pixels u = (xn + 1) size / 2 -> image pixels -> normalised
+    out_to_px = np.array([[size / 2, 0, size / 2], [0, size / 2, size / 2], [0, 0, 1]])
+    px_to_norm = np.array([[2 / w, 0, -1], [0, 2 / h, -1]])
+    theta = px_to_norm @ np.vstack([m, [0, 0, 1]]) @ out_to_px
+    theta_t = torch.tensor(theta, dtype=image.dtype, device=image.device)[None]
+    grid = F.affine_grid(theta_t, [1, 3, size, size], align_corners=False)
+    return F.grid_sample(image[None], grid, mode="bilinear", padding_mode="reflection", align_corners=False)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Face:
+    """The best face of one photo, in photo pixels: score, box (x1, y1, x2, y2), the three points [3, 2]."""
+    score: float
+    box: np.ndarray
+    points: np.ndarray
+
+
+def letterbox(image: torch.Tensor, size: int) -> tuple[torch.Tensor, float, float, float]:
+    """[3, H, W] -> ([3, size, size] padded with -1 to a centred square, resized), pixels per box
+    pixel, left pad, top pad (so photo = box * k - pad)."""
+    _, h, w = image.shape
+    side = max(h, w)
+    left, top = (side - w) // 2, (side - h) // 2
+    square = F.pad(image, (left, side - w - left, top, side - h - top), value=-1.0)
+    if side != size:
+        square = F.interpolate(square[None], size=(size, size), mode="bilinear", align_corners=False,
+                               antialias=side > size)[0]
+    return square, side / size, float(left), float(top)
+
+
+@torch.no_grad()
+def detect(detector, images: list[torch.Tensor]) -> list[Face]:
+    """The best face candidate of each photo ([3, H, W] in [-1, 1], any sizes); the caller decides by
+    its score whether it is a face.
+
+    The photos are letterboxed to 256 px and decoded in one batch; with one face wanted, human's NMS
+    keeps the highest-scoring box, so the arg max is taken directly.
+    """
+    if not images:
+        return []
+    boxed = [letterbox(im, DETECTOR_SIZE) for im in images]
+    scores, boxes, keypoints = detector.decode(torch.stack([b[0] for b in boxed]))
+    best = scores.argmax(dim=1)
+    out = []
+    for i, (_, k, left, top) in enumerate(boxed):
+        j = int(best[i])
+        offset = np.array([left, top])
+        box = boxes[i, j].double().cpu().numpy() * k - np.tile(offset, 2)
+        points = keypoints[i, j, list(DETECTOR_POINTS)].double().cpu().numpy() * k - offset
+        out.append(Face(float(scores[i, j]), box, points))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Landmark refinement
+# ---------------------------------------------------------------------------------------------
+
+def three_point_groups(groups: dict) -> tuple[list[int], list[int], list[int]] | None:
+    """(right eye, left eye, mouth) point indices of a landmark model's groups; None without them."""
+    eyes = eye_groups(groups)
+    mouth = sorted({i for name, idx in groups.items() if "mouth" in name for i in idx})
+    if eyes is None or not mouth:
+        return None
+    return eyes[0], eyes[1], mouth
+
+
+def three_points(points: torch.Tensor, index) -> torch.Tensor:
+    """Landmarks [B, P, 2] -> [B, 3, 2] centroids of the right-eye, left-eye and mouth groups."""
+    return torch.stack([points[:, list(i)].mean(dim=1) for i in index], dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Alignment
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Aligned:
+    """Aligned crops of a batch: crops [B, 3, R, R] in [-1, 1] (for the found faces only), and per
+    photo the best face candidate and the warp matrix [2, 3] (None when no candidate reached min_score)."""
+    crops: torch.Tensor
+    faces: list[Face]
+    matrices: list[np.ndarray | None]
+
+
+def first_pass_matrix(spec: AlignmentSpec, points: np.ndarray, size: int) -> np.ndarray:
+    if spec.method == "ffhq":
+        return ffhq_matrix(points, size)
+    return template_matrix(points, spec.detector_template, size)
+
+
+def second_pass_matrix(spec: AlignmentSpec, points: np.ndarray, size: int) -> np.ndarray:
+    if spec.method == "ffhq":
+        return ffhq_matrix(points, size)
+    return template_matrix(points, spec.landmark_template, size)
+
+
+def refines(spec: AlignmentSpec, landmark_index) -> bool:
+    """Whether the second pass (landmark model on the first crop) runs for this spec and model."""
+    return landmark_index is not None and (spec.method == "ffhq" or spec.landmark_template is not None)
+
+
+@torch.no_grad()
+def align_faces(images: list[torch.Tensor], spec: AlignmentSpec, size: int, *, detector=None, landmarks=None,
+                min_score: float = 0.5) -> Aligned:
+    """Photos [3, H, W] in [-1, 1] -> aligned crops of the found faces (see the module docstring)."""
+    if spec.method == "none":
+        matrices = [centre_square_matrix(im.shape[1], im.shape[2], size) for im in images]
+        # no detection ran: no score, box or points
+        faces = [Face(float("nan"), np.full(4, np.nan), np.full((3, 2), np.nan)) for _ in matrices]
+    else:
+        if detector is None:
+            raise ValueError(f"alignment method {spec.method!r} needs a face detector")
+        faces = detect(detector, images)
+        matrices = [None if f.score < min_score else first_pass_matrix(spec, f.points, size) for f in faces]
+    found = [i for i, m in enumerate(matrices) if m is not None]
+    crops = [warp(images[i], matrices[i], size) for i in found]
+    index = three_point_groups(getattr(landmarks, "groups", {})) if landmarks is not None else None
+    if spec.method != "none" and found and refines(spec, index):
+        pts = three_points(landmarks(torch.stack(crops)), index).double().cpu().numpy() * size   # crop pixels
+        for k, i in enumerate(found):
+            photo_points = apply_affine(matrices[i], pts[k])
+            try:
+                matrices[i] = second_pass_matrix(spec, photo_points, size)
+            except ValueError:      # degenerate landmark points: keep the first pass
+                continue
+            faces[i].points = photo_points
+            crops[k] = warp(images[i], matrices[i], size)
+    stacked = torch.stack(crops) if crops else torch.zeros(0, 3, size, size)
+    return Aligned(stacked, faces, matrices)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring a generator's framing (the templates of AlignmentSpec)
+# ---------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def measure_templates(generator, landmarks, detector, *, n: int, seed: int, batch: int = 32,
+                      min_score: float = 0.3) -> dict:
+    """Mean right-eye, left-eye and mouth positions (fractions of the image) on `n` generated faces.
+
+    detector_template: BlazeFace keypoints 0, 1, 3 of the faces it finds (score >= min_score);
+    landmark_template: centroids of the landmark model's eye and mouth groups (None without them).
+    Faces are the held-out faces of `seed` (pipeline.core.sampling.held_out_faces), quantised to
+    uint8 like the files they would be written to.
+    """
+    from pipeline.core.sampling import held_out_faces
+    size = int(generator.resolution)
+    index = three_point_groups(getattr(landmarks, "groups", {}))
+    det_points, lm_points, scores = [], [], []
+    for start in range(0, n, batch):
+        faces = held_out_faces(generator, list(range(start, min(n, start + batch))), seed=seed)
+        images = generator.synthesis(faces.wplus, faces.noise)
+        images = to_uint8(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        for face in detect(detector, list(images)):
+            scores.append(face.score)
+            if face.score >= min_score:
+                det_points.append(face.points / size)
+        if index is not None:
+            lm_points.append(three_points(landmarks(images), index).double().cpu().numpy())
+    det = np.stack(det_points) if det_points else np.zeros((0, 3, 2))
+    lm = np.concatenate(lm_points) if lm_points else None
+    rounded = lambda a: tuple(tuple(round(float(v), 4) for v in p) for p in a)  # noqa: E731
+    return {"n": n, "seed": seed, "detected": len(det_points), "min_score": min_score,
+            "score_quantiles": [float(q) for q in np.quantile(scores, [0.0, 0.1, 0.5])] if scores else [],
+            "detector_template": rounded(det.mean(0)) if len(det) else None,
+            "detector_std": rounded(det.std(0)) if len(det) else None,
+            "landmark_template": rounded(lm.mean(0)) if lm is not None else None,
+            "landmark_std": rounded(lm.std(0)) if lm is not None else None}

@@ -1,0 +1,220 @@
+"""Configuration of the `invert` stage (see pipeline/stages/invert/__init__.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pipeline.core.config import require, to_dict
+from pipeline.core.paths import default_work_dir
+from pipeline.infra.tracking import TrackingConfig
+from pipeline.presets import ModelConfig
+
+InputKind = Literal["auto", "folder", "parquet", "csv", "hf"]
+Point = tuple[float, float]
+Precision = Literal["fp32", "tf32", "bf16"]
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """The labelled faces to invert (nothing is downloaded: a local path).
+
+    path: a folder of images, a .parquet file, a folder of .parquet files, a .csv file, or a folder
+      written by `datasets.Dataset.save_to_disk` (a local Hugging Face dataset).
+    kind: auto (from what `path` holds) or folder / parquet / csv / hf.
+    image_column: tables: the image column (struct {bytes, path} as Hugging Face writes it, binary, or
+      a string path relative to `image_root`).
+    id_column: the column whose values identify a source ("" = folder: the relative file path;
+      tables: the row number). Ids must be unique; generate assigns splits from them.
+    label_columns: the columns copied verbatim to the output (null = every column but the image column).
+    folder_label: folder input: name of a column that takes each image's parent folder name ("" = none).
+    split: Hugging Face DatasetDict: the split to read.
+    image_root: tables with path strings: the folder they are relative to ("" = the table file's folder).
+    limit: only the first `limit` rows (0 = all).
+    """
+    path: str = ""
+    kind: InputKind = "auto"
+    image_column: str = "image"
+    id_column: str = ""
+    label_columns: tuple[str, ...] | None = None
+    folder_label: str = ""
+    split: str = ""
+    image_root: str = ""
+    limit: int = 0
+
+    def __post_init__(self):
+        require(self.limit >= 0, "input.limit", self.limit, "must be >= 0 (0 = all rows)")
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """Face detection and alignment (pipeline/stages/invert/align.py).
+
+    method: "preset" (the preset's AlignmentSpec), or none / template / ffhq to override it.
+    detector_template / landmark_template: override the preset's template points (right eye, left eye,
+      mouth as (x, y) fractions of the crop; null = the preset's).
+    refine: run the second pass (the preset's landmark model on the first crop, then the transform again
+      from its eye and mouth centres) when the spec and the landmark model allow it.
+    min_score: BlazeFace score below which a photo gets status "no_face". human's default, 0.2, lets
+      noise through: a 120x90 image of uniform random pixels scored 0.37, a black one 0.25. On 300
+      generated 64 px starter (DCGAN) faces 10% scored below 0.63 and 2 below 0.3; photos of real faces
+      score higher.
+    """
+    method: Literal["preset", "none", "template", "ffhq"] = "preset"
+    detector_template: tuple[Point, Point, Point] | None = None
+    landmark_template: tuple[Point, Point, Point] | None = None
+    refine: bool = True
+    min_score: float = 0.5
+
+    def __post_init__(self):
+        require(0 <= self.min_score < 1, "align.min_score", self.min_score, "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights of the inversion loss, per face (each term averaged over its own elements).
+
+    Defaults: on 8 starter (DCGAN) faces at 200 steps, l2 + perceptual 3 beat l1 + perceptual 1 on the
+    held-out identity cosine (5 vs 2 faces >= 0.9), emotion agreement (8 vs 6) and PSNR on 3 of 4
+    comparisons; landmark 100 was worse than 10. A small CPU sample, not a tuning: calibrate a new
+    generator with `hfld invert-check` (e.g. --set invert.projection.losses.perceptual=10).
+
+    pixel: |x - y| (l1) or (x - y)^2 (l2) over the pixels in [-1, 1];
+    perceptual: mean over the preset's perceptual feature layers of the squared feature difference;
+    identity: 1 - cosine of the preset's identity descriptors (skipped when the preset has none);
+    landmark: mean |H(x) - H(y)| of the preset's landmark model, coordinates in [0, 1] (our HFLD term);
+    noise: StyleGAN2 noise-map regularisation (only when projection.optimize_noise);
+    wplus_spread: W+ generators: mean over layers of |w_l - mean_l w|^2 / w_std^2. It keeps the layers
+      near one common w: Adam takes full-size steps even along directions the image barely depends on,
+      so an unregularised W+ latent drifts off the W manifold, where the faces the edit directions T
+      were trained on live (T is learned on w broadcast to every layer). On the tiny preset's random
+      generator, weight 10 (vs 1) both lowered the final loss and brought the latent closer to the
+      truth (tests/pipeline/stages/invert/test_project.py);
+    z_prior: Z-space generators: (|z|^2 / dim - 1)^2, keeps z on the shell where N(0, I) samples lie.
+    """
+    pixel: float = 1.0
+    pixel_kind: Literal["l1", "l2"] = "l2"
+    perceptual: float = 3.0
+    identity: float = 1.0
+    landmark: float = 10.0
+    noise: float = 1e5
+    wplus_spread: float = 10.0
+    z_prior: float = 0.1
+
+    def __post_init__(self):
+        for name in ("pixel", "perceptual", "identity", "landmark", "noise", "wplus_spread", "z_prior"):
+            require(getattr(self, name) >= 0, f"projection.losses.{name}", getattr(self, name), "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ProjectionConfig:
+    """The optimisation of each face's latent (the StyleGAN2 projector's schedule).
+
+    steps: Adam steps per face. lr: peak learning rate; it ramps up (cosine-free, linear) over the first
+      `lr_rampup` fraction of the steps and down with a half cosine over the last `lr_rampdown` fraction.
+    latent_noise: scale of the noise added to the latent at step t: w_std * latent_noise *
+      max(0, 1 - t / latent_noise_ramp)^2 (t = step / steps), w_std the spread of mapped latents.
+    optimize_noise: also optimise per-face noise maps (stored with the latent; StyleGAN2 only).
+    w_std_samples: mapped samples for w_std (W-space generators).
+    """
+    steps: int = 200
+    lr: float = 0.1
+    lr_rampup: float = 0.05
+    lr_rampdown: float = 0.25
+    latent_noise: float = 0.05
+    latent_noise_ramp: float = 0.75
+    optimize_noise: bool = False
+    w_std_samples: int = 10000
+    losses: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self):
+        require(self.steps >= 1, "projection.steps", self.steps, "must be >= 1")
+        require(self.lr > 0, "projection.lr", self.lr, "must be > 0")
+        for name in ("lr_rampup", "lr_rampdown", "latent_noise_ramp"):
+            require(0 < getattr(self, name) <= 1, f"projection.{name}", getattr(self, name), "must be in (0, 1]")
+        require(self.latent_noise >= 0, "projection.latent_noise", self.latent_noise, "must be >= 0")
+        require(self.w_std_samples >= 2, "projection.w_std_samples", self.w_std_samples, "must be >= 2")
+
+
+@dataclass(frozen=True)
+class InvertResources:
+    """Ray placement (as in generate).
+
+    address: Ray address ("" = the running instance, else a local one).
+    actors: inverting actors (each holds the models; GPU share gpus_per_actor on CUDA).
+    cpus_per_actor: CPU share reserved by each actor and reader task.
+    torch_threads: torch intra-op threads per actor (part of the determinism contract).
+    writer_on_driver_node: place the shard writer on the driver's node (output_dir need only exist there).
+    """
+    address: str = ""
+    actors: int = 1
+    gpus_per_actor: float = 1.0
+    cpus_per_actor: float = 0.5
+    torch_threads: int = 1
+    writer_on_driver_node: bool = True
+
+    def __post_init__(self):
+        require(self.actors >= 1, "resources.actors", self.actors, "must be >= 1")
+        require(self.torch_threads >= 1, "resources.torch_threads", self.torch_threads, "must be >= 1")
+        require(0 < self.gpus_per_actor <= 8, "resources.gpus_per_actor", self.gpus_per_actor, "must be in (0, 8]")
+        require(0 < self.cpus_per_actor <= 64, "resources.cpus_per_actor", self.cpus_per_actor, "must be in (0, 64]")
+
+
+@dataclass(frozen=True)
+class InvertConfig:
+    """An invert job: every row of `input` -> one output row (aligned crop, W+ latent, quality, labels).
+
+    store_images: store the aligned crop and the reconstruction (PNG); false stores neither (for data
+      about real people: the latents and measurements remain).
+    latent_dtype: float16 (half the size) or float32 for the stored latent.
+    batch_faces: faces optimised together (one chunk; each face has its own latent).
+    shard_rows: input rows per parquet file.
+    seed: seeds the per-face noise of the projection (derive_seed(seed, INVERT, row)).
+    output_dir: "" = <work_dir>/<name>.
+    """
+    model: ModelConfig = field(default_factory=ModelConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    store_images: bool = True
+    png_compress_level: int = 6
+    latent_dtype: Literal["float16", "float32"] = "float16"
+    seed: int = 0
+    batch_faces: int = 16
+    shard_rows: int = 1024
+    resources: InvertResources = field(default_factory=InvertResources)
+    device: str = "auto"
+    precision: Precision = "fp32"
+    output_dir: str = ""
+    work_dir: str = field(default_factory=default_work_dir)
+    run_name: str = ""
+    verify_existing: bool = True
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self):
+        require(self.batch_faces >= 1, "batch_faces", self.batch_faces, "must be >= 1")
+        require(self.shard_rows >= 1, "shard_rows", self.shard_rows, "must be >= 1")
+        require(0 <= self.png_compress_level <= 9, "png_compress_level", self.png_compress_level, "must be in 0..9")
+        require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", self.device,
+                "must be auto, cpu or cuda")
+
+    @property
+    def name(self) -> str:
+        return self.run_name or f"invert-{self.model.preset}-{Path(self.input.path).name or 'input'}"
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.output_dir or Path(self.work_dir) / self.name).expanduser().resolve()
+
+
+# Fields that do not change a single output byte.
+NON_OUTPUT_FIELDS = ("resources", "output_dir", "work_dir", "run_name", "verify_existing", "tracking")
+
+
+def job_config(cfg: InvertConfig) -> dict:
+    """The output-affecting part of the config (recorded in _meta/job.json and the manifest)."""
+    d = to_dict(cfg)
+    for k in NON_OUTPUT_FIELDS:
+        d.pop(k, None)
+    return d

@@ -1,0 +1,262 @@
+"""Projection: optimise one latent per face so that the generator reproduces the aligned face.
+
+The schedule follows the StyleGAN2(-ADA) projector (NVlabs stylegan2-ada-pytorch `projector.py`):
+start at the mean latent w_avg, Adam with betas (0.9, 0.999), learning rate ramped up linearly over
+the first `lr_rampup` of the steps and down with a half cosine over the last `lr_rampdown`, Gaussian
+noise on the latent whose scale w_std * latent_noise * max(0, 1 - t / latent_noise_ramp)^2 fades out,
+and (with optimize_noise) noise maps regularised by their shifted autocorrelation over a pyramid
+down to 8x8 and renormalised to zero mean and unit variance after every step. Differences, on purpose:
+the latent is W+ (one w per layer, [B, L, w_dim]) instead of one w, the loss is the preset's (pixel +
+perceptual + identity + landmark, below) instead of LPIPS-VGG16, a W+ tie (losses.wplus_spread) keeps
+the layers near one common w, and many faces are optimised at once.
+
+Every loss term is computed per face ([B]) and the batch loss is their sum, so each face's gradient
+is its own: Adam's update is elementwise, so a face's latent follows the same path in any batch (up
+to floating-point differences between batched kernels).
+
+Latent spaces:
+  "w+"  a generator with a mapping network and L > 1 latent layers (StyleGAN2): wplus [B, L, w_dim];
+  "z"   a generator whose mapping is the identity and L = 1 (the starter's DCGAN: W = Z): z itself,
+        [B, 1, z_dim], starting at 0 = its mean, with a prior term keeping |z|^2 near z_dim (a DCGAN
+        degrades off the shell where its N(0, I) training samples lie).
+A generator with one latent layer behind a non-identity mapping is refused (its inversion would need
+optimisation through the mapping, which nothing here does).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.core.config import ConfigError
+from pipeline.core.seeding import Stream, derive_seed
+from pipeline.presets import ModelBundle
+from pipeline.stages.invert.config import ProjectionConfig
+
+
+def latent_space(generator) -> str:
+    """"w+" or "z" (see the module docstring); ConfigError for a generator it cannot invert."""
+    if int(generator.n_latent) > 1:
+        return "w+"
+    z = torch.randn(4, int(generator.z_dim), generator=torch.Generator().manual_seed(0))
+    z = z.to(next(iter(generator.buffers()), torch.zeros(())).device)
+    with torch.no_grad():
+        identity = generator.mapping(z).shape == z.shape and torch.allclose(generator.mapping(z), z)
+    if identity:
+        return "z"
+    raise ConfigError(f"model.preset: the generator ({type(generator).__name__}) has one latent layer behind a "
+                      "mapping network; invert supports W+ generators (StyleGAN2) and Z = W generators (DCGAN)")
+
+
+def learning_rate(step: int, steps: int, cfg: ProjectionConfig) -> float:
+    """The projector's schedule: linear ramp-up, half-cosine ramp-down, peak cfg.lr."""
+    t = step / steps
+    down = min(1.0, (1.0 - t) / cfg.lr_rampdown)
+    down = 0.5 - 0.5 * math.cos(down * math.pi)
+    return cfg.lr * down * min(1.0, t / cfg.lr_rampup)
+
+
+def latent_noise_scale(step: int, steps: int, w_std: float, cfg: ProjectionConfig) -> float:
+    t = step / steps
+    return w_std * cfg.latent_noise * max(0.0, 1.0 - t / cfg.latent_noise_ramp) ** 2
+
+
+def noise_regularisation(noise: list[torch.Tensor]) -> torch.Tensor:
+    """Per face [B]: sum over maps [B, 1, r, r] and pyramid levels (down to 8x8) of the squared mean
+    autocorrelation at a one-pixel shift in x and in y."""
+    total = noise[0].new_zeros(noise[0].shape[0])
+    for n in noise:
+        while True:
+            total = total + (n * torch.roll(n, 1, dims=3)).mean(dim=(1, 2, 3)) ** 2
+            total = total + (n * torch.roll(n, 1, dims=2)).mean(dim=(1, 2, 3)) ** 2
+            if n.shape[2] <= 8:
+                break
+            n = F.avg_pool2d(n, kernel_size=2)
+    return total
+
+
+def normalise_noise_(noise: list[torch.Tensor]) -> None:
+    """Each face's map to zero mean and unit variance, in place."""
+    with torch.no_grad():
+        for n in noise:
+            n -= n.mean(dim=(1, 2, 3), keepdim=True)
+            n *= n.square().mean(dim=(1, 2, 3), keepdim=True).rsqrt()
+
+
+def shares_descriptor(bundle: ModelBundle) -> bool:
+    """True when the identity model is the perceptual model's own final descriptor (the starter: face-api),
+    so one forward pass serves both terms."""
+    inner = getattr(bundle.identity, "model", None)
+    names = getattr(bundle.perceptual, "feature_names", ())
+    return inner is not None and inner is bundle.perceptual and bool(names) and names[-1] == "descriptor"
+
+
+@dataclass
+class Projection:
+    """Result of one batch: latents [B, L, w_dim] float32 (L = 1 for "z"), the noise maps (per-layer
+    [B, 1, r, r]) when optimised, images [B, 3, R, R] of the final latents, per-face losses [B] at the
+    start (the mean latent) and the end, and the batch's mean loss per step."""
+    wplus: torch.Tensor
+    noise: list[torch.Tensor] | None
+    images: torch.Tensor
+    loss_start: torch.Tensor
+    loss_end: torch.Tensor
+    history: list[float]
+
+
+class Projector:
+    """Optimises latents for aligned faces with the networks of one bundle (on the bundle's device)."""
+
+    def __init__(self, bundle: ModelBundle, cfg: ProjectionConfig, *, precision: str = "fp32",
+                 w_std_seed: int = 0):
+        self.cfg, self.precision = cfg, precision
+        self.g = bundle.generator.eval().requires_grad_(False)
+        self.perceptual = bundle.perceptual.eval().requires_grad_(False)
+        self.identity = bundle.identity.eval().requires_grad_(False) if bundle.identity is not None else None
+        self.landmarks = bundle.landmarks.eval().requires_grad_(False)
+        self.shared_descriptor = shares_descriptor(bundle)
+        self.device = self.g.mean_latent.device
+        # float32 latents and losses (float64 when the networks are: exact comparisons in tests)
+        self.dtype = torch.float64 if self.g.mean_latent.dtype == torch.float64 else torch.float32
+        self.space = latent_space(self.g)
+        self.w_avg = self.g.mean_latent.detach().to(self.dtype)
+        self.w_std = self.estimate_w_std(w_std_seed)
+        self.noise_maps = self.cfg.optimize_noise and self.space == "w+" and bool(self.g.make_noise("const", 1))
+        w = cfg.losses
+        self.weights = {"pixel": w.pixel, "perceptual": w.perceptual, "identity": w.identity if self.identity else 0.0,
+                        "landmark": w.landmark, "noise": w.noise if self.noise_maps else 0.0,
+                        "wplus_spread": w.wplus_spread if self.space == "w+" else 0.0,
+                        "z_prior": w.z_prior if self.space == "z" else 0.0}
+
+    @torch.no_grad()
+    def estimate_w_std(self, seed: int) -> float:
+        """sqrt(E |w - w_avg|^2) of mapped samples (the projector's w_std); sqrt(dim) exactly for Z = W."""
+        if self.space == "z":
+            return math.sqrt(int(self.g.z_dim))
+        gen = torch.Generator().manual_seed(derive_seed(seed, Stream.INIT, 17))
+        z = torch.randn(self.cfg.w_std_samples, int(self.g.z_dim), generator=gen, dtype=self.dtype).to(self.device)
+        total = sum(((self.g.mapping(part) - self.w_avg) ** 2).sum().item() for part in z.split(1024))
+        return math.sqrt(total / self.cfg.w_std_samples)
+
+    def autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    def synthesis(self, wplus: torch.Tensor, noise) -> torch.Tensor:
+        return self.g.synthesis(wplus, noise if noise is not None else "const")
+
+    # -- targets and losses ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def targets(self, target: torch.Tensor) -> dict:
+        """What the loss compares against, computed once per batch."""
+        with self.autocast():
+            features = [f.to(self.dtype) for f in self.perceptual(target)]
+            out = {"image": target, "features": features, "points": self.landmarks(target).to(self.dtype)}
+            if self.identity is not None:
+                out["identity"] = features[-1] if self.shared_descriptor else self.identity(target).to(self.dtype)
+        return out
+
+    def terms(self, image: torch.Tensor, tgt: dict, wplus: torch.Tensor, noise) -> dict[str, torch.Tensor]:
+        """Per-face loss terms [B] of generated images [B, 3, R, R] against the targets."""
+        with self.autocast():
+            features = [f.to(self.dtype) for f in self.perceptual(image)]
+            points = self.landmarks(image).to(self.dtype)
+            ident = None
+            if self.identity is not None:
+                ident = features[-1] if self.shared_descriptor else self.identity(image).to(self.dtype)
+        diff = image.to(self.dtype) - tgt["image"].to(self.dtype)
+        pixel = diff.abs() if self.cfg.losses.pixel_kind == "l1" else diff.square()
+        out = {"pixel": pixel.mean(dim=(1, 2, 3)),
+               "perceptual": torch.stack([(a - b).square().flatten(1).mean(1)
+                                          for a, b in zip(features, tgt["features"])]).mean(0),
+               "landmark": (points - tgt["points"]).abs().mean(dim=(1, 2))}
+        if ident is not None:
+            out["identity"] = 1.0 - F.cosine_similarity(ident, tgt["identity"], dim=1)
+        if self.noise_maps and isinstance(noise, list):
+            out["noise"] = noise_regularisation(noise)
+        if self.space == "z":
+            out["z_prior"] = (wplus.to(self.dtype).square().mean(dim=(1, 2)) - 1.0) ** 2
+        elif self.weights["wplus_spread"] > 0:
+            w = wplus.to(self.dtype)
+            out["wplus_spread"] = (w - w.mean(dim=1, keepdim=True)).square().sum(dim=2).mean(dim=1) / self.w_std ** 2
+        return out
+
+    def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(self.weights[k] * v for k, v in terms.items() if self.weights[k] > 0)
+
+    def loss(self, wplus: torch.Tensor, tgt: dict, noise=None) -> torch.Tensor:
+        """Per-face total loss [B] of latents against targets (no latent noise)."""
+        with self.autocast():
+            image = self.synthesis(wplus, noise)
+        return self.total(self.terms(image, tgt, wplus, noise))
+
+    # -- optimisation ---------------------------------------------------------------------------
+
+    def start_latents(self, batch: int) -> torch.Tensor:
+        """[B, L, w_dim] float32: w_avg in every layer (0 for Z = W)."""
+        return self.w_avg.reshape(1, 1, -1).expand(batch, int(self.g.n_latent), -1).clone()
+
+    def start_noise(self, seeds: list[int]) -> list[torch.Tensor] | None:
+        """Per-face N(0, 1) maps from each face's own seed (None when noise is not optimised)."""
+        if not self.noise_maps:
+            return None
+        shapes = [n.shape[-2:] for n in self.g.make_noise("const", 1)]
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        return [torch.cat([torch.randn(1, 1, *hw, generator=g) for g in gens]).to(self.device, self.dtype)
+                for hw in shapes]
+
+    def project(self, target: torch.Tensor, seeds: list[int], *, steps: int | None = None) -> Projection:
+        """Optimise latents for target faces [B, 3, R, R] in [-1, 1] (aligned like the generator's faces).
+
+        seeds: one per face; face i's initial noise maps and the latent noise of its steps come from
+        seeds[i] alone, so its result does not depend on the other faces of the batch (up to the
+        rounding of batched kernels).
+        """
+        steps = steps or self.cfg.steps
+        b = target.shape[0]
+        res = int(self.g.resolution)
+        assert target.shape == (b, 3, res, res), f"target must be [B, 3, {res}, {res}], got {list(target.shape)}"
+        assert len(seeds) == b, f"one seed per face: {len(seeds)} seeds for {b} faces"
+        tgt = self.targets(target.to(self.device, self.dtype))
+        wplus = self.start_latents(b).requires_grad_(True)
+        noise = self.start_noise(seeds)
+        params = [wplus] + ([n.requires_grad_(True) for n in noise] if noise else [])
+        opt = torch.optim.Adam(params, lr=self.cfg.lr, betas=(0.9, 0.999), fused=self.device.type == "cuda")
+        # each face's latent noise from its own generator: a face's path does not depend on its batch
+        step_gens = [torch.Generator(device=self.device).manual_seed(derive_seed(int(s), Stream.INIT, 1)) for s in seeds]
+        with torch.no_grad():
+            loss_start = self.loss(wplus, tgt, noise)
+        history = []
+        for step in range(steps):
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(step, steps, self.cfg)
+            scale = latent_noise_scale(step, steps, self.w_std, self.cfg)
+            jitter = torch.stack([torch.randn(wplus.shape[1:], generator=g, device=self.device, dtype=self.dtype)
+                                  for g in step_gens]) * scale
+            w_in = wplus + jitter
+            with self.autocast():
+                image = self.synthesis(w_in, noise)
+            per_face = self.total(self.terms(image, tgt, wplus, noise))
+            opt.zero_grad(set_to_none=True)
+            per_face.sum().backward()
+            opt.step()
+            if noise:
+                normalise_noise_(noise)
+            history.append(per_face.detach().mean())      # a tensor: no device sync inside the loop
+        final = wplus.detach()
+        final_noise = [n.detach() for n in noise] if noise else None
+        with torch.no_grad():
+            with self.autocast():
+                images = self.synthesis(final, final_noise).to(self.dtype)
+            loss_end = self.total(self.terms(images, tgt, final, final_noise))
+        return Projection(final, final_noise, images, loss_start.detach(), loss_end.detach(),
+                          torch.stack(history).cpu().tolist())
+
+
+def face_seeds(job_seed: int, rows: np.ndarray) -> list[int]:
+    """Per-row seeds of the projection (noise maps, step noise): derive_seed(seed, INVERT-stream, row)."""
+    return [derive_seed(job_seed, Stream.INVERT, int(r)) for r in rows]

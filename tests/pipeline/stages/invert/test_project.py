@@ -1,0 +1,154 @@
+"""Projection (pipeline/stages/invert/project.py) on the tiny preset, without Ray: round trips on
+generated faces with known latents, the schedule, noise regularisation, Z-space generators."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.core.config import ConfigError
+from pipeline.core.sampling import latents_from_z
+from pipeline.core.seeding import Stream, rng_for
+from pipeline.presets import ModelConfig, build_bundle
+from pipeline.stages.invert.config import LossConfig, ProjectionConfig
+from pipeline.stages.invert.project import (Projector, latent_space, latent_noise_scale, learning_rate,
+                                            noise_regularisation, normalise_noise_)
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_bundle(ModelConfig(preset="tiny"), "cpu")
+
+
+def known_faces(bundle, n: int, seed: int):
+    """n generated faces with their true W+ latents. The images are used as they come out of the
+    generator: the tiny random generator's values run far outside [-1, 1] (about -5..6), so clamping
+    them to uint8 would make the truth unreachable (a trained generator stays inside)."""
+    g = bundle.generator
+    with torch.no_grad():
+        z = torch.stack([torch.randn(int(g.z_dim), generator=rng_for(seed, Stream.HELD_OUT, i)) for i in range(n)])
+        wplus = latents_from_z(g, z.to(g.mean_latent.dtype), 1.0)
+        return wplus, g.synthesis(wplus, "const")
+
+
+def mean_layer_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).norm(dim=2).mean(dim=1)
+
+
+def test_round_trip_lowers_the_loss_and_moves_the_latent_toward_the_truth(tiny):
+    truth, images = known_faces(tiny, 4, seed=3)
+    projector = Projector(tiny, ProjectionConfig(steps=200, w_std_samples=2000))
+    assert projector.space == "w+"
+    result = projector.project(images, [11, 12, 13, 14])
+    assert result.wplus.shape == truth.shape == (4, 8, 32)
+    # the loss at the start (the mean latent) and at the end, per face
+    assert (result.loss_end < 0.2 * result.loss_start).all(), (result.loss_start, result.loss_end)
+    start = mean_layer_distance(projector.start_latents(4), truth)
+    end = mean_layer_distance(result.wplus, truth)
+    assert (end < 0.95 * start).all(), (start, end)
+    assert end.mean() < 0.85 * start.mean()
+    # the returned images are the final latents' images, and their loss is loss_end
+    with torch.no_grad():
+        again = projector.loss(result.wplus, projector.targets(images))
+    torch.testing.assert_close(again, result.loss_end, rtol=1e-4, atol=1e-5)
+    assert result.history[-1] < result.history[0]
+
+
+def test_each_face_has_its_own_latent():
+    """A face's path does not depend on the other faces of its batch (per-face losses, elementwise Adam).
+
+    In float64: in float32 the rounding differences between batched and single-face kernels are
+    amplified by Adam along directions with near-zero gradient (it normalises step sizes), so two
+    runs agree only statistically there."""
+    bundle = build_bundle(ModelConfig(preset="tiny"), "cpu")
+    for name in ("generator", "perceptual", "landmarks"):
+        setattr(bundle, name, getattr(bundle, name).double())
+    _, images = known_faces(bundle, 2, seed=5)
+    projector = Projector(bundle, ProjectionConfig(steps=25, w_std_samples=500))
+    alone = projector.project(images[:1], [7])
+    together = projector.project(images, [7, 8])
+    assert together.wplus.dtype == torch.float64
+    torch.testing.assert_close(together.wplus[:1], alone.wplus, rtol=1e-9, atol=1e-9)
+    assert not torch.allclose(together.wplus[0], together.wplus[1])
+
+
+def test_without_the_wplus_tie_the_latent_does_not_follow(tiny):
+    """Why losses.wplus_spread exists: with it off, the image still fits but the W+ latent wanders
+    (Adam steps along directions the image barely depends on), so it is no closer to the truth."""
+    truth, images = known_faces(tiny, 4, seed=3)
+    loose = Projector(tiny, ProjectionConfig(steps=200, w_std_samples=2000, losses=LossConfig(wplus_spread=0.0)))
+    tied = Projector(tiny, ProjectionConfig(steps=200, w_std_samples=2000, losses=LossConfig(wplus_spread=10.0)))
+    r_loose, r_tied = loose.project(images, [1, 2, 3, 4]), tied.project(images, [1, 2, 3, 4])
+    assert (r_loose.loss_end < 0.2 * r_loose.loss_start).all()
+    assert mean_layer_distance(r_tied.wplus, truth).mean() < 0.9 * mean_layer_distance(r_loose.wplus, truth).mean()
+
+
+def test_learning_rate_and_latent_noise_follow_the_projector_schedule():
+    cfg = ProjectionConfig(steps=100, lr=0.1, lr_rampup=0.05, lr_rampdown=0.25, latent_noise=0.05,
+                           latent_noise_ramp=0.75)
+    lrs = [learning_rate(s, 100, cfg) for s in range(100)]
+    assert lrs[0] == 0.0 and lrs[1] == pytest.approx(0.1 * 1 / 5)      # linear ramp-up over 5 steps
+    assert lrs[5] == pytest.approx(0.1) and lrs[70] == pytest.approx(0.1)
+    assert lrs[80] == pytest.approx(0.1 * (0.5 - 0.5 * math.cos(0.8 * math.pi)))   # half cosine down
+    assert lrs[99] < 0.001 and all(a >= b for a, b in zip(lrs[75:], lrs[76:]))
+    assert latent_noise_scale(0, 100, 2.0, cfg) == pytest.approx(0.1)
+    assert latent_noise_scale(75, 100, 2.0, cfg) == 0.0 and latent_noise_scale(90, 100, 2.0, cfg) == 0.0
+
+
+def test_noise_regularisation_is_per_face_and_normalisation_whitens():
+    gen = torch.Generator().manual_seed(0)
+    white = torch.randn(1, 1, 32, 32, generator=gen)
+    smooth = torch.nn.functional.interpolate(torch.randn(1, 1, 4, 4, generator=gen), size=32, mode="bilinear")
+    reg = noise_regularisation([torch.cat([white, smooth])])
+    assert reg.shape == (2,) and reg[1] > 100 * reg[0]          # correlated noise is penalised
+    maps = [torch.cat([white, smooth]) * 3 + 1]
+    normalise_noise_(maps)
+    assert maps[0].mean(dim=(1, 2, 3)).abs().max() < 1e-5
+    torch.testing.assert_close(maps[0].square().mean(dim=(1, 2, 3)), torch.ones(2))
+
+
+def test_noise_maps_are_optimised_when_asked(tiny):
+    _, images = known_faces(tiny, 2, seed=9)
+    projector = Projector(tiny, ProjectionConfig(steps=10, w_std_samples=500, optimize_noise=True))
+    result = projector.project(images, [3, 4])
+    shapes = [n.shape for n in tiny.generator.make_noise("const", 1)]
+    assert [tuple(n.shape) for n in result.noise] == [(2, *s[1:]) for s in shapes]
+    assert not torch.equal(result.noise[0][0], result.noise[0][1])      # each face's own maps
+
+
+
+def test_a_z_space_generator_optimises_z(tiny):
+    from models.dcgan import DCGANGenerator
+    torch.manual_seed(0)
+    g = DCGANGenerator(nz=16, ngf=8).eval()
+    bundle = build_bundle(ModelConfig(preset="tiny"), "cpu")
+    bundle.generator = g
+    projector = Projector(bundle, ProjectionConfig(steps=150, w_std_samples=100))
+    assert projector.space == "z" and projector.w_std == pytest.approx(4.0)
+    z = torch.randn(3, 1, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        images = g.synthesis(z)
+    result = projector.project(images, [1, 2, 3])
+    assert result.wplus.shape == (3, 1, 16)
+    assert (result.loss_end < 0.5 * result.loss_start).all()
+    assert "z_prior" in projector.terms(images, projector.targets(images), result.wplus, None)
+
+
+def test_one_latent_layer_behind_a_mapping_network_is_refused():
+    class Mapped(nn.Module):
+        n_latent, z_dim, w_dim, resolution = 1, 4, 4, 8
+
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def mapping(self, z):
+            return self.lin(z)
+
+    with pytest.raises(ConfigError, match="one latent layer behind a mapping network"):
+        latent_space(Mapped())
