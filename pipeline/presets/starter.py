@@ -72,7 +72,7 @@ def optional_deepface_judge() -> dict[str, nn.Module]:
     if not deepface_weights_file().is_file():
         return {}
     from models.load.paper_nets import load_deepface_emotion
-    return {"deepface": load_deepface_emotion(str(home))}
+    return {"deepface": load_deepface_emotion(weights_file=deepface_weights_file())}
 
 
 # The zoo packages the starter bundle is built from (the zoo also fetches human's judges, unused here).
