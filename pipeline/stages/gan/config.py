@@ -96,7 +96,8 @@ class DataConfig:
       "folder" (image files under `path`, recursively), "parquet" (a .parquet file, a folder of them or a
       glob: the generate stage's format, an `image_column` of struct {bytes, path}) or "hf" (a Hugging
       Face dataset saved with save_to_disk at `path`, optionally one `split` of a DatasetDict).
-    teacher: the teacher preset (source "teacher"); its generator only is used for data.
+    teacher: the teacher preset (source "teacher"; default dcgan64, the starter's teacher); its generator
+      only is used for data.
     teacher_truncation: psi of the teacher's samples (1 = none).
     path / image_column / split: the dataset (sources other than "teacher").
     max_images: use at most this many images of a dataset (0 = all), the first ones in file order.
@@ -105,7 +106,7 @@ class DataConfig:
     mirror: random horizontal flips of dataset images (p = 0.5); no effect on a teacher.
     """
     source: SourceKind = "teacher"
-    teacher: ModelConfig = field(default_factory=ModelConfig)
+    teacher: ModelConfig = field(default_factory=lambda: ModelConfig(preset="dcgan64"))
     teacher_truncation: float = 1.0
     path: str = ""
     image_column: str = "image"

@@ -276,8 +276,8 @@ def test_cli_runs_with_mlflow_and_flags(tmp_path, t_files, capsys):
 
 def test_starter_smoke(tmp_path, starter_cache):
     base, hfld = tmp_path / "base.safetensors", tmp_path / "hfld.safetensors"
-    save_T(base, 1.0, shape=(1, 100))
-    save_T(hfld, 0.5, shape=(1, 100))
+    save_T(base, 1.0, shape=(10, 256))
+    save_T(hfld, 0.5, shape=(10, 256))
     cfg = from_dict(EvaluateConfig, {
         "model": {"preset": "starter", "cache_dir": str(starter_cache.parent)}, "baseline": str(base),
         "hfld": str(hfld), "n_samples": 8, "batch_size": 8, "device": "cpu", "work_dir": str(tmp_path),
@@ -286,7 +286,7 @@ def test_starter_smoke(tmp_path, starter_cache):
     md = res.report_md.read_text()
     for text in ("FerEmotion (training judge)", "face-api-expression (held-out judge)", "8 faces",
                  "normalised by inter-ocular distance", "### Identity similarity", "FaceApiDescriptor",
-                 "lambda3 (adversarial) = 0"):
+                 "starter preset: 64 px StyleGAN2"):
         assert text in md, text
     assert res.metrics["networks"]["landmarks"]["normalised_by"] == "inter-ocular distance"
     ident = res.metrics["overall"]["identity"]["hfld"]

@@ -45,10 +45,10 @@ def tracking(tmp_path_factory) -> TrackingConfig:
 
 @pytest.fixture(scope="module")
 def directions(tmp_path_factory, tracking):
-    """A random T for the starter generator ([1, 100, 2]), saved as a file and logged like training does."""
+    """A random T for the starter generator ([10, 256, 2]), saved as a file and logged like training does."""
     folder = tmp_path_factory.mktemp("T")
     gen = torch.Generator().manual_seed(1)
-    path = save_directions(folder / "directions.safetensors", torch.randn(1, 100, 2, generator=gen) * 0.5,
+    path = save_directions(folder / "directions.safetensors", torch.randn(10, 256, 2, generator=gen) * 0.5,
                            {"attributes": ATTRIBUTES, "preset": "starter"})
     train_run = MLflowTracker.start(tracking, work_dir=folder, run_name="fake-train", stage="train")
     for f in (path, path.with_suffix(".json")):

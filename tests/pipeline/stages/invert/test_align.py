@@ -14,7 +14,7 @@ import torch
 
 from pipeline.presets import ModelConfig, build_bundle
 from pipeline.presets.faces import build_face_detector
-from pipeline.presets.starter import STARTER_ALIGNMENT
+from pipeline.presets.starter import DCGAN64_ALIGNMENT, STARTER_ALIGNMENT
 from pipeline.stages.invert.align import (align_faces, apply_affine, decode_image, detect, ffhq_matrix,
                                           similarity_matrix, template_matrix, three_point_groups, three_points,
                                           to_tensor, warp)
@@ -125,7 +125,8 @@ def test_a_moved_face_is_framed_like_the_generator_frames_it(starter, detector, 
     lin = similarity(math.radians(-15), 1 / 1.6, (0.0, 0.0))[:, :2]           # face 1.6x larger, rotated
     photo_to_face = np.concatenate([lin, (np.array([32.0, 32.0]) - lin @ np.array([110.0, 80.0]))[:, None]], 1)
     photo = paste(face, photo_to_face, 170, 220)
-    aligned = align_faces([photo, face], STARTER_ALIGNMENT, 64, detector=detector, landmarks=starter.landmarks,
+    # the fixture's faces are the DCGAN teacher's (dcgan64): its template is the reference framing
+    aligned = align_faces([photo, face], DCGAN64_ALIGNMENT, 64, detector=detector, landmarks=starter.landmarks,
                           min_score=0.5)
     assert all(m is not None for m in aligned.matrices)
     # the warp found for the photo undoes the paste: crop pixel -> photo pixel -> face pixel is about
@@ -138,7 +139,7 @@ def test_a_moved_face_is_framed_like_the_generator_frames_it(starter, detector, 
     with torch.no_grad():
         found = three_points(starter.landmarks(aligned.crops), index).numpy()
     assert np.abs(found[0] - found[1]).max() < 0.045, found      # 3 px: the landmark model on a resampled face
-    template = np.asarray(STARTER_ALIGNMENT.landmark_template)
+    template = np.asarray(DCGAN64_ALIGNMENT.landmark_template)
     assert np.abs(found - template).max() < 0.06, (found, template)   # one face vs the mean (spread ~0.025)
 
 

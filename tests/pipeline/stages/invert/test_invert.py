@@ -21,7 +21,7 @@ import torch
 from pipeline.core.config import ConfigError, from_dict, to_dict
 from pipeline.core.directions import save_directions
 from pipeline.infra.tracking import TrackingConfig
-from pipeline.presets.starter import STARTER_ALIGNMENT
+from pipeline.presets.starter import DCGAN64_ALIGNMENT
 from pipeline.stages.generate import GenerateConfig, job_config as generate_job_config, run_generate, split_of
 from pipeline.stages.invert import InvertConfig, prepare, run_invert
 from pipeline.stages.invert.sources import open_source
@@ -82,7 +82,7 @@ def input_parquet(tmp_path_factory) -> Path:
 def invert_config(input_path: Path, out: Path, tracking: TrackingConfig, starter_cache: Path, **changes) -> InvertConfig:
     data = {"model": {"preset": "tiny", "cache_dir": str(starter_cache.parent)},
             "input": {"path": str(input_path), "id_column": ""},
-            "align": {"method": "template", "detector_template": [list(p) for p in STARTER_ALIGNMENT.detector_template]},
+            "align": {"method": "template", "detector_template": [list(p) for p in DCGAN64_ALIGNMENT.detector_template]},
             "projection": {"steps": 8, "w_std_samples": 500}, "batch_faces": 2, "shard_rows": 3, "seed": 5,
             "device": "cpu", "output_dir": str(out), "tracking": to_dict(tracking),
             "resources": {"cpus_per_actor": 0.25}}
