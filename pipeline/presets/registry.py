@@ -125,7 +125,7 @@ class ModelConfig:
     preset: str = "starter"
     weights: dict[str, str] = field(default_factory=dict, metadata=PATH)
     cache_dir: str = field(default="", metadata=PATH)
-    fast_path: Literal["compiled", "eager", "off"] = "compiled"
+    fast_path: Literal["compiled", "eager", "off"] = "off"
 
     def __post_init__(self):
         require(self.preset in PRESETS, "model.preset", self.preset, f"is not a preset; choose one of {sorted(PRESETS)}")

@@ -128,8 +128,16 @@ def train_steps(bundle, preset: str, cuda_graph: bool, precision: str, steps: in
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("preset", ["tiny", "starter", "ffhq256"])
-def test_every_preset_trains_the_same_eager_and_graphed(preset_bundles, preset, precision):
-    """Failed on the starter preset (a host-to-device copy in face-api's forward killed the capture)."""
+def test_every_preset_trains_the_same_eager_and_graphed(preset_bundles, preset, precision, monkeypatch):
+    """Failed on the starter preset (a host-to-device copy in face-api's forward killed the capture).
+
+    fp32 means fp32 here: TF32 convolutions and cuDNN's autotuner picking other algorithms between
+    the two runs moved the starter's landmark loss (a mean of differences of near-equal landmark
+    coordinates) by 0.2% on an H200, which is rounding, not a capture fault."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     bundle = preset_bundles(preset)
     t0_e, t_e, losses_e = train_steps(bundle, preset, False, precision)
     t0_g, t_g, losses_g = train_steps(bundle, preset, True, precision)
