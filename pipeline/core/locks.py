@@ -73,7 +73,7 @@ class RunLock:
     fd: int
     record: dict
     previous: dict | None = None
-    created_folder: bool = False
+    created: Path | None = None       # the topmost folder acquire() created (None: the folder existed)
     uses_flock: bool = True
     _released: bool = field(default=False, repr=False)
 
@@ -93,11 +93,16 @@ class RunLock:
             pass
         finally:
             os.close(self.fd)
-        if self.created_folder:   # a run that failed before writing anything leaves no empty folder
-            try:
-                self.path.parent.rmdir()
-            except OSError:
-                pass
+        if self.created is not None:   # a run that failed before writing anything leaves no empty folders
+            folder = self.path.parent
+            while True:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+                if folder == self.created:
+                    break
+                folder = folder.parent
 
 
 def _same_file(path: Path, fd: int) -> bool:
@@ -140,7 +145,11 @@ def _refusal(field_name: str, folder: Path, path: Path, holder: dict, certain: b
 def acquire(folder: Path, field_name: str, print_fn=print) -> RunLock:
     """Take the lock of `folder` (created if needed) or raise ConfigError naming its holder."""
     folder = Path(folder)
-    created = not folder.exists()
+    created = None
+    for candidate in (folder, *folder.parents):   # the topmost missing folder, removed again if left empty
+        if candidate.exists():
+            break
+        created = candidate
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
     record = {"pid": os.getpid(), "host": this_host(), "since": time.strftime("%Y-%m-%d %H:%M:%S %z"),

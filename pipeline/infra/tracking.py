@@ -271,7 +271,7 @@ class MLflowTracker:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
-        """`data` as a JSON artifact (e.g. "provenance.json")."""
+        """`data` as a JSON artifact (e.g. "config_history.json")."""
         self.client.log_text(self.run_id, json.dumps(data, indent=1, sort_keys=True, default=str), artifact_file)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
@@ -399,10 +399,10 @@ def tracking_locations(cfg: TrackingConfig, work_dir: str | Path) -> dict[str, P
 
 
 def log_provenance(tracker: Tracker, provenance: Mapping[str, Any]) -> None:
-    """Provenance (pipeline.presets.provenance) as provenance.* tags and a provenance.json artifact."""
+    """Provenance (pipeline.presets.provenance) as `provenance.*` tags of the run (e.g.
+    provenance.packages.torch, provenance.device, provenance.weights.fer.licence)."""
     if tracker:
         tracker.set_tags({f"provenance.{k}": v for k, v in flatten(dict(provenance)).items()})
-        tracker.log_dict(dict(provenance), "provenance.json")
 
 
 def attach_tracker(tracking_uri: str | None, run_id: str | None) -> Tracker:

@@ -84,7 +84,7 @@ def run_evaluate(cfg: EvaluateConfig, *, tracker: Tracker | None = None, bundle:
     metrics.json.
     """
     own_store = tracking_locations(cfg.tracking, cfg.work_dir) if tracker is None else {}
-    check_output_locations({"work_dir": cfg.work_dir, "output_dir": cfg.out_dir, **own_store})
+    check_output_locations({"work_dir": cfg.work_dir, "output_dir": cfg.output_dir or cfg.out_dir, **own_store})
     cfg = absolute_paths(cfg)
     pair = load_pair(cfg, baseline, hfld)          # before any heavy work: a bad path fails fast
     with stage_run(cfg.tracking, tracker, work_dir=cfg.work_dir, run_name=cfg.name, stage="evaluate",

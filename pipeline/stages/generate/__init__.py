@@ -121,7 +121,7 @@ def run_generate(cfg: GenerateConfig, *, tracker: Tracker | None = None, bundle_
     Interrupted (Ctrl-C, SIGTERM through the CLI): finished shards stay; the same command resumes.
     """
     own_store = tracking_locations(cfg.tracking, cfg.work_dir) if tracker is None else {}
-    check_output_locations({"work_dir": cfg.work_dir, "output_dir": cfg.out_dir, **own_store})
+    check_output_locations({"work_dir": cfg.work_dir, "output_dir": cfg.output_dir or cfg.out_dir, **own_store})
     cfg = absolute_paths(cfg)
     job = job or prepare(cfg, bundle_factory)
     with run_lock(job.out_dir, "output_dir", print_fn) as lock, \

@@ -179,3 +179,24 @@ def test_hfld_train_in_process_records_one_mlflow_run(tmp_path, monkeypatch, cap
     versions = client_for(uri).search_model_versions("name = 'hfld-directions'")
     assert [v.run_id for v in versions] == [run.info.run_id]
     assert load_directions(run_dir / "directions.safetensors").meta["mlflow_run_id"] == run.info.run_id
+
+
+def test_a_run_left_running_by_a_dead_process_is_marked_killed_with_its_children(tmp_path):
+    """What the next invocation does when it takes over a dead process's lock (pipeline.core.locks)."""
+    from pipeline.core.locks import run_lock
+    from pipeline.infra.tracking import stage_run
+    cfg = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/m.db", experiment="exp-dead")
+    dead = open_tracker(cfg, work_dir=tmp_path, run_name="dead", stage="run")       # never ended: RUNNING
+    child = dead.child(run_name="dead-child", stage="train")
+    finished = dead.child(run_name="done-child", stage="evaluate")
+    finished.end("FINISHED")
+    with run_lock(tmp_path / "folder", "name") as lock:
+        lock.previous = {"pid": 1, "mlflow": {"run_id": dead.run_id, "tracking_uri": dead.tracking_uri}}
+        notes = []
+        with stage_run(cfg, None, work_dir=tmp_path, run_name="next", stage="run", lock=lock,
+                       print_fn=notes.append) as run:
+            assert lock.record["mlflow"]["run_id"] == run.run_id     # recorded for the next successor
+    c = client_for(cfg.tracking_uri)
+    assert c.get_run(dead.run_id).info.status == "KILLED" and c.get_run(child.run_id).info.status == "KILLED"
+    assert c.get_run(finished.run_id).info.status == "FINISHED" and c.get_run(run.run_id).info.status == "FINISHED"
+    assert any("marked MLflow run(s)" in n and dead.run_id in n for n in notes)

@@ -330,3 +330,11 @@ def test_T_from_an_mlflow_run(tmp_path, t_files, bundle):
     with pytest.raises(ConfigError, match="hfld: "):
         run_evaluate(cfg_for(tmp_path, t_files["big"], "runs:/0123abc/directions", tracking={"tracking_uri": uri}),
                      bundle=bundle, print_fn=quiet)
+
+
+def test_metrics_json_and_the_run_record_provenance(better):
+    res, tracker = better
+    prov = json.loads(res.metrics_json.read_text())["provenance"]
+    assert prov["packages"]["torch"] == torch.__version__ and prov["preset"] == "tiny"
+    assert prov["weights"]["tiny"]["licence"].startswith("none")
+    assert tracker.tags["provenance.packages.torch"] == torch.__version__

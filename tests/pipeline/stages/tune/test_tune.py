@@ -352,3 +352,13 @@ def test_ray_storage_is_the_sweep_folder_or_a_shared_location_per_sweep(tmp_path
     base = trial_base_config(s3, s3.out_dir, TrackingConfig(enabled=False))
     assert base.scaling.storage_path == f"s3://bucket/hfld/tune/{s3.name}/train"
     assert base.iterations == 4 and base.checkpoint_every == 2 and base.work_dir == str(s3.out_dir / "trials")
+
+
+def test_summary_records_provenance_and_absolute_paths(sweep):
+    import torch
+    cfg, result = sweep
+    summary = json.loads(result.summary_path.read_text())
+    prov = summary["provenance"]
+    assert prov["packages"]["torch"] == torch.__version__ and prov["preset"] == "starter"
+    assert "DigiFace-1M" in prov["weights"]["gan_face_generate"]["licence"]
+    assert Path(summary["config"]["work_dir"]).is_absolute()
