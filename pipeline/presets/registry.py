@@ -116,11 +116,10 @@ class ModelConfig:
       preset's description).
     cache_dir: zoo cache for fetched package weights ("" = $HFLD_CACHE or ~/.cache/hfld).
     fast_path: how a StyleGAN2 generator (and discriminator) runs on a CUDA device (the CPU always
-      runs the reference code): "compiled" (default) = models.stylegan2_fast (bfloat16 channels_last
-      activations, fused elementwise work) with each block torch.compile'd (a one-off compile when a
-      stage starts, eager if compiling fails); "eager" = the same without torch.compile; "off" = the
-      reference modules, in the stage's `precision`. The fast path's bfloat16 images differ from
-      float32 within the tolerance in docs/performance.md.
+      runs the reference code): "off" (default) = the reference modules, in the stage's `precision`;
+      "compiled" = models.stylegan2_fast (bfloat16 channels_last activations, fused elementwise work)
+      with each block torch.compile'd (eager if compiling fails); "eager" = the same without
+      torch.compile. Off by default: not yet measured faster on a GPU (docs/performance.md).
     """
     preset: str = "starter"
     weights: dict[str, str] = field(default_factory=dict, metadata=PATH)
