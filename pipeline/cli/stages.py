@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.stages.profiles import PROFILES, apply_profile
+
 
 @dataclass(frozen=True)
 class Flag:
@@ -26,6 +28,7 @@ class Flag:
     help: str
     metavar: str = "VALUE"
     type: type = str
+    choices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Stage:
     preset_key: str = "model.preset"     # what --preset sets
     flags: tuple[Flag, ...] = ()
     report: Callable[[object], list[str]] = lambda result: []
+    prepare: Callable[[dict], dict] | None = None   # config data -> data before validation (run: the profile)
 
     def load(self) -> tuple[type, Callable]:
         module = importlib.import_module(self.module)
@@ -79,8 +83,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           flags=(Flag(("--baseline",), "baseline", "baseline T (lambda4 = 0). " + T_HELP, "PATH"),
                  Flag(("--hfld",), "hfld", "HFLD T, given like --baseline", "PATH")),
           report=_evaluate_report),
-    Stage("run", "the whole chain (tune, train baseline + HFLD, generate, evaluate, report)", "pipeline.stages.run",
-          "RunConfig", "run_pipeline"),
+    Stage("run", "the whole chain (tune, train baseline + HFLD seeds, generate, evaluate, report)",
+          "pipeline.stages.run", "RunConfig", "run_pipeline",
+          flags=(Flag(("--profile",), "profile", "a named budget: " + "; ".join(
+              f"{p.name}: {p.description}" for p in PROFILES.values()), "NAME", choices=tuple(PROFILES)),),
+          prepare=apply_profile),
 )}
 
 
@@ -91,7 +98,8 @@ def add_stage_arguments(p: argparse.ArgumentParser, stage: Stage, presets: list[
     p.add_argument("--preset", choices=presets, help=f"model preset (same as --set {stage.preset_key}=...)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     for f in stage.flags:
-        p.add_argument(*f.names, dest=f.key, metavar=f.metavar, type=f.type, help=f"{f.help} (same as --set {f.key}=...)")
+        p.add_argument(*f.names, dest=f.key, metavar=f.metavar, type=f.type, choices=f.choices or None,
+                       help=f"{f.help} (same as --set {f.key}=...)")
 
 
 def stage_overrides(stage: Stage, args: argparse.Namespace) -> list[str]:
@@ -108,10 +116,14 @@ def stage_overrides(stage: Stage, args: argparse.Namespace) -> list[str]:
 
 def load_stage_config(stage: Stage, args: argparse.Namespace):
     """The stage's validated config from --config, --set, --preset and the flags (the one loader)."""
-    from pipeline.core.config import load_config
+    from pipeline.core.config import apply_overrides, from_dict, load_config, read_yaml
     config_cls, _ = stage.load()
     path = getattr(args, "config", None)
-    return load_config(config_cls, path, stage_overrides(stage, args), where=Path(path).name if path else "config")
+    where = Path(path).name if path else "config"
+    if stage.prepare is None:
+        return load_config(config_cls, path, stage_overrides(stage, args), where=where)
+    data = apply_overrides(read_yaml(path) if path else {}, stage_overrides(stage, args))
+    return from_dict(config_cls, stage.prepare(data), where)
 
 
 def run_stage(stage: Stage, args: argparse.Namespace) -> int:
