@@ -28,7 +28,8 @@ from pipeline.core.config import ConfigError
 class Profile:
     name: str
     description: str
-    settings: Callable[[], dict]        # -> nested RunConfig keys (called when applied: may look at the machine)
+    settings: Callable[[Mapping], dict]  # user's data -> nested RunConfig keys (called when applied: may look
+                                         # at the machine and at what the user chose, e.g. the preset)
 
 
 PROFILES: dict[str, Profile] = {}
@@ -61,7 +62,7 @@ def apply_profile(data: Mapping) -> dict:
         return dict(data)
     if name not in PROFILES:
         raise ConfigError(f"profile: {name!r} is not a profile; choose one of {sorted(PROFILES)}")
-    return deep_merge(PROFILES[name].settings(), data)
+    return deep_merge(PROFILES[name].settings(data), data)
 
 
 def _trainer(gpu: bool) -> dict:
@@ -79,13 +80,18 @@ FULL_RECIPE = {"lr": 1e-2, "iterations": 1500, "batch_size": 16}
 DEMO_RECIPE = {"lr": 3e-2, "iterations": 400, "batch_size": 4}
 
 
-def demo_settings() -> dict:
+def preset_of(data: Mapping) -> str:
+    return str((data.get("model") or {}).get("preset") or "starter")
+
+
+def demo_settings(data: Mapping) -> dict:
     gpu = gpu_visible()
     recipe = FULL_RECIPE if gpu else DEMO_RECIPE
     return {
         "seeds": 1,
         "train": {**recipe, "log_every": 50, "checkpoint_every": 100, "scaling": _trainer(gpu)},
-        "tune_space": "starter_demo",
+        # the short 2-subset space for the starter; other presets keep their own space
+        **({"tune_space": "starter_demo"} if preset_of(data) == "starter" else {}),
         "tune": {"num_samples": 1, "max_concurrent_trials": 1,
                  "scheduler": {"max_steps": recipe["iterations"], "eval_every": recipe["iterations"] // 2,
                                "grace_period": recipe["iterations"] // 2},
@@ -96,7 +102,7 @@ def demo_settings() -> dict:
     }
 
 
-def full_settings() -> dict:
+def full_settings(data: Mapping) -> dict:
     gpu = gpu_visible()
     return {
         "seeds": 3,
@@ -110,7 +116,7 @@ def full_settings() -> dict:
     }
 
 
-register_profile(Profile("demo", "one seed per arm, 300 faces, a short sweep (2 landmark subsets x 1 lambda4); "
+register_profile(Profile("demo", "one seed per arm, 300 faces, a short sweep (starter: 2 landmark subsets x 1 lambda4); "
                          "GPU when visible; the `make demo` default", demo_settings))
 register_profile(Profile("full", "3 seeds per arm, 1,000 faces, the preset's sweep (4 subsets x 4 lambda4 draws), "
                          "5 edit scales", full_settings))

@@ -82,7 +82,8 @@ def test_profiles_come_from_the_registry_and_sit_under_the_users_settings(capsys
     # The user's values win over the profile's; the profile is recorded.
     mine = resolve_run_config({"profile": "demo", "seeds": 2, "evaluate": {"n_samples": 50}})
     assert mine.seeds == 2 and mine.evaluate.n_samples == 50 and mine.evaluate.alphas == demo.evaluate.alphas
-    assert mine.profile == "demo"
+    assert mine.profile == "demo" and mine.tune_space == "starter_demo"
+    assert resolve_run_config({"profile": "demo", "model": {"preset": "tiny"}}).tune_space == ""   # the preset's own
     with pytest.raises(ConfigError, match="profile: 'huge' is not a profile"):
         resolve_run_config({"profile": "huge"})
     # The CLI's --profile choices are the registry's keys, and --set still wins.
