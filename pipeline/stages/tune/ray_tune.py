@@ -67,6 +67,14 @@ class TrialProgress(tune.Callback):
         self.print(f"[tune] {self.phase}: {self.done}/{self.total} trials finished (last: {trial.trial_id}) | "
                    f"elapsed {elapsed / 60:.1f} min | eta {eta / 60:.1f} min", flush=True)
 
+    def __getstate__(self):
+        # Tune pickles its run config (callbacks included) into the experiment state; the printing
+        # function (Ray may have wrapped the builtin print) stays with the live object.
+        return {k: v for k, v in self.__dict__.items() if k != "print"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, print=print)
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finished(trial)
 
