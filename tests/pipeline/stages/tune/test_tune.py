@@ -375,3 +375,24 @@ def test_infeasible_trials_are_marked_in_the_table_and_the_plot(tmp_path):
     assert "strength >= strength_floor" in table.read_text().splitlines()[0]
     png = write_pareto_plot(tmp_path / "pareto.png", rows, best, 0.5, "test")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_trial_progress_prints_an_eta_and_survives_tunes_pickling():
+    """Tune pickles its run config, callbacks included; `hfld run` passes the (Ray-wrapped) builtin print."""
+    import pickle
+
+    from ray import cloudpickle
+
+    from pipeline.stages.tune.ray_tune import TrialProgress
+
+    lines = []
+
+    class Trial:
+        trial_id = "t1"
+    progress = TrialProgress("sweep", total=4, concurrent=2, print_fn=lambda *a, **k: lines.append(a[0]))
+    progress.on_trial_complete(0, [], Trial())
+    progress.on_trial_error(0, [], Trial())
+    assert lines[0].startswith("[tune] sweep: 1/4 trials finished (last: t1)") and "| eta " in lines[0]
+    assert "2/4" in lines[1]
+    copy = pickle.loads(cloudpickle.dumps(progress))
+    assert copy.done == 2 and copy.print is print
