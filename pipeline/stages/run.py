@@ -30,8 +30,8 @@ from pipeline.core.paths import check_output_locations, default_work_dir
 from pipeline.infra.tracking import Tracker, TrackingConfig, resolve_tracking_uri, stage_run
 from pipeline.presets import PRESETS, ModelConfig
 from pipeline.stages.evaluate import EvaluateConfig, EvaluateResult, run_evaluate
-from pipeline.stages.profiles import DEMO_RECIPE, PROFILES, apply_profile
 from pipeline.stages.generate import GenerateConfig, GenerateResult, run_generate
+from pipeline.stages.profiles import DEMO_RECIPE, PROFILES, apply_profile
 from pipeline.stages.train import ScalingConfig, TrainConfig, TrainResult, run_train
 from pipeline.stages.tune import ObjectiveConfig, SchedulerConfig, TuneConfig, TuneResult, run_tune
 
