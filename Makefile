@@ -20,7 +20,7 @@ fetch: install
 	$(BIN)/hfld zoo fetch starter
 
 demo: fetch
-	$(BIN)/hfld run --preset starter
+	$(BIN)/hfld run --preset starter --profile demo
 
 test: fetch
 	$(BIN)/python -m pytest -q

@@ -87,3 +87,5 @@ class TinyPerceptual(nn.Module):
 
 
 TINY_LANDMARK_GROUPS = {"jaw": [0, 1, 2], "brows": [3, 4], "eyes": [5, 6, 7], "nose": [8, 9], "mouth": [10, 11]}
+# The tiny held-out landmark judge names its eyes like MediaPipe's mesh, so drift is inter-ocular normalised.
+TINY_JUDGE_LANDMARK_GROUPS = {"right_eye": [0, 1], "left_eye": [2, 3], "outer_mouth": [4, 5, 6]}

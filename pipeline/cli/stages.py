@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.stages.profiles import PROFILES, apply_profile
+
 
 @dataclass(frozen=True)
 class Flag:
@@ -26,6 +28,7 @@ class Flag:
     help: str
     metavar: str = "VALUE"
     type: type = str
+    choices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Stage:
     preset_key: str = "model.preset"     # what --preset sets
     flags: tuple[Flag, ...] = ()
     report: Callable[[object], list[str]] = lambda result: []
+    prepare: Callable[[dict], dict] | None = None   # config data -> data before validation (run: the profile)
 
     def load(self) -> tuple[type, Callable]:
         module = importlib.import_module(self.module)
@@ -107,10 +111,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           flags=(Flag(("--n-faces",), "n_faces", "faces to generate and invert", "N", int),
                  Flag(("--output-dir", "-o"), "output_dir", "where faces, inversion and report go", "DIR")),
           report=_invert_check_report),
-    Stage("evaluate", "the paper's tables, figures and a report for a baseline vs HFLD pair of T",
+    Stage("evaluate", "edit strength, drift at matched strength and the paper's tables for baseline vs HFLD T's",
           "pipeline.stages.evaluate", "EvaluateConfig", "run_evaluate",
-          flags=(Flag(("--baseline",), "baseline", "baseline T (lambda4 = 0). " + T_HELP, "PATH"),
-                 Flag(("--hfld",), "hfld", "HFLD T, given like --baseline", "PATH")),
+          flags=(Flag(("--baseline",), "baseline", "baseline T (lambda4 = 0). " + T_HELP + ". One T per training "
+                      "seed: --set 'baseline=[T0, T1, T2]'", "PATH"),
+                 Flag(("--hfld",), "hfld", "HFLD T(s), given like --baseline", "PATH")),
           report=_evaluate_report),
     Stage("gan", "train a StyleGAN2 generator + discriminator (e.g. distil the starter DCGAN)", "pipeline.stages.gan",
           "GanConfig", "run_gan", preset_key="data.teacher.preset",
@@ -120,8 +125,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                  Flag(("--minutes",), "time_limit_min", "stop training after this many minutes (resume continues)",
                       "MIN", float)),
           report=_gan_report),
-    Stage("run", "the whole chain (tune, train baseline + HFLD, generate, evaluate, report)", "pipeline.stages.run",
-          "RunConfig", "run_pipeline"),
+    Stage("run", "the whole chain (tune, train baseline + HFLD seeds, generate, evaluate, report)",
+          "pipeline.stages.run", "RunConfig", "run_pipeline",
+          flags=(Flag(("--profile",), "profile", "a named budget: " + "; ".join(
+              f"{p.name}: {p.description}" for p in PROFILES.values()), "NAME", choices=tuple(PROFILES)),),
+          prepare=apply_profile),
 )}
 
 
@@ -132,7 +140,8 @@ def add_stage_arguments(p: argparse.ArgumentParser, stage: Stage, presets: list[
     p.add_argument("--preset", choices=presets, help=f"model preset (same as --set {stage.preset_key}=...)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     for f in stage.flags:
-        p.add_argument(*f.names, dest=f.key, metavar=f.metavar, type=f.type, help=f"{f.help} (same as --set {f.key}=...)")
+        p.add_argument(*f.names, dest=f.key, metavar=f.metavar, type=f.type, choices=f.choices or None,
+                       help=f"{f.help} (same as --set {f.key}=...)")
 
 
 def stage_overrides(stage: Stage, args: argparse.Namespace) -> list[str]:
@@ -149,10 +158,14 @@ def stage_overrides(stage: Stage, args: argparse.Namespace) -> list[str]:
 
 def load_stage_config(stage: Stage, args: argparse.Namespace):
     """The stage's validated config from --config, --set, --preset and the flags (the one loader)."""
-    from pipeline.core.config import load_config
+    from pipeline.core.config import apply_overrides, from_dict, load_config, read_yaml
     config_cls, _ = stage.load()
     path = getattr(args, "config", None)
-    return load_config(config_cls, path, stage_overrides(stage, args), where=Path(path).name if path else "config")
+    where = Path(path).name if path else "config"
+    if stage.prepare is None:
+        return load_config(config_cls, path, stage_overrides(stage, args), where=where)
+    data = apply_overrides(read_yaml(path) if path else {}, stage_overrides(stage, args))
+    return from_dict(config_cls, stage.prepare(data), where)
 
 
 def run_stage(stage: Stage, args: argparse.Namespace) -> int:

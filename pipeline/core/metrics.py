@@ -8,7 +8,11 @@ size. "orig" is the measurement on x = G(w), "edit" on x' = G(w + T s) of the sa
   attribute b:  ratio_b = mean_n(R_b(high_n) - R_b(low_n)) / mean_n(R_a(high_n) - R_a(low_n)),
   so the target's own ratio is 1 and a well-disentangled edit has other ratios near 0. Signed: a
   negative ratio means b moves against a.
-- emotion_abs_deltas: per emotion, |p(x') - p(x)| in percentage points (x 100) per face (Table V).
+- table_v_pp: the paper's Table V exactly: per emotion k, mean over the must-exist set of p_k(x')
+  minus mean over the non-exist set of p_k(x'), in percentage points (signed; the original face x
+  does not enter).
+- emotion_abs_deltas: per emotion, |p(x') - p(x)| in percentage points (x 100) per face (our extra:
+  the change against the original face, unsigned).
 - total_variation: total emotion drift of one face, TV(p, q) = 0.5 * sum_k |p_k - q_k|, in [0, 1]
   (reported x 100, in percentage points: the probability mass that moved between emotions).
 - landmark_drift: mean Euclidean distance between corresponding points of x and x', divided by the
@@ -18,6 +22,10 @@ size. "orig" is the measurement on x = G(w), "edit" on x' = G(w + T s) of the sa
 - cosine_similarity: identity similarity of face descriptors of x and x'.
 - bootstrap_ci: percentile bootstrap over faces with a seeded numpy generator; resampling whole
   rows keeps paired data (the same faces under two T's) paired.
+- HierarchicalDraws / hierarchical_summary / hierarchical_compare: the bootstrap that includes
+  training: values [S, N] of S trained T's (seeds) of one arm on the same N faces; each resample
+  draws S seeds with replacement, then N faces with replacement within each drawn seed. Its
+  intervals carry the between-seed variance that a face-only bootstrap of one T leaves out.
 """
 
 from __future__ import annotations
@@ -86,6 +94,15 @@ def emotion_abs_deltas(orig, edit) -> np.ndarray:
     orig, edit = _as_2d(orig, "orig"), _as_2d(edit, "edit")
     _same_shape(orig, edit, "emotion_abs_deltas")
     return np.abs(edit - orig) * 100.0
+
+
+def table_v_pp(low, high) -> np.ndarray:
+    """The paper's Table V: low, high [N, K] emotion probabilities of the non-exist (t = 0) and
+    must-exist (t = 1) sets -> [K] mean(high) - mean(low) per emotion, in percentage points."""
+    low, high = _as_2d(low, "low"), _as_2d(high, "high")
+    if low.shape[1] != high.shape[1]:
+        raise ValueError(f"table_v_pp: {low.shape[1]} vs {high.shape[1]} emotions")
+    return (high.mean(axis=0) - low.mean(axis=0)) * 100.0
 
 
 def total_variation(orig, edit) -> np.ndarray:
@@ -247,3 +264,74 @@ def compare(baseline, candidate, *, n_resamples: int = 1000, confidence: float =
         values = np.where(mb == 0, np.where(mc == 0, 0.0, -np.inf), 100.0 * (1.0 - mc / mb))
     low, high = percentile_interval(values, confidence)
     return {"reduction_pct": relative_reduction(b, c), "ci_low": low, "ci_high": high, "n": int(b.shape[0])}
+
+
+# ---------------------------------------------------------------------------------------------
+# Hierarchical bootstrap: seeds (trained T's), then faces within each seed
+# ---------------------------------------------------------------------------------------------
+
+class HierarchicalDraws:
+    """Resampling indices for arms of S_arm trained T's (seeds), each measured on the same N faces.
+
+    For resample r and arm m: seed_idx[m][r] [S_m] seeds drawn with replacement, and for seed slot j
+    the faces face_idx[r, j] [N] drawn with replacement. The face draws of slot j are shared by all
+    arms, so with one seed per arm a comparison stays paired face by face (and the draws reduce to
+    the plain face bootstrap). Deterministic for a seed.
+    """
+
+    def __init__(self, n_seeds: dict[str, int], n_faces: int, n_resamples: int, seed: int = 0):
+        if n_faces < 1 or n_resamples < 1 or any(s < 1 for s in n_seeds.values()):
+            raise ValueError(f"hierarchical bootstrap: need >= 1 seed per arm, face and resample; got seeds "
+                             f"{n_seeds}, {n_faces} faces, {n_resamples} resamples")
+        rng = np.random.default_rng(seed)
+        self.n_seeds, self.n_faces, self.n_resamples = dict(n_seeds), n_faces, n_resamples
+        self.seed_idx = {arm: rng.integers(0, s, size=(n_resamples, s)) for arm, s in sorted(n_seeds.items())}
+        self.face_idx = rng.integers(0, n_faces, size=(n_resamples, max(n_seeds.values()), n_faces))
+
+    def means(self, arm: str, values, chunk: int = 128) -> np.ndarray:
+        """values [S_arm, N, ...] -> [R, ...]: the mean over the drawn seeds and faces of every resample."""
+        v = np.asarray(values, dtype=np.float64)
+        s = self.n_seeds[arm]
+        if v.shape[:2] != (s, self.n_faces):
+            raise ValueError(f"hierarchical bootstrap: arm {arm!r} values must be [{s}, {self.n_faces}, ...], "
+                             f"got {list(v.shape)}")
+        out = []
+        for start in range(0, self.n_resamples, chunk):
+            seeds = self.seed_idx[arm][start:start + chunk]                  # [r, S]
+            faces = self.face_idx[start:start + chunk, :s]                    # [r, S, N]
+            out.append(v[seeds[:, :, None], faces].mean(axis=(1, 2)))
+        return np.concatenate(out)
+
+
+def grand_mean(values) -> float:
+    """Mean over seeds and faces of values [S, N] (every seed has the same N faces: equal weights)."""
+    return float(np.mean(np.asarray(values, dtype=np.float64)))
+
+
+def hierarchical_summary(draws: HierarchicalDraws, arm: str, values, confidence: float = 0.95) -> dict:
+    """{"mean", "ci_low", "ci_high", "n", "n_seeds", "per_seed"} of values [S, N]; CI by the hierarchical bootstrap."""
+    v = np.asarray(values, dtype=np.float64)
+    low, high = percentile_interval(draws.means(arm, v), confidence)
+    return {"mean": grand_mean(v), "ci_low": low, "ci_high": high, "n": int(v.shape[1]), "n_seeds": int(v.shape[0]),
+            "per_seed": [float(x) for x in v.mean(axis=1)]}
+
+
+def reduction_pct(base, cand):
+    """100 * (1 - cand / base), elementwise; base 0 gives 0 (cand 0) or -inf."""
+    base, cand = np.asarray(base, dtype=np.float64), np.asarray(cand, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(base == 0, np.where(cand == 0, 0.0, -np.inf), 100.0 * (1.0 - cand / base))
+
+
+def hierarchical_compare(draws: HierarchicalDraws, baseline, candidate, confidence: float = 0.95,
+                         arms: tuple[str, str] = ("baseline", "hfld")) -> dict:
+    """Relative reduction of a drift by the candidate arm: {"reduction_pct", "ci_low", "ci_high", "n", "n_seeds"}.
+
+    baseline [S_b, N], candidate [S_c, N] on the same faces; the interval resamples seeds within each
+    arm, then faces (shared by seed slot across the arms).
+    """
+    b, c = np.asarray(baseline, dtype=np.float64), np.asarray(candidate, dtype=np.float64)
+    values = reduction_pct(draws.means(arms[0], b), draws.means(arms[1], c))
+    low, high = percentile_interval(values, confidence)
+    return {"reduction_pct": float(reduction_pct(grand_mean(b), grand_mean(c))), "ci_low": low, "ci_high": high,
+            "n": int(b.shape[1]), "n_seeds": [int(b.shape[0]), int(c.shape[0])]}

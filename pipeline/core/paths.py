@@ -103,7 +103,7 @@ def absolute_text(value: str, kind: str = "path") -> str:
 
 def absolute_paths(cfg):
     """A copy of config dataclass `cfg` (nested ones included) whose path fields (metadata PATH or
-    NAME_OR_PATH; a dict field: its values) hold absolute paths.
+    NAME_OR_PATH; a dict or tuple field: its values) hold absolute paths.
 
     Stages call it once, after check_output_locations (which must still see relative paths, to refuse
     them inside a Ray job): from then on every file, manifest, T file and MLflow param records the
@@ -119,6 +119,8 @@ def absolute_paths(cfg):
             value = absolute_text(value, kind)
         elif kind and isinstance(value, dict):
             value = {k: absolute_text(v, kind) if isinstance(v, str) else v for k, v in value.items()}
+        elif kind and isinstance(value, tuple):
+            value = tuple(absolute_text(v, kind) if isinstance(v, str) else v for v in value)
         elif dataclasses.is_dataclass(value):
             value = absolute_paths(value)
         object.__setattr__(out, f.name, value)

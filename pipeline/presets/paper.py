@@ -26,8 +26,11 @@ from pipeline.presets.registry import AlignmentSpec, ModelBundle, Preset, regist
 
 PAPER_WEIGHT_ROLES = ("generator", "discriminator", "regressor", "landmarks", "perceptual", "emotion")
 REQUIRED_ROLES = ("generator", "regressor", "landmarks", "perceptual")
-# Edits that change identity-level attributes (not expressions: "Smiling"/"Mouth_Slightly_Open"
-# would fight the emotion preservation the method is about).
+# T's columns: all 40 CelebA attributes, as the paper's s (Fig. 2: s holds a desired change for every
+# attribute the regressor knows, so the regressor loss also asks the others to stay where they were).
+PAPER_T_ATTRIBUTES = tuple(CELEBA_ATTRIBUTES)
+# Identity-level attributes (not expressions: "Smiling"/"Mouth_Slightly_Open" would fight the emotion
+# preservation the method is about): PAPER_ATTRIBUTE_TARGETS are edited and evaluated by default.
 PAPER_ATTRIBUTES = ("Male", "Bald", "Black_Hair", "Young", "Eyeglasses")
 PAPER_ATTRIBUTE_TARGETS = ("Male", "Bald", "Black_Hair")
 
@@ -89,7 +92,7 @@ def build_paper_bundle(weights: Mapping[str, str], resolution: int, preset: str)
         perceptual=load_vgg19(files["perceptual"]),
         emotion=load_deepface_emotion(weights_file=files["emotion"]), judges={}, identity=None,
         generator_id="sha256:" + file_sha256(files["generator"]),
-        notes=tuple(notes), default_attributes=PAPER_ATTRIBUTES)
+        notes=tuple(notes), default_attributes=PAPER_T_ATTRIBUTES)
 
 
 def random_paper_bundle(resolution: int = 256, seed: int = 0) -> ModelBundle:
@@ -169,7 +172,7 @@ PAPER_N_LATENT = {256: 14, 1024: 18}
 for _resolution in (256, 1024):
     register(Preset(f"ffhq{_resolution}", paper_preset_description(_resolution),
                     partial(build_ffhq, resolution=_resolution, preset=f"ffhq{_resolution}"),
-                    weight_roles=PAPER_WEIGHT_ROLES, default_attributes=PAPER_ATTRIBUTES,
+                    weight_roles=PAPER_WEIGHT_ROLES, default_attributes=PAPER_T_ATTRIBUTES,
                     default_attribute_targets=PAPER_ATTRIBUTE_TARGETS, has_discriminator=True,
                     landmark_groups=tuple(JD106_GROUPS), attribute_names=tuple(CELEBA_ATTRIBUTES),
                     n_latent=PAPER_N_LATENT[_resolution], tune_space="ffhq",

@@ -24,7 +24,7 @@ from pipeline.core.paths import PATH
 
 ROLES = ("generator", "discriminator", "regressor", "landmarks", "perceptual", "emotion")
 FAST_PATHS = ("compiled", "eager", "off")
-TRAINING_JUDGE = "training"         # key of bundle.emotion among a bundle's emotion judges
+TRAINING_JUDGE = "training"         # key of the training-loop network among judges of one kind
 
 Point = tuple[float, float]
 AlignMethod = Literal["none", "template", "ffhq"]
@@ -138,9 +138,15 @@ class ModelConfig:
 class ModelBundle:
     """The networks of one preset, all frozen-ready nn.Modules on one device.
 
-    emotion: the emotion model used for training/tuning objectives.
-    judges: further emotion models, e.g. held-out judges for evaluation (name -> model).
-    identity: a face-descriptor model (image -> [B, D]) for identity similarity, or None.
+    In the training loop (T is optimised against them): regressor R, landmarks H, perceptual F,
+    discriminator D. In the tune objective (model selection): emotion. Held out (never seen while T
+    is trained or selected, so T cannot have learnt to fool them):
+    judges: held-out EMOTION judges (name -> image -> probs [B, 7]).
+    landmark_judges: held-out LANDMARK judges (name -> image -> points [B, P, 2], with `groups`).
+    attribute_judges: held-out ATTRIBUTE judges (name -> image -> probs [B, A'], with `names`): they
+      measure edit strength independently of R.
+    identity: a face-descriptor model (image -> [B, D]) for identity similarity, or None (it may be
+      the perceptual network itself: `lineage()` says so).
     """
     preset: str
     generator: nn.Module
@@ -154,26 +160,78 @@ class ModelBundle:
     generator_id: str = ""                 # content hash of the generator weights (lineage)
     notes: tuple[str, ...] = ()            # printed in every log (e.g. "no discriminator: lambda3 = 0")
     default_attributes: tuple[str, ...] = ()
+    landmark_judges: dict[str, nn.Module] = field(default_factory=dict)
+    attribute_judges: dict[str, nn.Module] = field(default_factory=dict)
 
     def to(self, device: torch.device) -> "ModelBundle":
         for name in ("generator", "discriminator", "regressor", "landmarks", "perceptual", "emotion", "identity"):
             m = getattr(self, name)
             if m is not None:
                 setattr(self, name, m.to(device).eval())
-        self.judges = {k: v.to(device).eval() for k, v in self.judges.items()}
+        for name in ("judges", "landmark_judges", "attribute_judges"):
+            setattr(self, name, {k: v.to(device).eval() for k, v in getattr(self, name).items()})
         return self
 
     def emotion_judges(self) -> dict[str, dict]:
-        """key -> {"model", "label", "role", "network", "labels"}: the training judge first, then the
-        held-out ones."""
+        """key -> {"model", "label", "role", "network", "labels", "in_loop"}: the training judge first,
+        then the held-out ones."""
         out = {TRAINING_JUDGE: {"model": self.emotion, "role": "training judge",
-                                "network": type(self.emotion).__name__}}
+                                "network": type(self.emotion).__name__, "in_loop": IN_TUNE}}
         for name, model in self.judges.items():
-            out[name] = {"model": model, "role": "held-out judge", "network": type(model).__name__}
+            out[name] = {"model": model, "role": "held-out judge", "network": type(model).__name__,
+                         "in_loop": HELD_OUT}
         for key, j in out.items():
             j["labels"] = list(getattr(j["model"], "labels", [f"class{i}" for i in range(7)]))
             j["label"] = f"{key if key != TRAINING_JUDGE else j['network']} ({j['role']})"
         return out
+
+    def landmark_models(self) -> dict[str, dict]:
+        """key -> {"model", "label", "role", "network", "groups", "in_loop"}: the training landmark
+        model H (key "training", in the HFLD loss) first, then the held-out landmark judges."""
+        out = {TRAINING_JUDGE: _described(self.landmarks, "training landmarks (H)", IN_TRAINING)}
+        out.update({k: _described(m, "held-out landmark judge", HELD_OUT) for k, m in self.landmark_judges.items()})
+        for key, d in out.items():
+            d["groups"] = {g: list(idx) for g, idx in getattr(d["model"], "groups", {}).items()}
+            d["label"] = f"{key if key != TRAINING_JUDGE else d['network']} ({d['role']})"
+        return out
+
+    def attribute_models(self) -> dict[str, dict]:
+        """key -> {"model", "label", "role", "network", "names", "in_loop"}: the training regressor R
+        (key "training", in the regressor loss) first, then the held-out attribute judges."""
+        out = {TRAINING_JUDGE: _described(self.regressor, "training regressor (R)", IN_TRAINING)}
+        out.update({k: _described(m, "held-out attribute judge", HELD_OUT) for k, m in self.attribute_judges.items()})
+        for key, d in out.items():
+            d["names"] = list(d["model"].names)
+            d["label"] = f"{key if key != TRAINING_JUDGE else d['network']} ({d['role']})"
+        return out
+
+    def lineage(self) -> list[dict]:
+        """Every network of the bundle: role, class name and where it sits relative to T's optimisation
+        (IN_TRAINING: a loss term; IN_TUNE: the tune objective that selects lambda4; HELD_OUT: neither)."""
+        rows = [("generator G", self.generator, IN_TRAINING),
+                ("discriminator D (adversarial loss)", self.discriminator, IN_TRAINING),
+                ("regressor R (regressor loss)", self.regressor, IN_TRAINING),
+                ("landmarks H (HFLD loss)", self.landmarks, IN_TRAINING),
+                ("perceptual F (perceptual loss)", self.perceptual, IN_TRAINING),
+                ("emotion (tune objective)", self.emotion, IN_TUNE)]
+        rows += [(f"emotion judge {k}", m, HELD_OUT) for k, m in self.judges.items()]
+        rows += [(f"landmark judge {k}", m, HELD_OUT) for k, m in self.landmark_judges.items()]
+        rows += [(f"attribute judge {k}", m, HELD_OUT) for k, m in self.attribute_judges.items()]
+        if self.identity is not None:
+            inner = getattr(self.identity, "model", self.identity)
+            shared = inner is self.perceptual
+            rows.append(("identity (face descriptor)", inner, IN_TRAINING if shared else HELD_OUT))
+        return [{"role": role, "network": type(m).__name__, "in_loop": where} for role, m, where in rows
+                if m is not None]
+
+
+IN_TRAINING = "in the training loop"
+IN_TUNE = "in the tune objective (model selection), not in the training loss"
+HELD_OUT = "held out"
+
+
+def _described(model: nn.Module, role: str, in_loop: str) -> dict:
+    return {"model": model, "role": role, "network": type(model).__name__, "in_loop": in_loop}
 
 
 def tensor_hash(module: nn.Module) -> str:

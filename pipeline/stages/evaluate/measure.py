@@ -1,10 +1,18 @@
-"""What the evaluate stage measures: both T's applied to one fixed, seeded set of faces.
+"""What the evaluate stage measures: every T (each arm's seeds) applied to one fixed, seeded set of faces.
 
-Both T's edit the same faces: face i is z_i ~ N(0, I) drawn from rng_for(seed, Stream.HELD_OUT, i)
+Every T edits the same faces: face i is z_i ~ N(0, I) drawn from rng_for(seed, Stream.HELD_OUT, i)
 (pipeline.core.sampling.held_out_faces), so every evaluation with the same seed sees the same faces,
-whatever the batch size. Edits go to the two extremes of each target attribute (pipeline.core.edits).
-Measured on x = G(w) and each x' = G(w + T s): regressor attributes, every emotion judge, landmarks
-and face descriptors (identity) when the preset has an identity net.
+whatever the batch size. Edits go to the two extremes of each target attribute (pipeline.core.edits),
+at every edit scale alpha of cfg.alphas (the edit amount s multiplied by alpha; alpha = 1 is the
+paper's protocol). Measured on x = G(w) and each x' = G(w + alpha T s), per face:
+- attr/<key> [N, A_key]: every attribute model (key "training" = the regressor R, in the training
+  loop; other keys = held-out attribute judges), for edit strength and change ratios;
+- emotion/<key> [N, 7]: every emotion judge (the training judge and the held-out ones);
+- landmarks/<key> [N]: drift of every landmark model (key "training" = H, in the HFLD loss; other
+  keys = held-out landmark judges), each normalised by its own inter-ocular distance of x where it
+  has eye groups; at alpha = 1 also landmarks/<key>/<group>;
+- identity [N] (alpha = 1, when the preset has an identity net): cosine similarity of descriptors.
+Landmarks and descriptors are reduced to per-face drifts batch by batch (not stored whole).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import torch
 from torch import nn
 
 from models.editing import DirectionMatrix
+from pipeline.core import metrics as M
 from pipeline.core.config import ConfigError
 from pipeline.core.directions import DirectionsFile
 from pipeline.core.edits import EXTREMES, extreme_amount, one_column_edit, trajectory_amounts
@@ -32,12 +41,13 @@ from pipeline.stages.evaluate.config import EvaluateConfig
 
 @dataclass
 class Directions:
-    """One T under evaluation, ready to apply."""
-    key: str                 # "baseline" or "hfld"
-    label: str
+    """One T under evaluation, ready to apply: seed `seed` of arm `key`."""
+    key: str                 # the arm: "baseline" or "hfld"
+    label: str               # the arm's label
     source: str              # file path (or "<in memory>")
     file: DirectionsFile
     module: DirectionMatrix
+    seed: int = 0            # index of this T among its arm's T's (training seeds)
 
     def column(self, attribute: str) -> int:
         return self.file.attributes.index(attribute)
@@ -107,41 +117,92 @@ def resolve_targets(cfg: EvaluateConfig, bundle: ModelBundle) -> tuple[str, ...]
     return tuple(targets)
 
 
+def as_list(given) -> list:
+    """One source or a list/tuple of sources -> a list (a DirectionsFile or a training result is one)."""
+    if isinstance(given, (list, tuple)):
+        return list(given)
+    return [given]
+
+
 def load_pair(cfg: EvaluateConfig, baseline: DirectionsSource = None,
-              hfld: DirectionsSource = None) -> list[tuple[str, str, DirectionsFile, str]]:
-    """(key, label, file, source) of both T's: the arguments when given, else the config's paths."""
+              hfld: DirectionsSource = None) -> list[tuple[str, str, list[tuple[DirectionsFile, str]]]]:
+    """(arm, label, [(file, source) per seed]) of both arms: the arguments when given (one source or a
+    list), else the config's."""
     tracking_uri = resolve_tracking_uri(cfg.tracking, cfg.work_dir)
     out = []
-    for key, label, given, configured in (("baseline", cfg.baseline_label, baseline, cfg.baseline),
-                                          ("hfld", cfg.hfld_label, hfld, cfg.hfld)):
-        f, source = load_source(given if given is not None else configured, key, tracking_uri)
-        out.append((key, label, f, source))
+    for key, label, given in (("baseline", cfg.baseline_label, baseline), ("hfld", cfg.hfld_label, hfld)):
+        sources = as_list(given) if given is not None else list(cfg.sources(key)) or [None]
+        out.append((key, label, [load_source(src, key, tracking_uri) for src in sources]))
     return out
 
 
-def prepare_directions(pair: list[tuple[str, str, DirectionsFile, str]], bundle: ModelBundle,
-                       targets: tuple[str, ...], device: torch.device) -> list[Directions]:
-    """Check both T's fit the generator and edit every target; make them ready to apply."""
+def prepare_directions(pair, bundle: ModelBundle, targets: tuple[str, ...], device: torch.device) -> list[Directions]:
+    """Check every T fits the generator and edits every target; make them ready to apply (arm by arm, seed order)."""
     out = []
-    for key, label, f, source in pair:
-        check_fits(f, key, source, bundle.generator, targets)
-        out.append(Directions(key, label, source, f, to_module(f, device)))
+    for key, label, seeds in pair:
+        for i, (f, source) in enumerate(seeds):
+            check_fits(f, key, source, bundle.generator, targets)
+            out.append(Directions(key, label, source, f, to_module(f, device), seed=i))
     return out
+
+
+def seeds_per_arm(directions: list[Directions]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for d in directions:
+        counts[d.key] = counts.get(d.key, 0) + 1
+    return counts
 
 
 # ---------------------------------------------------------------------------------------------
 # Measuring
 # ---------------------------------------------------------------------------------------------
 
-def measure(bundle: ModelBundle, judges: dict[str, dict], image: torch.Tensor) -> dict[str, np.ndarray]:
-    """Every measurement of images [B, 3, H, W]: attributes [B, A], landmarks [B, P, 2],
-    emotion/<judge> [B, 7], identity [B, D] (when the preset has an identity net)."""
-    out = {"attributes": bundle.regressor(image), "landmarks": bundle.landmarks(image)}
-    for key, j in judges.items():
-        out[f"emotion/{key}"] = j["model"](image)
-    if bundle.identity is not None:
-        out["identity"] = bundle.identity(image)
-    return {k: v.detach().float().cpu().numpy() for k, v in out.items()}
+@dataclass
+class Nets:
+    """The measuring networks of one evaluation (each a dict key -> description, see ModelBundle)."""
+    attributes: dict[str, dict]     # "training" = R, then held-out attribute judges
+    emotion: dict[str, dict]        # "training" judge, then held-out emotion judges
+    landmarks: dict[str, dict]      # "training" = H, then held-out landmark judges
+    identity: nn.Module | None
+
+    @classmethod
+    def of(cls, bundle: ModelBundle) -> "Nets":
+        return cls(bundle.attribute_models(), bundle.emotion_judges(), bundle.landmark_models(), bundle.identity)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+def measure_original(nets: Nets, image: torch.Tensor) -> tuple[dict[str, np.ndarray], dict]:
+    """Stored measurements of x (attr/<k>, emotion/<k>) and what edits are compared with (points,
+    per-face landmark scales, descriptors), kept for the batch only."""
+    stored = {f"attr/{k}": _np(d["model"](image)) for k, d in nets.attributes.items()}
+    stored.update({f"emotion/{k}": _np(d["model"](image)) for k, d in nets.emotion.items()})
+    reference: dict = {"points": {}, "scale": {}}
+    for k, d in nets.landmarks.items():
+        points = _np(d["model"](image))
+        reference["points"][k] = points
+        reference["scale"][k] = M.landmark_scale(points, d["groups"])[0]
+    if nets.identity is not None:
+        reference["identity"] = _np(nets.identity(image))
+    return stored, reference
+
+
+def measure_edit(nets: Nets, image: torch.Tensor, reference: dict, full: bool) -> dict[str, np.ndarray]:
+    """Per-face measurements of an edited batch x' against its originals (see the module docstring);
+    full (alpha = 1): landmark groups and identity too."""
+    out = {f"attr/{k}": _np(d["model"](image)) for k, d in nets.attributes.items()}
+    out.update({f"emotion/{k}": _np(d["model"](image)) for k, d in nets.emotion.items()})
+    for k, d in nets.landmarks.items():
+        points, orig, scale = _np(d["model"](image)), reference["points"][k], reference["scale"][k]
+        out[f"landmarks/{k}"] = M.landmark_drift(orig, points, scale)
+        if full:
+            for g, idx in d["groups"].items():
+                out[f"landmarks/{k}/{g}"] = M.landmark_drift(orig, points, scale, idx)
+    if full and "identity" in reference:
+        out["identity"] = M.cosine_similarity(reference["identity"], _np(nets.identity(image)))
+    return out
 
 
 class Store:
@@ -159,26 +220,31 @@ class Store:
 
 
 @torch.no_grad()
-def collect(cfg: EvaluateConfig, bundle: ModelBundle, judges: dict[str, dict], directions: list[Directions],
+def collect(cfg: EvaluateConfig, bundle: ModelBundle, nets: Nets, directions: list[Directions],
             targets: tuple[str, ...], device: torch.device, print_fn: Callable = print) -> dict[tuple, np.ndarray]:
-    """Measurements keyed ("orig", name) and (method, attribute, extreme, name), each [N, ...]."""
+    """Measurements keyed ("orig", name) and (arm, seed, attribute, alpha, extreme, name), each [N, ...]."""
     G, names = bundle.generator, list(bundle.regressor.names)
     store, t0 = Store(), time.perf_counter()
+    alphas = cfg.sorted_alphas
+    edits_per_face = len(directions) * len(targets) * len(alphas) * len(EXTREMES)
     for start in range(0, cfg.n_samples, cfg.batch_size):
         faces = held_out_faces(G, list(range(start, min(start + cfg.batch_size, cfg.n_samples))), seed=cfg.seed,
                                truncation=cfg.truncation, noise_mode=cfg.noise_mode, device=device)
-        orig = measure(bundle, judges, G.synthesis(faces.wplus, faces.noise))
+        orig, reference = measure_original(nets, G.synthesis(faces.wplus, faces.noise))
         store.add(("orig",), orig)
-        current = torch.as_tensor(orig["attributes"], device=device)
+        current = torch.as_tensor(orig["attr/training"], device=device)
         for d in directions:
             for a in targets:
-                for extreme in EXTREMES:
-                    s = edit_vector(d, a, extreme_amount(cfg.edit_mode, cfg.fixed_amount, extreme, current[:, names.index(a)]))
-                    image = G.synthesis(d.module(faces.wplus, s), faces.noise)
-                    store.add((d.key, a, extreme), measure(bundle, judges, image))
+                for alpha in alphas:
+                    for extreme in EXTREMES:
+                        amount = alpha * extreme_amount(cfg.edit_mode, cfg.fixed_amount, extreme,
+                                                        current[:, names.index(a)])
+                        image = G.synthesis(d.module(faces.wplus, edit_vector(d, a, amount)), faces.noise)
+                        store.add((d.key, d.seed, a, alpha, extreme),
+                                  measure_edit(nets, image, reference, full=alpha == 1.0))
         done = start + len(faces.index)
         rate = done / max(time.perf_counter() - t0, 1e-9)
-        print_fn(f"[evaluate] {done}/{cfg.n_samples} faces | {rate:.1f} faces/s | "
+        print_fn(f"[evaluate] {done}/{cfg.n_samples} faces ({edits_per_face} edits each) | {rate:.2f} faces/s | "
                  f"eta {(cfg.n_samples - done) / rate:.0f}s", flush=True)
     return store.arrays()
 
@@ -186,7 +252,8 @@ def collect(cfg: EvaluateConfig, bundle: ModelBundle, judges: dict[str, dict], d
 @torch.no_grad()
 def trajectory_images(cfg: EvaluateConfig, bundle: ModelBundle, directions: list[Directions],
                       targets: tuple[str, ...], device: torch.device) -> dict[str, dict[str, np.ndarray]]:
-    """attribute -> method -> uint8 images [faces, steps + 1, H, W, 3] (column 0: the original face)."""
+    """attribute -> arm -> uint8 images [faces, steps + 1, H, W, 3] (column 0: the original face), drawn
+    with each arm's first T (seed 0)."""
     if cfg.trajectory_faces == 0:
         return {}
     G, names = bundle.generator, list(bundle.regressor.names)
@@ -199,6 +266,8 @@ def trajectory_images(cfg: EvaluateConfig, bundle: ModelBundle, directions: list
         out[a] = {}
         amounts = trajectory_amounts(cfg.edit_mode, cfg.fixed_amount, cfg.trajectory_steps, current[:, names.index(a)])
         for d in directions:
+            if d.seed != 0:
+                continue
             row = [x] + [G.synthesis(d.module(faces.wplus, edit_vector(d, a, amt)), faces.noise) for amt in amounts]
             out[a][d.key] = to_uint8(torch.stack(row, dim=1))
     return out

@@ -122,8 +122,9 @@ def write_missing_shards(job: GenerateJob, records: dict[int, dict], todo: list[
         records[shard] = json.loads(rec["record"])
         rows_written += int(rec["rows"])
         progress.append((time.perf_counter() - t0, rows_written))
+        rate = rows_written / max(progress[-1][0], 1e-9)
         print_fn(f"[generate] shard {shard} written: {n}/{len(todo)} shards, {rows_written}/{rows_todo} rows, "
-                 f"{rows_written / max(progress[-1][0], 1e-9):.1f} faces/s", flush=True)
+                 f"{rate:.1f} faces/s | eta {(rows_todo - rows_written) / max(rate, 1e-9):.0f}s", flush=True)
         if limit is not None and n >= limit:
             print_fn(f"[generate] {FAULT_ENV}={limit}: exiting abruptly (test hook)", flush=True)
             os._exit(17)

@@ -21,11 +21,13 @@ ranges and empty subsets are ConfigErrors naming the file and the key):
 Trials: every combination of the named choices (subset x attribute set x layer mask: a grid) is tried
 with `num_samples` values of lambda4 each, drawn by Tune's BasicVariantGenerator seeded with
 `search_seed`. The baseline (lambda4 = 0, the exact point, no landmark loss) is trained first, once
-per (attribute set, layer mask): every other trial's score needs the baseline's edit success (see
-objective.py: score = emotion drift, subject to edit success staying within `tolerance_pp` of
-the baseline's at the same step), and ASHA compares intermediate scores while the sweep runs, so the
-baseline must be known before the first trial reports. The baselines are rows of the results
-(role "baseline") and can win: a sweep may find that no lambda4 > 0 beats lambda4 = 0.
+per (attribute set, layer mask), without early stopping. Every trial, the baseline included, is
+scored the same way (objective.py): score = emotion drift, subject to an ABSOLUTE edit-strength
+floor (`objective.strength_floor`, default 0.5: strength = mean P_a(x' | must-exist) - mean
+P_a(x' | non-exist), the weakest edited attribute's); a trial below it is infeasible and ranks after
+every feasible one. The baseline's strength is reported, never used as the bar: a baseline that
+does not edit must not make not editing acceptable. The baselines are rows of the results (role
+"baseline") and can win: a sweep may find that no lambda4 > 0 beats lambda4 = 0.
 
 Each trial is a Ray Train run (the Tune + Train pattern of Ray 2.60, see stages/train/ray_train.py): a
 function trainable (`trial_driver`, holding no CPU: {"CPU": 0, "memory": driver_memory_mb}) builds
@@ -43,8 +45,9 @@ lambda4, landmark groups, attributes and layer mask: `hfld train --config best_t
 trials.csv (every trial: status COMPLETED / STOPPED (early stopping; its metrics are the last
 intermediate ones) / ERROR, its choices, every objective component, score, feasibility, MLflow run
 id, the trial's T; a first line starting with "#" states the score's definition, so read it with
-pandas.read_csv(path, comment="#") or pipeline.stages.tune.results.read_table), pareto.png (edit success vs.
-emotion drift, baseline and best marked), held_out.safetensors (the fixed faces and edits),
+pandas.read_csv(path, comment="#") or pipeline.stages.tune.results.read_table), pareto.png (edit strength vs.
+emotion drift, the floor drawn, infeasible trials as crosses, baseline and best marked),
+held_out.safetensors (the fixed faces and edits),
 summary.json, space.yaml (a copy of the space) and config.yaml. The best is the argmin of `score`
 over COMPLETED trials. Trial runs live in trials/, Ray's state in ray/ (see trial_scaling).
 MLflow: a parent run for the sweep (params = the resolved config, metrics best.* and baseline.*,
@@ -81,7 +84,7 @@ from pipeline.presets import build_bundle
 from pipeline.presets.provenance import provenance
 from pipeline.stages.train import resolve_attributes
 from pipeline.stages.tune.config import ObjectiveConfig, SchedulerConfig, TuneConfig
-from pipeline.stages.tune.objective import SCORE_DEFINITION, build_held_out, emotion_judge
+from pipeline.stages.tune.objective import SCORE_DEFINITION, build_held_out, emotion_judge, strength_model
 from pipeline.stages.tune.results import (COMPLETED, ERROR, STOPPED, TuneFailed, TuneResult, best_train_config,
                                           load_sweep, pick_best, write_best_config, write_pareto_plot, write_table)
 from pipeline.stages.tune.space import TuneSpace, bundle_vocabulary, check_space, load_space, resolve_space_path
@@ -96,8 +99,9 @@ def log_sweep(tracker, cfg: TuneConfig, rows: list[dict], best: dict, files: dic
                "n_stopped": float(sum(r["status"] == STOPPED for r in rows)),
                "n_errors": float(sum(r["status"] == ERROR for r in rows))}
     for prefix, r in (("best", best), *(("baseline", b) for b in baselines[:1])):
-        for key in ("score", "lambda4", "emotion_tv_pp", "landmark_drift", "edit_success_pp"):
+        for key in ("score", "lambda4", "emotion_tv_pp", "landmark_drift", "strength"):
             metrics[f"{prefix}.{key}"] = r[key]
+        metrics[f"{prefix}.feasible"] = float(bool(r.get("feasible")))
     tracker.log_metrics(metrics)
     tracker.set_tags({"best_trial": best["trial_id"], "best_subset": best["subset"],
                       "best_run_id": best.get("mlflow_run_id", ""), "out_dir": str(cfg.out_dir)})
@@ -138,6 +142,11 @@ def prepare(cfg: TuneConfig, print_fn=print):
         resolve_attributes(replace(cfg.train, attributes=attrs), bundle)
     _, labels = emotion_judge(bundle, cfg.objective.judge)
     o = cfg.objective
+    _, scored = strength_model(bundle, o.strength_by)
+    unscored = [a for a in _covered_attributes(space, base_attributes) if a not in scored]
+    if unscored:
+        raise ConfigError(f"objective.strength_by: {o.strength_by!r} does not score {unscored} (it scores {scored}); "
+                          "use strength_by=regressor")
     print_fn(f"[tune] held-out set: {o.n_samples} faces (seed {o.seed}), edits to both extremes of "
              f"{list(_covered_attributes(space, base_attributes))} ({o.edit_mode})")
     held_out = build_held_out(bundle, _covered_attributes(space, base_attributes), n=o.n_samples, seed=o.seed,
@@ -189,14 +198,14 @@ def _sweep_locked(cfg: TuneConfig, lock, tracker: Tracker | None, print_fn, t0: 
         try:
             best = pick_best(rows)
         except TuneFailed:
-            write_table(out_dir / "trials.csv", rows, labels)
+            write_table(out_dir / "trials.csv", rows, labels, list(held_out.attributes))
             raise
         for r in rows:
             r["best"] = r is best
         best_cfg = best_train_config(cfg, space, best)
         files["best_config"] = write_best_config(out_dir / "best_train.yaml", cfg, best_cfg, best)
-        files["table"] = write_table(out_dir / "trials.csv", rows, labels)
-        files["plot"] = write_pareto_plot(out_dir / "pareto.png", rows, best, cfg.objective.tolerance_pp,
+        files["table"] = write_table(out_dir / "trials.csv", rows, labels, list(held_out.attributes))
+        files["plot"] = write_pareto_plot(out_dir / "pareto.png", rows, best, cfg.objective.strength_floor,
                                           f"{cfg.name}: {len(rows)} trials on {held_out.meta['n']} held-out faces")
         summary = {"name": cfg.name, "score_definition": SCORE_DEFINITION, "config": to_dict(cfg),
                    "space": space.as_dict(), "held_out": held_out.meta, "emotion_labels": labels,
@@ -208,9 +217,16 @@ def _sweep_locked(cfg: TuneConfig, lock, tracker: Tracker | None, print_fn, t0: 
         files["summary"].write_text(json.dumps(json_safe(summary), indent=1))
         if run:
             log_sweep(run, cfg, rows, best, files)
+    for b in (r for r in rows if r["role"] == "baseline" and r["status"] == COMPLETED):
+        print_fn(f"[tune] baseline (lambda4 = 0) strength {b['strength']:.3g} by {cfg.objective.strength_by} "
+                 f"({'feasible' if b.get('feasible') else 'BELOW the floor ' + format(cfg.objective.strength_floor, 'g')}), "
+                 f"emotion drift {b['emotion_tv_pp']:.3g} pp")
     print_fn(f"[tune] best: trial {best['trial_id']} ({best['role']}) subset {best['subset']!r} lambda4 "
              f"{best['lambda4']:.4g}: score {best['score']:.4g}, emotion drift {best['emotion_tv_pp']:.3g} pp, "
-             f"edit success {best['edit_success_pp']:.3g} pp")
+             f"strength {best['strength']:.3g}")
+    if not best.get("feasible"):
+        print_fn(f"[tune] warning: NO trial reached the strength floor {cfg.objective.strength_floor:g}; the best is "
+                 "the least infeasible one. Train longer or with a higher lr (benchmarks/calibrate_starter.py)")
     print_fn(f"[tune] train it: hfld train --config {files['best_config']}")
     return TuneResult(out_dir, files["best_config"], files["table"], files["plot"], files["held_out"],
                       files["summary"], rows, best, getattr(run, "run_id", None))

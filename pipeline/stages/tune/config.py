@@ -10,6 +10,7 @@ from typing import Literal
 from pipeline.core.config import require
 from pipeline.core.edits import EditMode
 from pipeline.core.paths import NAME_OR_PATH, PATH, default_work_dir
+from pipeline.core.strength import STRENGTH_FLOOR
 from pipeline.infra.tracking import TrackingConfig
 from pipeline.stages.train import ScalingConfig, TrainConfig
 
@@ -50,8 +51,11 @@ class ObjectiveConfig:
     seed: seed of the held-out faces (Stream.HELD_OUT); keep it different from the evaluate stage's.
     judge: the emotion judge: "training" (the preset's training emotion model) or a held-out judge.
     edit_mode / fixed_amount: edits to the attribute extremes, as in evaluate ("target": to 0 and 1).
-    tolerance_pp: edit success may fall this many percentage points below the baseline's.
-    penalty: score cost per percentage point of edit success below that floor.
+    strength_floor: ABSOLUTE edit-strength floor (probability units): a trial whose weakest attribute's
+      strength is below it is infeasible (the baseline too; its strength is reported, not the bar).
+    strength_by: what scores strength: "regressor" (the training R) or a held-out attribute judge of
+      the preset (independent of R, slower).
+    penalty: score cost per unit of strength below the floor (1000 = 10 per 0.01).
     batch_size: faces per forward pass; device: where this process builds the held-out set.
     """
     n_samples: int = 64
@@ -60,8 +64,9 @@ class ObjectiveConfig:
     judge: str = "training"
     edit_mode: EditMode = "target"
     fixed_amount: float = 1.0
-    tolerance_pp: float = 5.0
-    penalty: float = 10.0
+    strength_floor: float = STRENGTH_FLOOR
+    strength_by: str = "regressor"
+    penalty: float = 1000.0
     batch_size: int = 32
     device: str = "auto"
 
@@ -69,8 +74,10 @@ class ObjectiveConfig:
         require(self.n_samples >= 2, "objective.n_samples", self.n_samples, "must be >= 2")
         require(1 <= self.intermediate_samples <= self.n_samples, "objective.intermediate_samples",
                 self.intermediate_samples, f"must be between 1 and objective.n_samples ({self.n_samples})")
-        require(self.tolerance_pp >= 0 and math.isfinite(self.tolerance_pp), "objective.tolerance_pp",
-                self.tolerance_pp, "must be a finite number >= 0")
+        require(-1 <= self.strength_floor <= 1, "objective.strength_floor", self.strength_floor,
+                "must be in [-1, 1] (a difference of probabilities)")
+        require(bool(self.strength_by.strip()), "objective.strength_by", self.strength_by,
+                "must be 'regressor' or the name of an attribute judge of the preset")
         require(self.penalty >= 0 and math.isfinite(self.penalty), "objective.penalty", self.penalty,
                 "must be a finite number >= 0")
         require(self.fixed_amount > 0 and math.isfinite(self.fixed_amount), "objective.fixed_amount",

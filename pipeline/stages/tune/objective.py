@@ -25,18 +25,24 @@ Components of one T (an edit of face i = one (attribute, extreme) pair of the tr
 face's value is the mean over its edits, the reported value the mean over faces):
 - emotion_tv_pp: total-variation distance 0.5 * sum_k |p_k(x') - p_k(x)| between the emotion judge's
   7 probabilities of x and x', in percentage points (pipeline.core.metrics.total_variation x 100);
-- emotion_abs_pp_<label>: |p_k(x') - p_k(x)| per emotion in percentage points (the paper's Table V;
-  pipeline.core.metrics.emotion_abs_deltas);
+- emotion_abs_pp_<label>: |p_k(x') - p_k(x)| per emotion in percentage points
+  (pipeline.core.metrics.emotion_abs_deltas);
 - landmark_drift: mean point distance between x and x' over all points, divided by the face's
   inter-ocular distance where the landmark model has eye groups (pipeline.core.metrics.landmark_drift);
-- edit_success_pp: 100 * (1 - |R(x')_a - t|): 100 = every edit lands exactly on its target.
+- strength_<a>: edit strength of attribute a, mean P_a(x' | must-exist) - mean P_a(x' | non-exist)
+  (pipeline.core.strength), scored by the training regressor R (strength_by "regressor") or by a
+  held-out attribute judge of the preset (strength_by = its name);
+- strength: the smallest strength_<a> over the trial's attributes (every edited attribute must edit).
 x is measured on the evaluating device (orig and edit on the same device, so T = 0 gives 0 drift).
 
-Score (minimised), `score(...)`: a trial is feasible when its edit success is at least the
-baseline's (lambda4 = 0, same attributes, same step) minus `tolerance_pp`. Feasible trials score their
-emotion drift; infeasible ones score INFEASIBLE_OFFSET (100, the largest possible drift in pp) + drift
-+ penalty * shortfall_pp, so every feasible trial ranks before every infeasible one and, among the
-infeasible, smaller shortfalls rank first. A non-finite component (a diverged T) scores +inf.
+Score (minimised), `score(...)`: a trial is feasible when its strength reaches an ABSOLUTE floor
+(objective.strength_floor, default 0.5 of probability: below it a T is not editing, and a T that does
+not edit cannot change an emotion, so its low drift means nothing). The baseline's strength is
+reported, never used as the bar (a baseline that does not edit would otherwise make not editing
+feasible). Feasible trials score their emotion drift; infeasible ones (the baseline included) score
+INFEASIBLE_OFFSET (100, the largest possible drift in pp) + drift + penalty * shortfall, shortfall =
+floor - strength, so every feasible trial ranks before every infeasible one and, among the
+infeasible, stronger edits rank first. A non-finite component (a diverged T) scores +inf.
 """
 
 from __future__ import annotations
@@ -61,12 +67,14 @@ from pipeline.core.edits import EXTREMES, extreme_amount, one_column_edit
 from pipeline.core.io import atomic_write_bytes
 from pipeline.core.sampling import NoiseMode, held_out_faces
 from pipeline.core.seeding import Stream
+from pipeline.core.strength import STRENGTH_FLOOR, per_face_strength
 from pipeline.presets import TRAINING_JUDGE, ModelBundle
 
 HELD_OUT_FORMAT = "hfld-held-out"
 HELD_OUT_VERSION = 1
 METADATA_KEY = "hfld"
 INFEASIBLE_OFFSET = 100.0   # > any emotion drift in pp: infeasible trials rank after feasible ones
+STRENGTH_BY_REGRESSOR = "regressor"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,6 +219,17 @@ def emotion_judge(bundle: ModelBundle, key: str = TRAINING_JUDGE) -> tuple[nn.Mo
     return judges[key]["model"], list(judges[key]["labels"])
 
 
+def strength_model(bundle: ModelBundle, key: str = STRENGTH_BY_REGRESSOR) -> tuple[nn.Module, list[str]]:
+    """The attribute model that scores edit strength ("regressor" = R, or a held-out attribute judge) and its names."""
+    if key == STRENGTH_BY_REGRESSOR:
+        return bundle.regressor, list(bundle.regressor.names)
+    if key not in bundle.attribute_judges:
+        raise ConfigError(f"objective.strength_by: {key!r} is neither 'regressor' nor an attribute judge of preset "
+                          f"{bundle.preset!r} (it has {sorted(bundle.attribute_judges) or 'none'})")
+    judge = bundle.attribute_judges[key]
+    return judge, list(judge.names)
+
+
 @dataclass
 class Components:
     """The objective's numbers for one T (means over faces) and the per-face values behind them."""
@@ -218,25 +237,38 @@ class Components:
     emotion_tv_pp: float
     emotion_abs_pp: dict[str, float]
     landmark_drift: float
-    edit_success_pp: float
-    per_face: dict[str, np.ndarray] = field(default_factory=dict)   # emotion_tv_pp, landmark_drift, edit_success_pp [N]
+    strength_by_attribute: dict[str, float]     # attribute -> edit strength (probability units)
+    strength_by: str = STRENGTH_BY_REGRESSOR
+    per_face: dict[str, np.ndarray] = field(default_factory=dict)   # emotion_tv_pp, landmark_drift [N]; strength_<a> [N]
+
+    @property
+    def strength(self) -> float:
+        """The weakest attribute's strength (every edited attribute must edit)."""
+        return min(self.strength_by_attribute.values())
 
     def as_metrics(self) -> dict[str, float]:
         out = {"emotion_tv_pp": self.emotion_tv_pp, "landmark_drift": self.landmark_drift,
-               "edit_success_pp": self.edit_success_pp, "eval_faces": float(self.n_faces)}
+               "strength": self.strength, "eval_faces": float(self.n_faces)}
+        out.update({f"strength_{a}": v for a, v in self.strength_by_attribute.items()})
         out.update({f"emotion_abs_pp_{label}": v for label, v in self.emotion_abs_pp.items()})
         return out
 
 
 class ObjectiveEvaluator:
-    """Measures T's on one held-out set with one bundle: orig faces measured once, edits per call."""
+    """Measures T's on one held-out set with one bundle: orig faces measured once, edits per call.
+
+    strength_by: "regressor" (R, cheap, in the training loop) or a held-out attribute judge's name.
+    """
 
     def __init__(self, bundle: ModelBundle, held_out: HeldOutSet, judge: str = TRAINING_JUDGE,
-                 batch_size: int = 32, device: torch.device | None = None):
+                 batch_size: int = 32, device: torch.device | None = None,
+                 strength_by: str = STRENGTH_BY_REGRESSOR):
         self.bundle, self.batch_size = bundle, batch_size
         self.device = device or next(bundle.generator.parameters()).device
         self.held_out = held_out.to(self.device)
         self.judge, self.labels = emotion_judge(bundle, judge)
+        self.strength_by = strength_by
+        self.scorer, self.scorer_names = strength_model(bundle, strength_by)
         self.groups = dict(getattr(bundle.landmarks, "groups", {}))
         orig = self._measure_all(lambda wplus, s_rows: wplus, n=len(held_out))
         self.orig_emotion, self.orig_points = orig["emotion"], orig["landmarks"]
@@ -244,9 +276,9 @@ class ObjectiveEvaluator:
 
     @torch.no_grad()
     def _measure(self, images: torch.Tensor) -> dict[str, np.ndarray]:
-        """images [B, 3, H, W] -> emotion [B, 7], landmarks [B, P, 2], attributes [B, A_regressor]."""
+        """images [B, 3, H, W] -> emotion [B, 7], landmarks [B, P, 2], attributes [B, A_scorer]."""
         out = {"emotion": self.judge(images), "landmarks": self.bundle.landmarks(images),
-               "attributes": self.bundle.regressor(images)}
+               "attributes": self.scorer(images)}
         return {k: v.detach().float().cpu().numpy() for k, v in out.items()}
 
     @torch.no_grad()
@@ -267,11 +299,15 @@ class ObjectiveEvaluator:
         n = len(self.held_out) if n_faces is None else min(n_faces, len(self.held_out))
         if len(attributes) != directions.n_attributes:
             raise ValueError(f"T has {directions.n_attributes} columns but {len(attributes)} attributes were named")
-        regressor_names = list(self.bundle.regressor.names)
-        tv, absd, lm, success = [], [], [], []
+        missing = [a for a in attributes if a not in self.scorer_names]
+        if missing:
+            raise ConfigError(f"objective.strength_by: {self.strength_by!r} does not score {missing} "
+                              f"(it scores {self.scorer_names}); use strength_by=regressor")
+        tv, absd, lm, strength = [], [], [], {}
         for column, attribute in enumerate(attributes):
             a = self.held_out.attribute_index(attribute)
-            r = regressor_names.index(attribute)
+            k = self.scorer_names.index(attribute)
+            probs = []
             for e in range(len(EXTREMES)):
                 def edited(wplus, rows, column=column, a=a, e=e):
                     s = one_column_edit(self.held_out.amounts[rows, a, e], column, directions.n_attributes)
@@ -280,15 +316,15 @@ class ObjectiveEvaluator:
                 tv.append(M.total_variation(self.orig_emotion[:n], m["emotion"]) * 100.0)
                 absd.append(M.emotion_abs_deltas(self.orig_emotion[:n], m["emotion"]))
                 lm.append(M.landmark_drift(self.orig_points[:n], m["landmarks"], self.scale[:n]))
-                target = self.held_out.targets[:n, a, e].float().cpu().numpy()
-                success.append(100.0 * (1.0 - np.abs(m["attributes"][:, r] - target)))
+                probs.append(m["attributes"][:, k])
+            strength[attribute] = per_face_strength(*probs)          # EXTREMES = (low, high)
         per_face = {"emotion_tv_pp": np.mean(tv, axis=0), "landmark_drift": np.mean(lm, axis=0),
-                    "edit_success_pp": np.mean(success, axis=0)}
+                    **{f"strength_{a}": v for a, v in strength.items()}}
         abs_mean = np.mean(absd, axis=0).mean(axis=0)          # [7]
         return Components(n, float(per_face["emotion_tv_pp"].mean()),
                           {label: float(abs_mean[k]) for k, label in enumerate(self.labels)},
-                          float(per_face["landmark_drift"].mean()), float(per_face["edit_success_pp"].mean()),
-                          per_face)
+                          float(per_face["landmark_drift"].mean()),
+                          {a: float(v.mean()) for a, v in strength.items()}, self.strength_by, per_face)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,31 +335,27 @@ class ObjectiveEvaluator:
 class Score:
     score: float
     feasible: bool
-    shortfall_pp: float            # how far edit success falls below (reference - tolerance); 0 if feasible
-    reference_success_pp: float    # the baseline's edit success it was compared with
+    shortfall: float               # strength_floor - strength when below the floor; 0 if feasible
+    strength_floor: float          # the absolute floor it was held to
 
     def as_metrics(self) -> dict[str, float]:
-        return {"score": self.score, "feasible": float(self.feasible), "shortfall_pp": self.shortfall_pp,
-                "reference_success_pp": self.reference_success_pp}
+        return {"score": self.score, "feasible": float(self.feasible), "shortfall": self.shortfall,
+                "strength_floor": self.strength_floor}
 
 
-def score(emotion_tv_pp: float, edit_success_pp: float, reference_success_pp: float | None, *,
-          tolerance_pp: float, penalty: float) -> Score:
-    """Minimise emotion drift subject to edit success >= reference - tolerance (see module docstring).
-
-    reference_success_pp None = this is the baseline itself (feasible by definition).
-    """
-    reference = edit_success_pp if reference_success_pp is None else reference_success_pp
-    if not all(math.isfinite(v) for v in (emotion_tv_pp, edit_success_pp, reference)):
-        return Score(math.inf, False, math.nan if not math.isfinite(edit_success_pp) else 0.0, reference)
-    shortfall = max(0.0, (reference - tolerance_pp) - edit_success_pp)
+def score(emotion_tv_pp: float, strength: float, *, strength_floor: float = STRENGTH_FLOOR,
+          penalty: float = 1000.0) -> Score:
+    """Minimise emotion drift subject to strength >= strength_floor (absolute; see the module docstring)."""
+    if not all(math.isfinite(v) for v in (emotion_tv_pp, strength)):
+        return Score(math.inf, False, math.nan if not math.isfinite(strength) else 0.0, strength_floor)
+    shortfall = max(0.0, strength_floor - strength)
     if shortfall == 0:
-        return Score(emotion_tv_pp, True, 0.0, reference)
-    return Score(INFEASIBLE_OFFSET + emotion_tv_pp + penalty * shortfall, False, shortfall, reference)
+        return Score(emotion_tv_pp, True, 0.0, strength_floor)
+    return Score(INFEASIBLE_OFFSET + emotion_tv_pp + penalty * shortfall, False, shortfall, strength_floor)
 
 
 SCORE_DEFINITION = (
-    "score = emotion_tv_pp if feasible, else 100 + emotion_tv_pp + penalty * shortfall_pp; "
-    "feasible = edit_success_pp >= reference_success_pp - tolerance_pp, where reference_success_pp is the "
-    "baseline's (lambda4 = 0, same attributes and layer mask) edit success at the same step; "
-    "a non-finite component scores inf")
+    "score = emotion_tv_pp if feasible, else 100 + emotion_tv_pp + penalty * shortfall; "
+    "feasible = strength >= strength_floor (absolute, the same for every trial and the baseline), "
+    "strength = min over the trial's attributes of mean P_a(x' | must-exist) - mean P_a(x' | non-exist), "
+    "shortfall = strength_floor - strength; a non-finite component scores inf")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,8 +28,8 @@ from pipeline.stages.tune.config import TuneConfig
 from pipeline.stages.tune.objective import HeldOutSet
 from pipeline.stages.tune.results import COMPLETED, ERROR, METRIC_COLUMNS, STOPPED, TuneFailed
 from pipeline.stages.tune.space import BASELINE_SUBSET, DEFAULT_CHOICE, TuneSpace
-from pipeline.stages.tune.trial import (FAIL_SUBSET_ENV, ObjectiveProbe, TrialSetup, combo_key,
-                                        trial_base_config, trial_train_config, trial_tracking, ray_storage)
+from pipeline.stages.tune.trial import (FAIL_SUBSET_ENV, ObjectiveProbe, TrialSetup, trial_base_config,
+                                        trial_train_config, trial_tracking, ray_storage)
 
 METRIC, MODE = "score", "min"
 
@@ -39,8 +40,7 @@ def trial_driver(params: dict, setup: TrialSetup) -> None:
     cfg = trial_train_config(setup.base, setup.space, params, f"{setup.run_prefix}-{trial_id}")
     fail = (f"{FAIL_SUBSET_ENV}={setup.fail_subset}: trial {trial_id} fails on purpose"
             if setup.fail_subset and params["subset"] == setup.fail_subset else "")
-    reference = None if params.get("role") == "baseline" else setup.references[combo_key(params)]
-    probe = replace(setup.probe, reference=reference, inject_failure=fail)
+    probe = replace(setup.probe, inject_failure=fail)
     run_train(cfg, callbacks=[TuneReportCallback()], probe=probe)
 
 
@@ -51,8 +51,39 @@ def choice_grid(space: TuneSpace) -> dict:
     return grid
 
 
+class TrialProgress(tune.Callback):
+    """One line per finished trial (completed, stopped early or failed) with the phase's elapsed time and
+    an ETA from the mean time per finished trial and the number running at once."""
+
+    def __init__(self, phase: str, total: int, concurrent: int, print_fn):
+        self.phase, self.total, self.concurrent, self.print = phase, total, max(1, concurrent), print_fn
+        self.done, self.t0 = 0, time.perf_counter()
+
+    def _finished(self, trial) -> None:
+        self.done += 1
+        elapsed = time.perf_counter() - self.t0
+        left = max(self.total - self.done, 0)
+        eta = elapsed / self.done * left / min(self.concurrent, max(left, 1)) if left else 0.0
+        self.print(f"[tune] {self.phase}: {self.done}/{self.total} trials finished (last: {trial.trial_id}) | "
+                   f"elapsed {elapsed / 60:.1f} min | eta {eta / 60:.1f} min", flush=True)
+
+    def __getstate__(self):
+        # Tune pickles its run config (callbacks included) into the experiment state; the printing
+        # function (Ray may have wrapped the builtin print) stays with the live object.
+        return {k: v for k, v in self.__dict__.items() if k != "print"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, print=print)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finished(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finished(trial)
+
+
 def make_tuner(cfg: TuneConfig, setup: TrialSetup, param_space: dict, name: str, num_samples: int, scheduler,
-               storage: str):
+               storage: str, progress: TrialProgress | None = None):
     trainable = tune.with_resources(tune.with_parameters(trial_driver, setup=setup),
                                     {"CPU": 0, "memory": cfg.driver_memory_mb * 2**20})
     return tune.Tuner(
@@ -64,7 +95,8 @@ def make_tuner(cfg: TuneConfig, setup: TrialSetup, param_space: dict, name: str,
                                                                      max_concurrent=cfg.max_concurrent_trials),
                                     reuse_actors=False),
         run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=cfg.verbose,
-                                  failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
+                                  failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                                  callbacks=[progress] if progress else None))
 
 
 def asha(cfg: TuneConfig):
@@ -102,7 +134,8 @@ def result_row(result, setup: TrialSetup) -> dict:
            "landmark_groups": "+".join(space.landmark_subsets.get(subset, ())),
            "attributes": params.get("attributes", DEFAULT_CHOICE), "layer_mask": params.get("layer_mask", DEFAULT_CHOICE),
            "steps": int(metrics.get("step", 0) or 0)}
-    measured = {k: v for k, v in metrics.items() if k in METRIC_COLUMNS or k.startswith("emotion_abs_pp_")}
+    measured = {k: v for k, v in metrics.items()
+                if k in METRIC_COLUMNS or k.startswith(("emotion_abs_pp_", "strength_"))}
     for key in sorted(set(METRIC_COLUMNS) | set(measured)):
         value = measured.get(key) if status != ERROR else None
         row[key] = float(value) if isinstance(value, (int, float)) else math.nan
@@ -116,18 +149,10 @@ def result_row(result, setup: TrialSetup) -> dict:
     return row
 
 
-def baseline_curve(result) -> tuple[tuple[int, float], ...]:
-    """(step, edit_success_pp) of every objective evaluation a baseline reported."""
-    df = result.metrics_dataframe
-    if df is None or "edit_success_pp" not in df:
-        return ()
-    rows = df[["step", "edit_success_pp"]].dropna().sort_values("step")
-    return tuple((int(s), float(v)) for s, v in rows.itertuples(index=False))
-
-
 def run_phase(cfg: TuneConfig, setup: TrialSetup, param_space: dict, name: str, num_samples: int, scheduler,
-              storage: str) -> list:
-    grid = make_tuner(cfg, setup, param_space, name, num_samples, scheduler, storage).fit()
+              storage: str, total: int = 0, print_fn=print) -> list:
+    progress = TrialProgress(name, total, cfg.max_concurrent_trials, print_fn) if total else None
+    grid = make_tuner(cfg, setup, param_space, name, num_samples, scheduler, storage, progress).fit()
     return [grid[i] for i in range(len(grid))]
 
 
@@ -159,32 +184,31 @@ def annotate_child_runs(tracker, rows: list[dict]) -> None:
 
 
 def sweep(cfg: TuneConfig, space: TuneSpace, held_out: HeldOutSet, tracker, out_dir: Path, print_fn) -> list[dict]:
-    """Phase 1: the baselines (FIFO). Phase 2: the sweep (ASHA), scored against them. Returns rows."""
+    """Phase 1: the baselines (FIFO, never stopped early). Phase 2: the sweep (ASHA). Returns rows."""
     o = cfg.objective
-    probe = ObjectiveProbe(held_out.to_bytes(), o.judge, o.intermediate_samples, o.tolerance_pp, o.penalty,
-                           o.batch_size)
+    probe = ObjectiveProbe(held_out.to_bytes(), o.judge, o.intermediate_samples, o.strength_floor, o.strength_by,
+                           o.penalty, o.batch_size)
     base = trial_base_config(cfg, out_dir, trial_tracking(cfg, tracker))
     setup = TrialSetup(base, space, probe, run_prefix=cfg.name, fail_subset=os.environ.get(FAIL_SUBSET_ENV, ""))
     storage = ray_storage(cfg)
     with ray_session():
         baseline_space = {"role": "baseline", "lambda4": 0.0, "subset": BASELINE_SUBSET, **choice_grid(space)}
         print_fn("[tune] phase 1: baseline (lambda4 = 0) for every attribute set x layer mask")
-        baselines = run_phase(cfg, setup, baseline_space, "baseline", 1, None, storage)
+        n_base = max(1, len(space.attribute_sets)) * max(1, len(space.layer_masks))
+        baselines = run_phase(cfg, setup, baseline_space, "baseline", 1, None, storage, n_base, print_fn)
         rows = [result_row(r, setup) for r in baselines]
         failed = [(row, r) for row, r in zip(rows, baselines) if row["status"] != COMPLETED]
         if failed:
             row, r = failed[0]
             raise TuneFailed(f"the baseline trial (lambda4 = 0, attributes {row['attributes']!r}, layer mask "
                              f"{row['layer_mask']!r}) did not complete: {row['error'] or row['status']}; the sweep "
-                             "needs it to score the other trials")
-        references = {combo_key(r.config): baseline_curve(r) for r in baselines}
-        setup = replace(setup, references=references)
+                             "compares every lambda4 > 0 with it")
         sweep_space = {"role": "trial", "lambda4": space.lambda4.domain(),
                        "subset": tune.grid_search(list(space.landmark_subsets)), **choice_grid(space)}
         n = cfg.num_samples * len(space.landmark_subsets) * max(1, len(space.attribute_sets)) * max(1, len(space.layer_masks))
         print_fn(f"[tune] phase 2: {n} trials ({cfg.num_samples} lambda4 draws per combination), "
                  f"{cfg.scheduler.kind} scheduler, {cfg.max_concurrent_trials} at a time")
-        results = run_phase(cfg, setup, sweep_space, "sweep", cfg.num_samples, asha(cfg), storage)
+        results = run_phase(cfg, setup, sweep_space, "sweep", cfg.num_samples, asha(cfg), storage, n, print_fn)
         rows += [result_row(r, setup) for r in results]
     for r in rows:
         if r["status"] == ERROR:

@@ -19,8 +19,7 @@ from pipeline.stages.tune.space import TuneSpace
 from pipeline.stages.tune.trial import trial_train_config
 
 COMPLETED, STOPPED, ERROR = "COMPLETED", "STOPPED", "ERROR"
-METRIC_COLUMNS = ("score", "emotion_tv_pp", "landmark_drift", "edit_success_pp", "reference_success_pp",
-                  "shortfall_pp", "eval_faces")
+METRIC_COLUMNS = ("score", "emotion_tv_pp", "landmark_drift", "strength", "strength_floor", "shortfall", "eval_faces")
 
 
 class TuneFailed(RuntimeError):
@@ -74,11 +73,12 @@ def write_best_config(path: Path, cfg: TuneConfig, train_cfg: TrainConfig, best:
     return path
 
 
-def table_columns(labels: list[str]) -> list[str]:
+def table_columns(labels: list[str], attributes: list[str] = ()) -> list[str]:
+    """trials.csv's columns: emotion labels and the edited attributes (strength_<a>) vary by preset."""
     return ["trial_id", "role", "status", "best", "lambda4", "subset", "landmark_groups", "attributes",
-            "layer_mask", "steps", "score", "feasible", "emotion_tv_pp", *[f"emotion_abs_pp_{x}" for x in labels],
-            "landmark_drift", "edit_success_pp", "reference_success_pp", "shortfall_pp", "eval_faces",
-            "run_name", "mlflow_run_id", "directions", "checkpoint", "error"]
+            "layer_mask", "steps", "score", "feasible", "strength", *[f"strength_{a}" for a in attributes],
+            "strength_floor", "shortfall", "emotion_tv_pp", *[f"emotion_abs_pp_{x}" for x in labels],
+            "landmark_drift", "eval_faces", "run_name", "mlflow_run_id", "directions", "checkpoint", "error"]
 
 
 def _cell(value) -> str:
@@ -91,8 +91,8 @@ def _cell(value) -> str:
     return str(value)
 
 
-def write_table(path: Path, rows: list[dict], labels: list[str]) -> Path:
-    columns = table_columns(labels)
+def write_table(path: Path, rows: list[dict], labels: list[str], attributes: list[str] = ()) -> Path:
+    columns = table_columns(labels, attributes)
     with open(path, "w", newline="") as f:
         f.write(f"# {SCORE_DEFINITION}\n")
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
@@ -110,17 +110,19 @@ def read_table(path: Path) -> list[dict]:
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points (drift, success) no other point beats on both (lower drift, higher success), by drift."""
-    front, best_success = [], -math.inf
-    for drift, success in sorted(points, key=lambda p: (p[0], -p[1])):
-        if success > best_success:
-            front.append((drift, success))
-            best_success = success
+    """Points (drift, strength) no other point beats on both (lower drift, higher strength), by drift."""
+    front, best_strength = [], -math.inf
+    for drift, strength in sorted(points, key=lambda p: (p[0], -p[1])):
+        if strength > best_strength:
+            front.append((drift, strength))
+            best_strength = strength
     return front
 
 
-def write_pareto_plot(path: Path, rows: list[dict], best: dict, tolerance_pp: float, title: str) -> Path:
-    """Edit success vs. emotion drift of every trial that reported; baseline, best and front marked."""
+def write_pareto_plot(path: Path, rows: list[dict], best: dict, strength_floor: float, title: str) -> Path:
+    """Edit strength vs. emotion drift of every trial that reported: feasible trials filled, infeasible
+    ones (below the absolute strength floor, drawn as a line) as crosses; baseline, best and the front of
+    the feasible completed trials marked."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -128,31 +130,37 @@ def write_pareto_plot(path: Path, rows: list[dict], best: dict, tolerance_pp: fl
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     measured = [r for r in rows if r["status"] != ERROR and math.isfinite(r["emotion_tv_pp"])
-                and math.isfinite(r["edit_success_pp"])]
+                and math.isfinite(r["strength"])]
     subsets = sorted({r["subset"] for r in measured if r["role"] != "baseline"})
     colours = {s: f"C{i % 10}" for i, s in enumerate(subsets)}
     for s in subsets:
         for status, filled in ((COMPLETED, True), (STOPPED, False)):
-            pts = [r for r in measured if r["subset"] == s and r["status"] == status and r["role"] != "baseline"]
-            if pts:
-                ax.scatter([r["emotion_tv_pp"] for r in pts], [r["edit_success_pp"] for r in pts], s=36,
-                           facecolors=colours[s] if filled else "none", edgecolors=colours[s],
-                           label=s if filled else f"{s} (stopped early)")
+            for feasible in (True, False):
+                pts = [r for r in measured if r["subset"] == s and r["status"] == status and r["role"] != "baseline"
+                       and bool(r.get("feasible")) == feasible]
+                if not pts:
+                    continue
+                label = s + ("" if filled else " (stopped early)") + ("" if feasible else ", infeasible")
+                style = ({"marker": "o", "facecolors": colours[s] if filled else "none", "edgecolors": colours[s]}
+                         if feasible else {"marker": "x", "c": colours[s]})
+                ax.scatter([r["emotion_tv_pp"] for r in pts], [r["strength"] for r in pts], s=36, label=label, **style)
     baselines = [r for r in measured if r["role"] == "baseline"]
     if baselines:
-        ax.scatter([r["emotion_tv_pp"] for r in baselines], [r["edit_success_pp"] for r in baselines], marker="*",
+        ax.scatter([r["emotion_tv_pp"] for r in baselines], [r["strength"] for r in baselines], marker="*",
                    s=220, c="black", label="baseline (lambda4 = 0)", zorder=3)
-        floor = max(r["edit_success_pp"] for r in baselines) - tolerance_pp
-        ax.axhline(floor, color="grey", linestyle="--", linewidth=1, label=f"baseline - tolerance ({tolerance_pp:g} pp)")
-    front = pareto_front([(r["emotion_tv_pp"], r["edit_success_pp"]) for r in measured if r["status"] == COMPLETED])
+    ax.axhline(strength_floor, color="grey", linestyle="--", linewidth=1,
+               label=f"strength floor {strength_floor:g} (below: infeasible)")
+    front = pareto_front([(r["emotion_tv_pp"], r["strength"]) for r in measured
+                          if r["status"] == COMPLETED and r.get("feasible")])
     if len(front) > 1:
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="grey", linewidth=1,
-                alpha=0.7, label="Pareto front")
+                alpha=0.7, label="Pareto front (feasible)")
     if math.isfinite(best.get("emotion_tv_pp", math.nan)):
-        ax.scatter([best["emotion_tv_pp"]], [best["edit_success_pp"]], s=260, facecolors="none", edgecolors="red",
-                   linewidths=2, label=f"best: {best['subset']}, lambda4 = {best['lambda4']:.3g}", zorder=4)
+        ax.scatter([best["emotion_tv_pp"]], [best["strength"]], s=260, facecolors="none", edgecolors="red",
+                   linewidths=2, label=f"best: {best['subset']}, lambda4 = {best['lambda4']:.3g}"
+                   + ("" if best.get("feasible") else " (INFEASIBLE)"), zorder=4)
     ax.set_xlabel("emotion drift: total variation (pp), lower is better")
-    ax.set_ylabel("edit success (pp), higher is better")
+    ax.set_ylabel("edit strength (probability), higher is better")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")

@@ -5,7 +5,7 @@ checkpoint and after the last step)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline.core.paths import is_uri
@@ -13,7 +13,7 @@ from pipeline.infra.tracking import TrackingConfig
 from pipeline.stages.train import TrainConfig
 from pipeline.stages.tune.config import TuneConfig
 from pipeline.stages.tune.objective import HeldOutSet, ObjectiveEvaluator, score
-from pipeline.stages.tune.space import BASELINE_SUBSET, DEFAULT_CHOICE, TuneSpace
+from pipeline.stages.tune.space import BASELINE_SUBSET, TuneSpace
 
 FAIL_SUBSET_ENV = "HFLD_TUNE_FAIL_SUBSET"
 
@@ -26,37 +26,28 @@ class InjectedTrialFailure(RuntimeError):
 class ObjectiveProbe:
     """The Ray Train `probe` of a trial (see stages/train/ray_train.py): built on a trial's rank 0 worker, it measures the objective.
 
-    reference: the baseline's (step, edit_success_pp) curve the score compares with (None: this is a
-    baseline, compared with itself). Intermediate evaluations use the first intermediate_samples
-    faces, the final one (after the last step) all faces.
+    Intermediate evaluations use the first intermediate_samples faces, the final one (after the last
+    step) all faces. Every trial, the baseline included, is held to the same absolute strength floor.
     """
     held_out: bytes
     judge: str
     intermediate_samples: int
-    tolerance_pp: float
+    strength_floor: float
+    strength_by: str
     penalty: float
     batch_size: int
-    reference: tuple[tuple[int, float], ...] | None = None
     inject_failure: str = ""
-
-    def reference_at(self, step: int) -> float | None:
-        """The baseline's edit success at `step` (its last evaluation at or before it)."""
-        if not self.reference:          # None: a baseline; (): a baseline that never evaluated
-            return None
-        earlier = [v for s, v in self.reference if s <= step]
-        return earlier[-1] if earlier else self.reference[0][1]
 
     def __call__(self, cfg: TrainConfig, bundle, device) -> Callable:
         if self.inject_failure:
             raise InjectedTrialFailure(self.inject_failure)
         evaluator = ObjectiveEvaluator(bundle, HeldOutSet.from_bytes(self.held_out, "held-out set"), self.judge,
-                                       self.batch_size, device)
+                                       self.batch_size, device, strength_by=self.strength_by)
 
         def measure(state, final: bool) -> dict[str, float]:
             parts = evaluator(state.directions, state.objective.attributes,
                               None if final else self.intermediate_samples)
-            s = score(parts.emotion_tv_pp, parts.edit_success_pp, self.reference_at(state.step),
-                      tolerance_pp=self.tolerance_pp, penalty=self.penalty)
+            s = score(parts.emotion_tv_pp, parts.strength, strength_floor=self.strength_floor, penalty=self.penalty)
             return {**parts.as_metrics(), **s.as_metrics(), "objective_final": float(final)}
         return measure
 
@@ -68,12 +59,7 @@ class TrialSetup:
     space: TuneSpace
     probe: ObjectiveProbe
     run_prefix: str
-    references: dict[str, tuple[tuple[int, float], ...]] = field(default_factory=dict)  # combo -> baseline curve
     fail_subset: str = ""
-
-
-def combo_key(params: dict) -> str:
-    return f"{params.get('attributes', DEFAULT_CHOICE)}|{params.get('layer_mask', DEFAULT_CHOICE)}"
 
 
 def trial_train_config(base: TrainConfig, space: TuneSpace, params: dict, run_name: str) -> TrainConfig:

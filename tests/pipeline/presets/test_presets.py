@@ -139,12 +139,38 @@ def test_unknown_preset_lists_choices():
 
 def test_fast_path_setting_reaches_the_stylegan2_networks():
     from pipeline.core.config import from_dict
-    default = build_bundle(ModelConfig(preset="tiny"), "cpu")
-    assert default.generator.fast_path.compile and default.discriminator.fast_path.compile
-    assert default.generator.fast_path.devices == ("cuda",)          # the CPU keeps the reference code
+    default = build_bundle(ModelConfig(preset="tiny"), "cpu")      # off by default (docs/performance.md)
+    assert default.generator.fast_path is None and default.discriminator.fast_path is None
+    compiled = build_bundle(ModelConfig(preset="tiny", fast_path="compiled"), "cpu")
+    assert compiled.generator.fast_path.compile and compiled.discriminator.fast_path.compile
+    assert compiled.generator.fast_path.devices == ("cuda",)         # the CPU keeps the reference code
     eager = build_bundle(ModelConfig(preset="tiny", fast_path="eager"), "cpu")
     assert eager.generator.fast_path is not None and not eager.generator.fast_path.compile
     off = build_bundle(ModelConfig(preset="tiny", fast_path="off"), "cpu")
     assert off.generator.fast_path is None and off.discriminator.fast_path is None
     with pytest.raises(ConfigError, match="fast_path"):
         from_dict(ModelConfig, {"preset": "tiny", "fast_path": "turbo"}, "model")
+
+
+def test_starter_declares_its_held_out_judges(starter):
+    """Issue 14: MediaPipe's face mesh (landmarks) and HSE faceres (Male, Young) are held-out judges,
+    of other lineages than the training H and R; every network says where it sits."""
+    from models.human_facemesh import HumanFaceMesh
+    from models.human_faceres import HumanFaceRes
+    from pipeline.presets import HELD_OUT, IN_TRAINING, IN_TUNE
+    assert isinstance(starter.landmark_judges["mediapipe-facemesh"], HumanFaceMesh)
+    assert isinstance(starter.attribute_judges["hse-faceres"], HumanFaceRes)
+    mesh = starter.landmark_models()["mediapipe-facemesh"]
+    assert mesh["in_loop"] == HELD_OUT and {"right_eye", "left_eye"} <= set(mesh["groups"])
+    assert starter.landmark_models()["training"]["in_loop"] == IN_TRAINING
+    assert starter.attribute_models()["hse-faceres"]["names"] == ["Male", "Young"]
+    lineage = {r["role"]: r["in_loop"] for r in starter.lineage()}
+    assert lineage["regressor R (regressor loss)"] == IN_TRAINING and lineage["emotion (tune objective)"] == IN_TUNE
+    assert lineage["landmark judge mediapipe-facemesh"] == HELD_OUT
+    assert lineage["attribute judge hse-faceres"] == HELD_OUT
+    assert lineage["emotion judge face-api-expression"] == HELD_OUT
+    assert lineage["identity (face descriptor)"] == IN_TRAINING      # the perceptual net F itself
+    with torch.no_grad():
+        images = sample_faces(starter, 2, seed=0)
+        assert starter.landmark_judges["mediapipe-facemesh"](images).shape == (2, 468, 2)
+        assert starter.attribute_judges["hse-faceres"](images).shape == (2, 2)

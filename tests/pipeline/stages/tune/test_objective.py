@@ -101,7 +101,8 @@ def test_a_file_that_is_not_a_held_out_set_is_rejected(tmp_path):
 # Components
 # ---------------------------------------------------------------------------------------------
 
-def test_zero_T_moves_nothing_and_scores_the_unedited_success(starter, held_out):
+def test_zero_T_moves_nothing_and_has_zero_strength(starter, held_out):
+    """Issue 14: the old edit success scored a T that does nothing at ~50; its strength is exactly 0."""
     T = random_T(starter, 2)
     with torch.no_grad():
         T.T.zero_()
@@ -109,10 +110,10 @@ def test_zero_T_moves_nothing_and_scores_the_unedited_success(starter, held_out)
     assert parts.emotion_tv_pp == 0 and parts.landmark_drift == 0
     assert set(parts.emotion_abs_pp) == {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
     assert all(v == 0 for v in parts.emotion_abs_pp.values())
-    # x' = x: each edit misses its target by |R(x) - t|, t = 0 and 1.
-    r = held_out.original_attributes.numpy()
-    expected = 100 * (1 - np.mean([np.abs(r - 0), np.abs(r - 1)]))
-    assert parts.edit_success_pp == pytest.approx(expected, abs=1e-4)
+    # x' = x for both targets: R(x' | t = 1) - R(x' | t = 0) = 0 for every face.
+    assert parts.strength_by_attribute == {"Male": 0.0, "Young": 0.0} and parts.strength == 0.0
+    s = score(parts.emotion_tv_pp, parts.strength)
+    assert not s.feasible and s.shortfall == 0.5        # a zero-drift T that does not edit is infeasible
 
 
 def test_components_equal_the_metrics_computed_by_hand(starter, held_out):
@@ -125,19 +126,20 @@ def test_components_equal_the_metrics_computed_by_hand(starter, held_out):
         x = G.synthesis(held_out.wplus)
         p, pts = judge(x).numpy(), starter.landmarks(x).numpy()
         scale, _ = M.landmark_scale(pts, starter.landmarks.groups)
-        tv, lm, success, absd = [], [], [], []
+        tv, lm, young, absd = [], [], [], []
         for e in range(2):
             s = held_out.amounts[:, a, e:e + 1]
             x2 = G.synthesis(T(held_out.wplus, s))
             p2, pts2 = judge(x2).numpy(), starter.landmarks(x2).numpy()
-            young = starter.regressor(x2)[:, list(starter.regressor.names).index("Young")].numpy()
+            young.append(starter.regressor(x2)[:, list(starter.regressor.names).index("Young")].numpy())
             tv.append(M.total_variation(p, p2) * 100)
             absd.append(M.emotion_abs_deltas(p, p2))
             lm.append(M.landmark_drift(pts, pts2, scale))
-            success.append(100 * (1 - np.abs(young - held_out.targets[:, a, e].numpy())))
     assert parts.emotion_tv_pp == pytest.approx(float(np.mean(tv)), rel=1e-5)
     assert parts.landmark_drift == pytest.approx(float(np.mean(lm)), rel=1e-5)
-    assert parts.edit_success_pp == pytest.approx(float(np.mean(success)), rel=1e-5)
+    # strength = mean R(x' | must-exist) - mean R(x' | non-exist), extremes in (low, high) order
+    assert parts.strength_by_attribute["Young"] == pytest.approx(float(young[1].mean() - young[0].mean()), abs=1e-6)
+    assert parts.strength == parts.strength_by_attribute["Young"]
     assert parts.emotion_abs_pp["happy"] == pytest.approx(float(np.mean(absd, axis=(0, 1))[3]), rel=1e-5)
     assert parts.emotion_tv_pp > 0.01   # the random T really edits (the comparison is not 0 == 0)
     np.testing.assert_allclose(parts.per_face["emotion_tv_pp"], np.mean(tv, axis=0), rtol=1e-5)
@@ -148,6 +150,18 @@ def test_intermediate_evaluation_uses_the_first_faces(starter, held_out):
     first4 = ObjectiveEvaluator(starter, held_out)(T, ATTRIBUTES, n_faces=4)
     on_head = ObjectiveEvaluator(starter, held_out.head(4))(T, ATTRIBUTES)
     assert first4.n_faces == 4 and first4.as_metrics() == pytest.approx(on_head.as_metrics())
+
+
+def test_strength_by_an_independent_attribute_judge(starter, held_out):
+    """strength_by names a held-out attribute judge: strength is its P(x' | t = 1) - P(x' | t = 0)."""
+    T = random_T(starter, 2, seed=5)
+    by_judge = ObjectiveEvaluator(starter, held_out, strength_by="hse-faceres")(T, ATTRIBUTES, n_faces=2)
+    by_r = ObjectiveEvaluator(starter, held_out)(T, ATTRIBUTES, n_faces=2)
+    assert by_judge.strength_by == "hse-faceres" and by_r.strength_by == "regressor"
+    assert by_judge.emotion_tv_pp == pytest.approx(by_r.emotion_tv_pp)          # same edits, other scorer
+    assert by_judge.strength_by_attribute != pytest.approx(by_r.strength_by_attribute)
+    with pytest.raises(ConfigError, match="objective.strength_by: 'nope' is neither"):
+        ObjectiveEvaluator(starter, held_out, strength_by="nope")
 
 
 def test_unknown_judge_and_uncovered_attribute_are_config_errors(starter, held_out):
@@ -166,17 +180,18 @@ def test_unknown_judge_and_uncovered_attribute_are_config_errors(starter, held_o
 # Score
 # ---------------------------------------------------------------------------------------------
 
-def test_score_is_drift_when_feasible_and_ranks_infeasible_trials_last():
-    kw = {"tolerance_pp": 5.0, "penalty": 10.0}
-    ok = score(3.0, 46.0, 50.0, **kw)                      # 4 pp below the baseline: within tolerance
-    assert ok.feasible and ok.score == 3.0 and ok.shortfall_pp == 0 and ok.reference_success_pp == 50
-    bad = score(0.5, 44.0, 50.0, **kw)                      # 1 pp below the floor of 45
-    assert not bad.feasible and bad.shortfall_pp == pytest.approx(1.0)
+def test_score_is_drift_above_an_absolute_strength_floor_and_ranks_infeasible_trials_last():
+    kw = {"strength_floor": 0.5, "penalty": 1000.0}
+    ok = score(3.0, 0.62, **kw)
+    assert ok.feasible and ok.score == 3.0 and ok.shortfall == 0 and ok.strength_floor == 0.5
+    bad = score(0.5, 0.49, **kw)                          # 0.01 below the floor: infeasible, however small its drift
+    assert not bad.feasible and bad.shortfall == pytest.approx(0.01)
     assert bad.score == pytest.approx(INFEASIBLE_OFFSET + 0.5 + 10.0)
-    worst_feasible = score(100.0, 45.0, 50.0, **kw)          # the largest possible drift, still feasible
-    assert worst_feasible.score < bad.score
-    assert score(0.5, 40.0, 50.0, **kw).score > bad.score   # a larger shortfall ranks later
-    base = score(4.0, 50.0, None, **kw)                    # the baseline itself
-    assert base.feasible and base.score == 4.0 and base.reference_success_pp == 50.0
-    diverged = score(math.nan, 50.0, 50.0, **kw)
+    worst_feasible = score(100.0, 0.5, **kw)                # the largest possible drift, exactly at the floor
+    assert worst_feasible.feasible and worst_feasible.score < bad.score
+    assert score(0.5, 0.3, **kw).score > bad.score         # a weaker edit ranks later
+    # The floor is absolute: a non-editing baseline (strength 0.01) is infeasible like any trial, and
+    # there is no reference to pass in.
+    assert not score(0.0, 0.01, **kw).feasible
+    diverged = score(math.nan, 0.7, **kw)
     assert diverged.score == math.inf and not diverged.feasible

@@ -141,7 +141,8 @@ def test_invalid_space_fails_before_weights_ray_or_any_output(tmp_path, starter_
     ({"scheduler": {"max_steps": 4, "eval_every": 5}}, "scheduler.eval_every"),
     ({"scheduler": {"reduction_factor": 1}}, "scheduler.reduction_factor"),
     ({"objective": {"n_samples": 8, "intermediate_samples": 9}}, "objective.intermediate_samples"),
-    ({"objective": {"tolerance_pp": -1}}, "objective.tolerance_pp"),
+    ({"objective": {"strength_floor": 2}}, "objective.strength_floor"),
+    ({"objective": {"tolerance_pp": 5}}, "objective.tolerance_pp"),        # gone with issue 14: an unknown key
     ({"scheduler": {"kind": "pbt"}}, "scheduler.kind"),
 ])
 def test_bad_tune_config_names_the_field(tmp_path, change, field):
@@ -235,8 +236,8 @@ def test_sweep_runs_end_to_end_and_writes_every_output(sweep, starter_cache):
     for r in rows:
         if r["status"] == ERROR:
             continue
-        for key in ("score", "emotion_tv_pp", "landmark_drift", "edit_success_pp", "reference_success_pp",
-                    *[f"emotion_abs_pp_{e}" for e in EMOTIONS]):
+        for key in ("score", "emotion_tv_pp", "landmark_drift", "strength", "strength_Male", "strength_Young",
+                    "strength_floor", "shortfall", *[f"emotion_abs_pp_{e}" for e in EMOTIONS]):
             assert math.isfinite(as_float(r[key])), (r["trial_id"], key)
         assert int(r["steps"]) == (4 if r["status"] == COMPLETED else 2)
         assert (r["status"] == COMPLETED) == Path(r["directions"] or "/nonexistent").is_file()
@@ -262,16 +263,15 @@ def test_best_is_the_argmin_of_the_recorded_scores(sweep):
     assert [r["trial_id"] for r in flagged] == [argmin["trial_id"]] == [result.best["trial_id"]]
     summary = json.loads(result.summary_path.read_text())
     assert summary["best"]["trial_id"] == argmin["trial_id"]
-    # Every recorded score follows the documented formula from the recorded components.
+    # Every recorded score follows the documented formula from the recorded components, with the same
+    # absolute floor for every trial and the baseline (issue 14: no baseline-relative bar).
     for r in completed:
-        expected = score(as_float(r["emotion_tv_pp"]), as_float(r["edit_success_pp"]),
-                         None if r["role"] == "baseline" else as_float(r["reference_success_pp"]),
-                         tolerance_pp=cfg.objective.tolerance_pp, penalty=cfg.objective.penalty)
+        assert as_float(r["strength"]) == pytest.approx(min(as_float(r["strength_Male"]), as_float(r["strength_Young"])))
+        expected = score(as_float(r["emotion_tv_pp"]), as_float(r["strength"]),
+                         strength_floor=cfg.objective.strength_floor, penalty=cfg.objective.penalty)
         assert as_float(r["score"]) == pytest.approx(expected.score, rel=1e-5)
         assert r["feasible"] == ("true" if expected.feasible else "false")
-    baseline = next(r for r in rows if r["role"] == "baseline")
-    for r in completed:
-        assert as_float(r["reference_success_pp"]) == pytest.approx(as_float(baseline["edit_success_pp"]), rel=1e-5)
+        assert as_float(r["strength_floor"]) == cfg.objective.strength_floor
 
 
 @pytest.mark.timeout(420)
@@ -360,5 +360,49 @@ def test_summary_records_provenance_and_absolute_paths(sweep):
     summary = json.loads(result.summary_path.read_text())
     prov = summary["provenance"]
     assert prov["packages"]["torch"] == torch.__version__ and prov["preset"] == "starter"
-    assert "DigiFace-1M" in prov["weights"]["gan_face_generate"]["licence"]
+    assert "DigiFace-1M" in prov["weights"]["stylegan2_starter64"]["licence"]
     assert Path(summary["config"]["work_dir"]).is_absolute()
+
+
+def test_infeasible_trials_are_marked_in_the_table_and_the_plot(tmp_path):
+    """Below the absolute strength floor = infeasible: `feasible` false in trials.csv, a cross in the plot."""
+    from pipeline.stages.tune.results import write_pareto_plot, write_table
+
+    def trial(tid, role, subset, strength, drift, status=COMPLETED):
+        s = score(drift, strength, strength_floor=0.5)
+        return {"trial_id": tid, "role": role, "status": status, "lambda4": 0.0 if role == "baseline" else 10.0,
+                "subset": subset, "strength": strength, "strength_Male": strength, "emotion_tv_pp": drift,
+                "landmark_drift": 0.01, "score": s.score, "feasible": s.feasible, "shortfall": s.shortfall,
+                "strength_floor": 0.5, "eval_faces": 8.0}
+    rows = [trial("b", "baseline", "-", 0.05, 0.4), trial("t1", "trial", "mouth", 0.62, 3.0),
+            trial("t2", "trial", "mouth", 0.2, 0.1), trial("t3", "trial", "all", 0.55, 2.0, STOPPED)]
+    best = pick_best(rows)
+    assert best["trial_id"] == "t1"          # the lowest drift (t2, 0.1 pp) does not edit: infeasible
+    table = write_table(tmp_path / "trials.csv", rows, list(EMOTIONS), ["Male"])
+    by_id = {r["trial_id"]: r for r in read_table(table)}
+    assert by_id["b"]["feasible"] == "false" and by_id["t2"]["feasible"] == "false" and by_id["t1"]["feasible"] == "true"
+    assert by_id["t2"]["shortfall"] == "0.3" and by_id["t1"]["strength_Male"] == "0.62"
+    assert "strength >= strength_floor" in table.read_text().splitlines()[0]
+    png = write_pareto_plot(tmp_path / "pareto.png", rows, best, 0.5, "test")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_trial_progress_prints_an_eta_and_survives_tunes_pickling():
+    """Tune pickles its run config, callbacks included; `hfld run` passes the (Ray-wrapped) builtin print."""
+    import pickle
+
+    from ray import cloudpickle
+
+    from pipeline.stages.tune.ray_tune import TrialProgress
+
+    lines = []
+
+    class Trial:
+        trial_id = "t1"
+    progress = TrialProgress("sweep", total=4, concurrent=2, print_fn=lambda *a, **k: lines.append(a[0]))
+    progress.on_trial_complete(0, [], Trial())
+    progress.on_trial_error(0, [], Trial())
+    assert lines[0].startswith("[tune] sweep: 1/4 trials finished (last: t1)") and "| eta " in lines[0]
+    assert "2/4" in lines[1]
+    copy = pickle.loads(cloudpickle.dumps(progress))
+    assert copy.done == 2 and copy.print is print
