@@ -59,7 +59,9 @@ def test_run_refuses_a_section_setting_the_run_would_replace(capsys):
     assert line.startswith("error: train.model:") and "replaced by the run's model" in line
     for override, field in (("generate.seed=3", "generate.seed"), ("train.losses.landmark=7", "train.losses.landmark"),
                             ("evaluate.output_dir=/tmp/x", "evaluate.output_dir"), ("tune.space=tiny", "tune.space"),
-                            ("train.resume=/x/c.safetensors", "train.resume"), ("tune.train.seed=2", "tune.train.seed")):
+                            ("train.resume=/x/c.safetensors", "train.resume"),
+                            # the sweep trains with the run's own train section: tune.train is refused as a whole
+                            ("tune.train.seed=2", "tune.train")):
         rc, err = run_cli(capsys, "run", "--set", override, "--print-config")
         assert rc == 2 and one_error_line(err).startswith(f"error: {field}:"), (override, err)
     rc, _ = run_cli(capsys, "run", "--preset", "tiny", "--set", "seed=3", "--set", "train.iterations=7", "--print-config")

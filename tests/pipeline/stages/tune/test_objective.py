@@ -48,8 +48,11 @@ def random_T(bundle, n_columns: int, seed: int = 0, std: float = 0.5) -> Directi
 
 def test_held_out_faces_are_seeded_and_are_evaluates_faces(starter, held_out):
     again = build_held_out(starter, ATTRIBUTES, n=N, seed=7, batch_size=N)     # another batching: same set
-    for name in ("wplus", "amounts", "targets", "original_attributes"):
-        assert torch.equal(getattr(held_out, name), getattr(again, name)), name
+    # The latents are drawn per face (equal to the bit); what the networks measure on them is equal up to
+    # float32 rounding, which depends on the batch (the StyleGAN2 starter's batched modulated convolution).
+    assert torch.equal(held_out.wplus, again.wplus)
+    for name in ("amounts", "targets", "original_attributes"):
+        assert torch.allclose(getattr(held_out, name), getattr(again, name), atol=1e-5), name
     other = build_held_out(starter, ATTRIBUTES, n=N, seed=8)
     assert not torch.allclose(held_out.wplus, other.wplus)
     faces = held_out_faces(starter.generator, [3, 5], seed=7, device="cpu")
@@ -149,7 +152,8 @@ def test_intermediate_evaluation_uses_the_first_faces(starter, held_out):
     T = random_T(starter, 2, seed=4)
     first4 = ObjectiveEvaluator(starter, held_out)(T, ATTRIBUTES, n_faces=4)
     on_head = ObjectiveEvaluator(starter, held_out.head(4))(T, ATTRIBUTES)
-    assert first4.n_faces == 4 and first4.as_metrics() == pytest.approx(on_head.as_metrics())
+    # the same faces in batches of another size: equal up to float32 rounding (see above)
+    assert first4.n_faces == 4 and first4.as_metrics() == pytest.approx(on_head.as_metrics(), rel=1e-4)
 
 
 def test_strength_by_an_independent_attribute_judge(starter, held_out):
