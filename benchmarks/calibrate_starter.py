@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.core import metrics as M  # noqa: E402
-from pipeline.core.config import from_dict  # noqa: E402
+from pipeline.core.config import apply_overrides, from_dict  # noqa: E402
 from pipeline.core.edits import EXTREMES, one_column_edit  # noqa: E402
 from pipeline.core.sampling import resolve_device  # noqa: E402
 from pipeline.core.strength import per_face_strength  # noqa: E402
@@ -128,6 +128,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-batch", type=int, default=32)
     p.add_argument("--csv", default="", help="write every measurement here")
     p.add_argument("--cache-dir", default="")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="TrainConfig override for every setting (e.g. layer_mask=[0,1,2,3,4,5], losses.perceptual=1)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -137,10 +139,13 @@ def main(argv=None) -> int:
           + ", precision fp32", flush=True)
 
     bundle = build_bundle(ModelConfig(preset=args.preset, cache_dir=args.cache_dir), device)
-    base = from_dict(TrainConfig, {"model": {"preset": args.preset, "cache_dir": args.cache_dir},
-                                   "losses": {"landmark": 0.0}, "edit_sampling": args.edit_sampling,
-                                   "device": str(device), "work_dir": tempfile.mkdtemp(prefix="calibrate-"),
-                                   "tracking": {"enabled": False}, "seed": 0})
+    data = apply_overrides({"model": {"preset": args.preset, "cache_dir": args.cache_dir},
+                            "losses": {"landmark": 0.0}, "edit_sampling": args.edit_sampling,
+                            "device": str(device), "work_dir": tempfile.mkdtemp(prefix="calibrate-"),
+                            "tracking": {"enabled": False}, "seed": 0}, args.set)
+    base = from_dict(TrainConfig, data)
+    if args.set:
+        print(f"overrides: {args.set}", flush=True)
     attributes = resolve_attributes(base, bundle)
     scorers = {"R": (bundle.regressor, {a: list(bundle.regressor.names).index(a) for a in attributes})}
     for name, judge in bundle.attribute_judges.items():
