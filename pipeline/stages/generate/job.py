@@ -142,7 +142,7 @@ def prepare(cfg: GenerateConfig, bundle_factory: BundleFactory | None = None) ->
     check_writable_dir("output_dir", out_dir)
     n_sources = cfg.n_sources if sources is None else min(sources.n_sources, cfg.sources_limit or sources.n_sources)
     plan = Plan(n_sources, cfg.variants, cfg.shard_sources, cfg.batch_sources)
-    job = GenerateJob(cfg, plan, directions, policy, facts, factory, "auto", out_dir, sources)
+    job = GenerateJob(cfg, plan, directions, policy, facts, factory, "auto", out_dir, sources=sources)
     check_same_job(job)
     return job
 

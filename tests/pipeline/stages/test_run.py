@@ -86,6 +86,8 @@ def test_profiles_come_from_the_registry_and_sit_under_the_users_settings(capsys
     assert resolve_run_config({"profile": "demo", "model": {"preset": "tiny"}}).tune_space == ""   # the preset's own
     with pytest.raises(ConfigError, match="profile: 'huge' is not a profile"):
         resolve_run_config({"profile": "huge"})
+    with pytest.raises(ConfigError, match=r"profile: \[1\] is not a profile"):   # found by the config fuzzer
+        resolve_run_config({"profile": [1]})
     # The CLI's --profile choices are the registry's keys, and --set still wins.
     parser = argparse.ArgumentParser()
     add_stage_arguments(parser, STAGES["run"], ["tiny", "starter"])

@@ -181,7 +181,7 @@ def test_rows_regenerate_and_labels_match_a_rescore_of_the_decoded_images(full_r
 def check_regenerated_rows(job, out: Path):
     import pyarrow.parquet as pq
     table = pq.read_table(out / "part-00000-of-00010.parquet").slice(0, 2 * VARIANTS)
-    chunk = chunk_latents(3, VARIANTS, 100, job.policy, 0, 0, 2)
+    chunk = chunk_latents(3, VARIANTS, job.facts.z_dim, job.policy, 0, 0, 2)
     np.testing.assert_array_equal(chunk["latent_seed"], table.column("latent_seed").to_numpy())
     np.testing.assert_allclose(chunk["s"], np.stack(table.column("s").to_numpy(zero_copy_only=False)))
     generator = GeneratorStage(job)
@@ -498,16 +498,18 @@ def test_actor_pools_that_cannot_be_placed_are_refused(resources, gpu, match):
 
 
 def test_manifest_and_mlflow_record_provenance(full_run, tracking):
-    """Package versions, the device and the licences of the weights used (the DCGAN's DigiFace-1M terms)."""
+    """Package versions, the device and the licences of the weights used (the starter generator was taught by
+    the DCGAN, whose weights carry DigiFace-1M's research-only terms)."""
     from mlflow import MlflowClient
     manifest = json.loads((full_run["out"] / "manifest.json").read_text())
     (prov,) = manifest["provenance"]                     # one invocation wrote every shard
     assert prov["shards"] == list(range(10)) and prov["packages"]["torch"] == torch.__version__
     assert {"ray", "mlflow", "hfld"} <= set(prov["packages"]) and prov["device"].startswith("cpu")
-    assert "non-commercial research only" in prov["weights"]["gan_face_generate"]["licence"]
+    assert "DigiFace-1M (research use)" in prov["weights"]["stylegan2_starter64"]["licence"]
+    assert "gan_face_generate" not in prov["weights"]                  # the starter does not run the DCGAN
     assert {"fer", "face_api"} <= set(prov["weights"])
     record = json.loads((full_run["out"] / "_meta" / "part-00000-of-00010.json").read_text())
     assert {k: v for k, v in record["provenance"].items()} == {k: v for k, v in prov.items() if k != "shards"}
     tags = MlflowClient(tracking.tracking_uri).get_run(full_run["run_id"]).data.tags
     assert tags["provenance.packages.torch"] == torch.__version__
-    assert "DigiFace-1M" in tags["provenance.weights.gan_face_generate.licence"]
+    assert "DigiFace-1M" in tags["provenance.weights.stylegan2_starter64.licence"]

@@ -93,7 +93,7 @@ def test_starter_space_has_the_issues_subsets():
     ({"lambda4": {"distribution": "choice", "values": [0, 10]}}, r"lambda4\.values", "must be > 0"),
     ({"lambda4": {"distribution": "loguniform", "low": 1}}, r"lambda4\.high", "missing"),
     ({"attribute_sets": {"bald": ["Bald"]}}, r"attribute_sets\.bald", r"unknown attribute\(s\) \['Bald'\]"),
-    ({"layer_masks": {"deep": [0, 3]}}, r"layer_masks\.deep", r"layer\(s\) \[3\] outside"),
+    ({"layer_masks": {"deep": [0, 10]}}, r"layer_masks\.deep", r"layer\(s\) \[10\] outside"),
     ({"presets": ["ffhq256"]}, "presets", "this space is for"),
 ])
 def test_invalid_space_names_the_file_and_the_key(tmp_path, change, key, message):
