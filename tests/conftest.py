@@ -16,6 +16,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ["DEEPFACE_HOME"] = str(_SESSION_TMP / "deepface")
 os.environ["HFLD_WORK_DIR"] = str(_SESSION_TMP / "work")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Ray Train's controller polls its workers every 2 s by default: a fit of a few steps then spends ~5 s
+# after its last report before it returns. The suite runs ~25 such fits (also in subprocesses and
+# `ray job submit`, which inherit this); measured on the 2-core machine: a trivial fit 16-18 s -> 10-12 s.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 import torch  # noqa: E402
 

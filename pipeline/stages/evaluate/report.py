@@ -159,6 +159,18 @@ def fixed_target_statements(scope: str, res: dict, numbers: dict) -> list[str]:
     return out
 
 
+def gate_reason(attribute: str, why: str) -> str:
+    """Why a failed gate forbids a claim, for each way it failed."""
+    out = ""
+    if "NOT EDITING" in why:
+        out += (f" A T that does not edit {attribute} cannot change an emotion by editing it, so its low drift is "
+                "no achievement.")
+    if "FOOLING R" in why:
+        out += (f" A T that moves R but not an independent judge may exploit R's blind spots instead of changing "
+                f"{attribute}, so its drift cannot be read as the effect of an edit.")
+    return out
+
+
 def statements(numbers: dict) -> list[str]:
     """The findings, in order: edit strength per attribute (first), the gate (no claim where a T does not
     edit or fools R), drift at matched strength (held-out judges), then the fixed-target protocol."""
@@ -168,8 +180,7 @@ def statements(numbers: dict) -> list[str]:
     comparable = [a for a, g in numbers["gate"].items() if g["comparable"]]
     for a, g in numbers["gate"].items():
         if not g["comparable"]:
-            out.append(f"No drift reduction is stated for {a}: {g['why']}. A T that does not edit {a} cannot change "
-                       "an emotion by editing it, so its low drift is no achievement.")
+            out.append(f"No drift reduction is stated for {a}: {g['why']}.{gate_reason(a, g['why'])}")
     for a in comparable:
         out += matched_statements(a, numbers["matched"][a], labels["hfld"], numbers["confidence"])
     if comparable:

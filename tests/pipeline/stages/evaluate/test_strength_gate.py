@@ -211,7 +211,8 @@ def test_a_non_editing_T_is_reported_as_such_and_no_reduction_is_claimed(toy, tm
     assert st["baseline"]["verdict"] == "editing"
     assert res.statements[0].startswith("Edit strength of Male") and "NOT EDITING" in res.statements[0]
     assert not res.metrics["gate"]["Male"]["comparable"]
-    assert any(s.startswith("No drift reduction is stated for Male: HFLD is NOT EDITING Male") for s in res.statements)
+    gate = next(s for s in res.statements if s.startswith("No drift reduction is stated for Male: HFLD is NOT EDITING Male"))
+    assert "does not edit Male" in gate and "blind spots" not in gate
     # HFLD's drift IS lower (it barely moves the face), yet nothing claims a reduction.
     fixed = res.metrics["attributes"]["Male"]["emotion"]["toy-expression"]["comparison"]
     assert fixed["reduction_pct"] > 90
@@ -228,7 +229,8 @@ def test_a_T_that_fools_R_is_flagged_and_claims_nothing(toy, tmp_path):
     st = res.metrics["strength"]["Male"]["hfld"]
     assert st["by"]["training"]["mean"] >= 0.5 and st["by"]["toy-judge"]["mean"] == pytest.approx(0, abs=1e-6)
     assert st["verdict"] == "fooling R" and "FOOLING R" in res.statements[0]
-    assert any("HFLD is FOOLING R on Male" in s for s in res.statements)
+    gate = next(s for s in res.statements if "HFLD is FOOLING R on Male" in s)
+    assert "blind spots" in gate and "does not edit" not in gate      # the reason given fits the failure
     assert not any("reduced" in s for s in res.statements)
 
 
