@@ -34,7 +34,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 from pipeline.presets import ModelBundle  # noqa: E402
 from pipeline.stages.invert.config import ProjectionConfig  # noqa: E402

@@ -24,9 +24,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from models.load.common import file_sha256
+from pipeline.core.config import ConfigError, flatten
 
 __all__ = ["atomic_output", "atomic_write_bytes", "current_umask", "file_sha256", "jsonl_bytes", "json_safe",
-           "read_jsonl", "remove_stale_temps"]
+           "read_jsonl", "refuse_different_job", "remove_stale_temps"]
 
 TEMP_SUFFIX = ".tmp"
 
@@ -90,3 +91,22 @@ def json_safe(node):
     if isinstance(node, float) and not math.isfinite(node):
         return None
     return node
+
+
+def refuse_different_job(out_dir: Path, record: dict, stage: str) -> None:
+    """An output directory holds one job: `out_dir/_meta/job.json` (written by the job's first run) must
+    equal this job's `record` (its output-affecting settings), else ConfigError naming what differs."""
+    path = Path(out_dir) / "_meta" / "job.json"
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise ConfigError(f"output_dir: {path} is not valid JSON; remove it only if the shards beside it are "
+                          "yours to regenerate") from None
+    new = json.loads(json.dumps(record))
+    if old != new:
+        a, b = flatten(old), flatten(new)
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise ConfigError(f"output_dir: {out_dir} holds a different {stage} job (differs in {diff[:6]}); "
+                          "use another output_dir, or the same settings to resume it")

@@ -34,7 +34,7 @@ import yaml
 from pipeline.core.config import ConfigError, to_dict
 from pipeline.core.io import atomic_output, atomic_write_bytes, json_safe
 from pipeline.core.sampling import resolve_device
-from pipeline.core.seeding import Stream, rng_for
+from pipeline.core.seeding import Stream
 from pipeline.infra.tracking import NullTracker, Tracker, git_commit
 from pipeline.presets import ModelConfig, build_bundle
 from pipeline.stages.gan import quality as Q

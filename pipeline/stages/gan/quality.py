@@ -301,7 +301,7 @@ def fd_curve(history: list[dict], scale: dict | None, path: Path) -> Path:
     ax.set_xlabel("kimg (thousands of real images shown to D)")
     ax.set_ylabel("FD_face (face-api 128-d descriptors)")
     n = scale.get("n") if scale else None
-    ax.set_title(f"FD_face over training" + (f" (N = {n} per set)" if n else ""))
+    ax.set_title("FD_face over training" + (f" (N = {n} per set)" if n else ""))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

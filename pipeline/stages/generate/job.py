@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from pipeline.core.config import ConfigError, flatten, to_dict
+from pipeline.core.config import ConfigError, to_dict
+from pipeline.core.io import refuse_different_job
 from pipeline.core.metrics import eye_groups
 from pipeline.core.paths import check_writable_dir
 from pipeline.core.policies import EditPolicy, build_policy
@@ -182,17 +182,4 @@ def check_sources(cfg: GenerateConfig, facts: ModelFacts) -> LatentSources:
 
 def check_same_job(job: GenerateJob) -> None:
     """An output directory holds one job: a rerun with different output-affecting settings is refused."""
-    path = job.out_dir / "_meta" / "job.json"
-    if not path.is_file():
-        return
-    try:
-        old = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise ConfigError(f"output_dir: {path} is not valid JSON; remove it only if the shards beside it are "
-                          "yours to regenerate") from None
-    new = json.loads(json.dumps(job.job_record()))
-    if old != new:
-        a, b = flatten(old), flatten(new)
-        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-        raise ConfigError(f"output_dir: {job.out_dir} holds a different generate job (differs in {diff[:6]}); "
-                          "use another output_dir, or the same settings to resume it")
+    refuse_different_job(job.out_dir, job.job_record(), "generate")

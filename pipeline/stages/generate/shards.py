@@ -173,28 +173,39 @@ def finished_record(job: GenerateJob, shard: int, verify: bool) -> dict | None:
                                 job.plan.shard_rows(shard), verify)
 
 
-class ShardWriter:
-    """The writer actor: collects the rows of each shard (they arrive in any order) and writes a shard
-    as soon as all its rows are in. Emits one small row per written shard."""
+class ShardCollector:
+    """A writer actor: collects the rows of each shard (they arrive in any order, in batches of any
+    size) and writes a shard as soon as all its rows are in; emits one small row per written shard
+    (shard, rows, the JSON record). Subclasses say how a shard is written (`write`); the job's plan
+    says how many rows each shard has. Used by generate and invert."""
 
-    def __init__(self, job: GenerateJob):
+    def __init__(self, job):
         self.job = job
         self.pending: dict[int, list[dict]] = {}
         self.counts: dict[int, int] = {}
+
+    def write(self, shard: int, rows: dict) -> dict:
+        raise NotImplementedError
 
     def __call__(self, batch: dict) -> dict:
         done = []
         shards = np.asarray(batch["shard"])
         for shard in np.unique(shards):
-            sel = shards == shard
-            self.pending.setdefault(int(shard), []).append({k: np.asarray(v)[sel] for k, v in batch.items()})
-            self.counts[int(shard)] = self.counts.get(int(shard), 0) + int(sel.sum())
-            if self.counts[int(shard)] == self.job.plan.shard_rows(int(shard)):
-                rows = concat_rows(self.pending.pop(int(shard)))
-                done.append(write_shard(self.job, int(shard), rows))
+            s, sel = int(shard), shards == shard
+            self.pending.setdefault(s, []).append({k: np.asarray(v)[sel] for k, v in batch.items()})
+            self.counts[s] = self.counts.get(s, 0) + int(sel.sum())
+            if self.counts[s] == self.job.plan.shard_rows(s):
+                done.append(self.write(s, concat_rows(self.pending.pop(s))))
         return {"shard": np.array([d["shard"] for d in done], np.int64),
                 "rows": np.array([d["rows"] for d in done], np.int64),
                 "record": np.array([json.dumps(d, sort_keys=True) for d in done], dtype=np.str_)}
+
+
+class ShardWriter(ShardCollector):
+    """generate's writer actor (see ShardCollector)."""
+
+    def write(self, shard: int, rows: dict) -> dict:
+        return write_shard(self.job, shard, rows)
 
 
 def schema_summary(job: GenerateJob) -> dict:

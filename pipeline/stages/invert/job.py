@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipeline.core.config import ConfigError, flatten, to_dict
+from pipeline.core.config import ConfigError, to_dict
+from pipeline.core.io import refuse_different_job
 from pipeline.core.paths import check_writable_dir
 from pipeline.presets import PRESETS, ModelBundle, build_bundle
 from pipeline.presets.registry import AlignmentSpec
@@ -161,17 +161,4 @@ def prepare(cfg: InvertConfig, bundle_factory: BundleFactory | None = None) -> I
 
 def check_same_job(job: InvertJob) -> None:
     """An output directory holds one job: a rerun with different output-affecting settings is refused."""
-    path = job.out_dir / "_meta" / "job.json"
-    if not path.is_file():
-        return
-    try:
-        old = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise ConfigError(f"output_dir: {path} is not valid JSON; remove it only if the shards beside it are "
-                          "yours to regenerate") from None
-    new = json.loads(json.dumps(job.job_record()))
-    if old != new:
-        a, b = flatten(old), flatten(new)
-        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-        raise ConfigError(f"output_dir: {job.out_dir} holds a different invert job (differs in {diff[:6]}); "
-                          "use another output_dir, or the same settings to resume it")
+    refuse_different_job(job.out_dir, job.job_record(), "invert")

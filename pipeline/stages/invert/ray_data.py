@@ -46,7 +46,7 @@ def resolve_invert_device(cfg: InvertConfig) -> str:
 
 
 def build_dataset(job: InvertJob, todo: list[int]):
-    cfg, res = job.cfg, job.cfg.resources
+    res = job.cfg.resources
     chunks = job.plan.chunks(todo)
     actor = {"num_cpus": res.cpus_per_actor}
     n_blocks = max(1, min(len(chunks), max(len(todo), 4 * res.actors)))

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.io import atomic_write_bytes
-from pipeline.stages.generate import concat_rows, read_finished_record, write_table_atomically
+from pipeline.stages.generate import ShardCollector, read_finished_record, write_table_atomically
 from pipeline.stages.invert.config import job_config
 from pipeline.stages.invert.job import FORMAT, FORMAT_VERSION, STATUSES, InvertJob
 
@@ -148,28 +148,11 @@ def finished_record(job: InvertJob, shard: int, verify: bool) -> dict | None:
     return read_finished_record(final, record, job.plan.shard_rows(shard), verify)
 
 
-class InvertShardWriter:
-    """The writer actor: collects each shard's rows and writes it once all are in; emits one small row
-    per written shard."""
+class InvertShardWriter(ShardCollector):
+    """invert's writer actor (see generate's ShardCollector): a shard is written once all its rows are in."""
 
-    def __init__(self, job: InvertJob):
-        self.job = job
-        self.pending: dict[int, list[dict]] = {}
-        self.counts: dict[int, int] = {}
-
-    def __call__(self, batch: dict) -> dict:
-        done = []
-        shards = np.asarray(batch["shard"])
-        for shard in np.unique(shards):
-            sel = shards == shard
-            s = int(shard)
-            self.pending.setdefault(s, []).append({k: np.asarray(v)[sel] for k, v in batch.items()})
-            self.counts[s] = self.counts.get(s, 0) + int(sel.sum())
-            if self.counts[s] == self.job.plan.shard_rows(s):
-                done.append(write_shard(self.job, s, concat_rows(self.pending.pop(s))))
-        return {"shard": np.array([d["shard"] for d in done], np.int64),
-                "rows": np.array([d["rows"] for d in done], np.int64),
-                "record": np.array([json.dumps(d, sort_keys=True) for d in done], dtype=np.str_)}
+    def write(self, shard: int, rows: dict) -> dict:
+        return write_shard(self.job, shard, rows)
 
 
 def summary(records: list[dict]) -> dict:
