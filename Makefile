@@ -23,7 +23,7 @@ demo: fetch
 	$(BIN)/hfld run --preset starter --profile demo
 
 test: fetch
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -69,8 +69,8 @@ from pipeline.stages.generate.config import (GenerateConfig, GenerateResources, 
                                              job_config)
 from pipeline.stages.generate.job import BundleFactory, GenerateJob, prepare
 from pipeline.stages.generate.plan import Plan, concat_rows, object_array, pack_chunks, split_chunks
-from pipeline.stages.generate.shards import (ShardCollector, finished_record, read_finished_record, write_manifest,
-                                             write_table_atomically)
+from pipeline.stages.generate.shards import (ShardCollector, finished_record, read_finished_record, shard_provenance,
+                                             write_manifest, write_table_atomically)
 from pipeline.stages.generate.sources import (ID_COLUMN, INVERTED_FORMAT, LATENT_COLUMN, NOISE_COLUMN, OK_STATUS,
                                               QUALITY_COLUMNS, STATUS_COLUMN, LatentSources, ParquetRows,
                                               open_latent_sources, split_of)
@@ -82,7 +82,7 @@ __all__ = ["GenerateConfig", "GenerateJob", "GenerateResources", "GenerateResult
            "STATUS_COLUMN", "LatentSources", "ParquetRows", "open_latent_sources", "split_of",
            # the shard machinery other stages reuse
            "Plan", "ShardCollector", "autocast", "concat_rows", "encode_image", "object_array", "pack_chunks",
-           "read_finished_record", "setup_torch", "split_chunks", "to_uint8_hwc", "write_table_atomically"]
+           "read_finished_record", "setup_torch", "shard_provenance", "split_chunks", "to_uint8_hwc", "write_table_atomically"]
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -61,6 +61,7 @@ class InvertJob:
     bundle_factory: BundleFactory
     device: str                     # "cuda" or "cpu" for the actors ("auto" until Ray is up)
     out_dir: Path
+    provenance: dict = field(default_factory=dict)   # of this invocation (packages, device, licences)
 
     @property
     def n_rows(self) -> int:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.io import atomic_write_bytes
-from pipeline.stages.generate import ShardCollector, read_finished_record, write_table_atomically
+from pipeline.stages.generate import ShardCollector, read_finished_record, shard_provenance, write_table_atomically
 from pipeline.stages.invert.config import job_config
 from pipeline.stages.invert.job import FORMAT, FORMAT_VERSION, STATUSES, InvertJob
 
@@ -138,7 +138,8 @@ def shard_paths(job: InvertJob, shard: int) -> tuple[Path, Path]:
 def write_shard(job: InvertJob, shard: int, rows: dict) -> dict:
     table = build_table(job, shard, rows)
     final, record = shard_paths(job, shard)
-    return write_table_atomically(table, final, record, shard, shard_counts(rows), raw_columns=IMAGE_COLUMNS,
+    extra = {**shard_counts(rows), "provenance": job.provenance}
+    return write_table_atomically(table, final, record, shard, extra, raw_columns=IMAGE_COLUMNS,
                                   dictionary_columns=["status", "source_emotion_label", "reconstruction_emotion_label",
                                                       "generator_id"])
 
@@ -176,6 +177,7 @@ def write_manifest(job: InvertJob, records: list[dict]) -> tuple[Path, dict]:
         "schema": {"fields": [{"name": f.name, "type": str(f.type)} for f in schema],
                    "metadata": json.loads(schema.metadata[b"hfld"]) | {"shard": None}},
         "shards": [{k: r[k] for k in ("file", "rows", "bytes", "sha256", *STATUSES)} for r in records],
+        "provenance": shard_provenance(records),    # who wrote the shards: packages, device, weight licences
     }
     path = job.out_dir / "manifest.json"
     atomic_write_bytes(path, json.dumps(manifest, indent=1, sort_keys=True).encode())

@@ -9,9 +9,11 @@ from pathlib import Path
 
 from pipeline.core.config import to_dict
 from pipeline.core.io import atomic_write_bytes, remove_stale_temps
+from pipeline.core.locks import run_lock
 from pipeline.core.paths import check_output_locations
 from pipeline.infra.ray_session import ray_session
-from pipeline.infra.tracking import Tracker, stage_run
+from pipeline.infra.tracking import Tracker, log_provenance, stage_run
+from pipeline.presets.provenance import provenance
 from pipeline.stages.invert.config import InvertConfig
 from pipeline.stages.invert.job import InvertJob, prepare
 from pipeline.stages.invert.shards import finished_record, write_manifest
@@ -36,14 +38,16 @@ class InvertResult:
 def run_invert(cfg: InvertConfig, *, tracker: Tracker | None = None, bundle_factory=None, job: InvertJob | None = None,
                print_fn=print) -> InvertResult:
     """Invert (or finish inverting) the input of `cfg`: every check first (job.prepare; no MLflow run for
-    a bad config), then the Ray Data pipeline inside the stage's MLflow run.
+    a bad config), then, holding the output folder's lock (a second process gets a ConfigError naming
+    the holder), the Ray Data pipeline inside the stage's MLflow run.
 
     tracker: None = an MLflow run of its own (cfg.tracking); a tracker = a child run of it.
     """
     check_output_locations({"work_dir": cfg.work_dir, "output_dir": cfg.output_dir})
     job = job or prepare(cfg, bundle_factory)
-    with stage_run(cfg.tracking, tracker, work_dir=cfg.work_dir, run_name=cfg.name, stage="invert",
-                   tags={"preset": cfg.model.preset}) as run:
+    with run_lock(job.out_dir, "output_dir", print_fn) as lock, \
+            stage_run(cfg.tracking, tracker, work_dir=cfg.work_dir, run_name=cfg.name, stage="invert",
+                      tags={"preset": cfg.model.preset}, lock=lock, print_fn=print_fn) as run:
         return _invert(job, run, print_fn)
 
 
@@ -54,11 +58,13 @@ def _invert(job: InvertJob, run: Tracker, print_fn) -> InvertResult:
     t0 = time.perf_counter()
     rows_written, progress = 0, []
     if not todo:
+        job.provenance = provenance(cfg.model, "none: every shard was already written")
         start(job, records, todo, run, print_fn)
     else:
         from pipeline.stages.invert.ray_data import resolve_invert_device, write_missing_shards
         with ray_session(cfg.resources.address, dashboard=False, worker_logs=False):
             job.device = resolve_invert_device(cfg)
+            job.provenance = provenance(cfg.model, job.device)   # recorded in every shard record this run writes
             start(job, records, todo, run, print_fn)
             rows_written, progress = write_missing_shards(job, records, todo, t0, print_fn)
     seconds = time.perf_counter() - t0
@@ -98,3 +104,4 @@ def start(job: InvertJob, records: dict[int, dict], todo: list[int], run: Tracke
         run.log_params(to_dict(cfg))
         run.set_tags({"generator_id": f.generator_id, "output_dir": str(out), "preset": cfg.model.preset,
                       "input": str(job.source.root)})
+        log_provenance(run, job.provenance)

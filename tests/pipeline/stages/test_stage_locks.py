@@ -1,4 +1,4 @@
-"""Every writing stage (train on both paths, generate, tune, run) locks its folder before any work: a
+"""Every writing stage (train on both paths, generate, tune, run, invert) locks its folder before any work: a
 second process gets a ConfigError naming the holder (pid, host, since) instead of sharing the folder."""
 
 from __future__ import annotations
@@ -70,3 +70,18 @@ def test_run_locks_its_folder(no_ray, tmp_path):
         with pytest.raises(ConfigError, match=held_by_us("name")):
             run_pipeline(cfg, print_fn=lambda *a, **k: None)
     assert not (cfg.out_dir / "run_config.yaml").exists()
+
+
+def test_invert_locks_its_output_folder(no_ray, tmp_path):
+    import numpy as np
+    from PIL import Image
+    from pipeline.stages.invert import InvertConfig, run_invert
+    (tmp_path / "faces").mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "faces" / "a.png")
+    cfg = from_dict(InvertConfig, {"model": {"preset": "tiny"}, "input": {"path": str(tmp_path / "faces")},
+                                   "align": {"method": "none"}, "work_dir": str(tmp_path),
+                                   "output_dir": str(tmp_path / "inv"), "tracking": {"enabled": False},
+                                   "device": "cpu"})
+    with run_lock(tmp_path / "inv", "output_dir"):
+        with pytest.raises(ConfigError, match=held_by_us("output_dir")):
+            run_invert(cfg, print_fn=lambda *a, **k: None)

@@ -175,6 +175,11 @@ def test_manifest_and_mlflow(inverted, tracking):
     import mlflow
     run = mlflow.MlflowClient(tracking.tracking_uri).get_run(inverted["result"].mlflow_run_id)
     assert run.data.metrics["ok"] == 3 and run.data.tags["preset"] == "tiny"
+    # provenance (issue 13): who wrote the shards -- packages, device, the weights' licences
+    (prov,) = manifest["provenance"]
+    assert prov["shards"] == [0, 1, 2] and prov["packages"]["torch"] == torch.__version__
+    assert prov["device"].startswith("cpu") and prov["preset"] == "tiny" and prov["weights"]
+    assert run.data.tags["provenance.packages.torch"] == torch.__version__
 
 
 def test_resume_writes_only_the_missing_shards(inverted, tracking, starter_cache):
