@@ -134,8 +134,15 @@ def resolve_directions(source: str, tracking_uri: str | None = None, field: str 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_fits_generator(d: ResolvedDirections, generator, field: str = "directions") -> None:
-    """T [L, w_dim, N] must match the generator's latent layers and style size."""
+def check_fits_generator(d: ResolvedDirections, generator, field: str = "directions", generator_id: str = "") -> None:
+    """T [L, w_dim, N] must match the generator's latent layers and style size, and, when both are known,
+    T must have been trained on this very generator (its file records the generator's id, a sha256 of
+    its weights): a T's columns mean nothing in another generator's W+ even when the shapes agree."""
+    trained_on = str(d.meta.get("generator_id") or "")
+    if trained_on and generator_id and trained_on != generator_id:
+        raise ConfigError(f"{field}: {d.source} was trained on generator {trained_on[:23]}..., but this preset's "
+                          f"generator is {generator_id[:23]}...; use a T trained for this generator (or the preset "
+                          f"it was trained with: {d.meta.get('preset', 'unknown')!r})")
     L, w_dim = int(generator.n_latent), int(generator.w_dim)
     if tuple(d.T.shape[:2]) != (L, w_dim):
         raise ConfigError(f"{field}: {d.source} has T of shape {list(d.T.shape)}, but this preset's generator "

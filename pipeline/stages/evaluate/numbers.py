@@ -384,11 +384,12 @@ def lineage_notes(directions: list[Directions], bundle: ModelBundle) -> list[str
         if base not in (None, 0, 0.0):
             notes.append(f"the baseline T (seed {d.seed}) was trained with lambda4 = {base:g}, not 0: it is not the "
                          "paper's baseline")
-    for d in directions:
+    for d in directions:   # a T's columns mean nothing in another generator's W+: refused, not warned about
         gid = d.file.meta.get("generator_id")
         if gid and bundle.generator_id and gid != bundle.generator_id:
-            notes.append(f"{d.label} (seed {d.seed}) was trained with generator {gid[:23]}, this evaluation uses "
-                         f"{bundle.generator_id[:23]}: its edits may not mean what they meant in training")
+            raise ConfigError(f"{d.label} T (seed {d.seed}) was trained on generator {gid[:23]}..., this evaluation "
+                              f"uses {bundle.generator_id[:23]}...; evaluate it with the preset it was trained with "
+                              f"({d.file.meta.get('preset', 'unknown')!r})")
     hashes = {}
     for d in directions:
         h = d.file.meta.get("sha256")

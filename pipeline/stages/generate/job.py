@@ -134,7 +134,7 @@ def prepare(cfg: GenerateConfig, bundle_factory: BundleFactory | None = None) ->
     policy = build_policy(cfg.policy, directions.attributes)
     factory = bundle_factory or functools.partial(build_bundle, cfg.model)
     bundle = factory("cpu")
-    check_fits_generator(directions, bundle.generator)
+    check_fits_generator(directions, bundle.generator, generator_id=bundle.generator_id)
     facts = model_facts(bundle, cfg.judges)
     del bundle
     out_dir = cfg.out_dir

@@ -263,6 +263,11 @@ def test_config_checks_and_a_list_of_T_files(toy, tmp_path):
         cfg(tmp_path, baseline=["a.safetensors", "a.safetensors"])
     with pytest.raises(ConfigError, match=r"match_by: 'nope' does not score Male"):
         run_evaluate(cfg(tmp_path, match_by="nope"), bundle=toy, baseline=T(CLEAN), hfld=T(CLEAN), print_fn=quiet)
+    # A T trained on another generator is refused (its columns mean nothing in this W+).
+    other = T(CLEAN)
+    other = DirectionsFile(other.T, {**other.meta, "generator_id": "sha256:other", "preset": "x"})
+    with pytest.raises(ConfigError, match=r"HFLD T \(seed 0\) was trained on generator sha256:other"):
+        run_evaluate(cfg(tmp_path), bundle=toy, baseline=T(CLEAN), hfld=other, print_fn=quiet)
     # Files, one per seed, through the config (a YAML list) or a single path (a string, as before).
     def save(name, f):
         return save_directions(tmp_path / name, f.T, {k: v for k, v in f.meta.items() if k != "sha256"})

@@ -294,6 +294,9 @@ def bad_directions(tmp_path, kind: str) -> str:
         return str(tmp_path / "nowhere.safetensors")
     if kind == "tiny-shaped":
         return str(save_directions(tmp_path / "tiny.safetensors", torch.zeros(8, 32, 2), {"attributes": ATTRIBUTES}))
+    if kind == "same shape, other generator":      # fits the starter's W+ but was trained on another generator
+        return str(save_directions(tmp_path / "other.safetensors", torch.zeros(10, 256, 2),
+                                   {"attributes": ATTRIBUTES, "generator_id": "sha256:0123456789abcdef", "preset": "x"}))
     path = save_directions(tmp_path / "corrupt.safetensors", torch.zeros(1, 100, 2), {"attributes": ATTRIBUTES})
     blob = bytearray(path.read_bytes())
     blob[-1] ^= 0xFF
@@ -308,6 +311,7 @@ def bad_directions(tmp_path, kind: str) -> str:
     ("missing T", {"directions": "missing"}, "directions"),
     ("corrupt T", {"directions": "corrupt"}, "directions"),
     ("T of another generator", {"directions": "tiny-shaped"}, "directions"),
+    ("T of a same-shaped other generator", {"directions": "same shape, other generator"}, "directions"),
     ("no T", {"directions": ""}, "directions"),
     ("unknown run", {"directions": "runs:/0123456789abcdef"}, "directions"),
     ("bad models uri", {"directions": "models:/just-a-name"}, "directions"),
@@ -315,7 +319,7 @@ def bad_directions(tmp_path, kind: str) -> str:
 def test_bad_config_is_refused_before_any_work(no_ray, tmp_path, directions, tracking, starter_cache, case,
                                                changes, field):
     out = tmp_path / "out"
-    if changes.get("directions") in ("missing", "corrupt", "tiny-shaped"):
+    if changes.get("directions") in ("missing", "corrupt", "tiny-shaped", "same shape, other generator"):
         changes = changes | {"directions": bad_directions(tmp_path, changes["directions"])}
     changes = {"directions": str(directions["path"]), **changes}
     cfg = config(out, changes.pop("directions"), tracking, starter_cache, **changes)
