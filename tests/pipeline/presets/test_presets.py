@@ -139,11 +139,9 @@ def test_unknown_preset_lists_choices():
 
 def test_fast_path_setting_reaches_the_stylegan2_networks():
     from pipeline.core.config import from_dict
-    default = build_bundle(ModelConfig(preset="tiny"), "cpu")      # off by default (docs/performance.md)
-    assert default.generator.fast_path is None and default.discriminator.fast_path is None
-    compiled = build_bundle(ModelConfig(preset="tiny", fast_path="compiled"), "cpu")
-    assert compiled.generator.fast_path.compile and compiled.discriminator.fast_path.compile
-    assert compiled.generator.fast_path.devices == ("cuda",)         # the CPU keeps the reference code
+    default = build_bundle(ModelConfig(preset="tiny"), "cpu")
+    assert default.generator.fast_path.compile and default.discriminator.fast_path.compile   # default: compiled
+    assert default.generator.fast_path.devices == ("cuda",)          # the CPU keeps the reference code
     eager = build_bundle(ModelConfig(preset="tiny", fast_path="eager"), "cpu")
     assert eager.generator.fast_path is not None and not eager.generator.fast_path.compile
     off = build_bundle(ModelConfig(preset="tiny", fast_path="off"), "cpu")
