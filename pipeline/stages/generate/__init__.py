@@ -82,7 +82,8 @@ __all__ = ["GenerateConfig", "GenerateJob", "GenerateResources", "GenerateResult
            "STATUS_COLUMN", "LatentSources", "ParquetRows", "open_latent_sources", "split_of",
            # the shard machinery other stages reuse
            "Plan", "ShardCollector", "autocast", "concat_rows", "encode_image", "object_array", "pack_chunks",
-           "read_finished_record", "setup_torch", "shard_provenance", "split_chunks", "to_uint8_hwc", "write_table_atomically"]
+           "read_finished_record", "run_shard_job", "setup_torch", "ShardRun", "shard_provenance", "split_chunks",
+           "to_uint8_hwc", "write_table_atomically"]
 
 
 @dataclass
@@ -130,8 +131,29 @@ def run_generate(cfg: GenerateConfig, *, tracker: Tracker | None = None, bundle_
         return _generate(job, run, print_fn)
 
 
-def _generate(job: GenerateJob, run: Tracker, print_fn) -> GenerateResult:
-    cfg, out, plan = job.cfg, job.out_dir, job.plan
+@dataclass
+class ShardRun:
+    """What one run of a sharded job (generate, invert) did: the shards it wrote now (`todo`), their
+    rows, the progress samples, its wall seconds and the manifest it wrote over all shards."""
+    todo: list[int]
+    rows_written: int
+    progress: list[tuple[float, int]]
+    seconds: float
+    manifest_path: Path
+    manifest: dict
+
+
+def run_shard_job(job, run: Tracker, print_fn, *, stage: str, finished_record, start, write_manifest,
+                  ray_side) -> ShardRun:
+    """The resumable shard loop shared by generate and invert: keep the finished shards (verified),
+    write the missing ones through Ray Data, then the manifest over all of them.
+
+    finished_record(job, shard, verify) -> record | None; start(job, records, todo, run, print_fn) records
+    the job and says what will be written; write_manifest(job, records) -> (path, manifest);
+    ray_side() -> (resolve_device(cfg), write_missing_shards(job, records, todo, t0, print_fn)): imported
+    only when there is work left, so a finished job needs no Ray.
+    """
+    cfg, plan = job.cfg, job.plan
     records = {i: r for i in range(plan.n_shards) if (r := finished_record(job, i, cfg.verify_existing))}
     todo = [i for i in range(plan.n_shards) if i not in records]
     t0 = time.perf_counter()
@@ -140,18 +162,31 @@ def _generate(job: GenerateJob, run: Tracker, print_fn) -> GenerateResult:
         job.provenance = provenance(cfg.model, "none: every shard was already written")
         start(job, records, todo, run, print_fn)
     else:
-        # Imported here: Ray is only needed when there is work left.
-        from pipeline.stages.generate.ray_data import resolve_generate_device, write_missing_shards
+        resolve_device, write_missing_shards = ray_side()
         with ray_session(cfg.resources.address, dashboard=False, worker_logs=False):
-            job.device = resolve_generate_device(cfg)     # the last check (it needs the cluster's resources)
+            job.device = resolve_device(cfg)       # the last check (it needs the cluster's resources)
             job.provenance = provenance(cfg.model, job.device)   # recorded in every shard record this run writes
             start(job, records, todo, run, print_fn)
             rows_written, progress = write_missing_shards(job, records, todo, t0, print_fn)
     seconds = time.perf_counter() - t0
     missing = [i for i in range(plan.n_shards) if i not in records]
     if missing:
-        raise RuntimeError(f"generate: shards {missing[:5]} were not written; rerun to finish them")
+        raise RuntimeError(f"{stage}: shards {missing[:5]} were not written; rerun to finish them")
     manifest_path, manifest = write_manifest(job, [records[i] for i in range(plan.n_shards)])
+    return ShardRun(todo, rows_written, progress, seconds, manifest_path, manifest)
+
+
+def _generate_ray_side():
+    from pipeline.stages.generate.ray_data import resolve_generate_device, write_missing_shards
+    return resolve_generate_device, write_missing_shards
+
+
+def _generate(job: GenerateJob, run: Tracker, print_fn) -> GenerateResult:
+    out, plan = job.out_dir, job.plan
+    done = run_shard_job(job, run, print_fn, stage="generate", finished_record=finished_record, start=start,
+                         write_manifest=write_manifest, ray_side=_generate_ray_side)
+    todo, rows_written, progress, seconds = done.todo, done.rows_written, done.progress, done.seconds
+    manifest_path, manifest = done.manifest_path, done.manifest
     counts = manifest["counts"]
     result = GenerateResult(out, manifest_path, counts["rows"], plan.n_shards, len(todo), rows_written,
                             counts["qc_pass_rate"], seconds, rows_written / max(seconds, 1e-9), manifest, progress,

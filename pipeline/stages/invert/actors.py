@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from pipeline.stages.generate import ImageConfig, encode_image, object_array, pack_chunks, setup_torch, split_chunks
-from pipeline.stages.invert.align import align_faces, decode_image, to_tensor, to_uint8
+from pipeline.stages.invert.align import FramedTolerance, align_faces, decode_image, to_tensor, to_uint8
 from pipeline.stages.invert.job import InvertJob
 from pipeline.stages.invert.project import Projector, face_seeds
 from pipeline.stages.invert.quality import QualityJudges
@@ -77,7 +77,8 @@ class InvertStage:
             return out
         images = [to_tensor(pixels[i], self.device) for i in readable]
         aligned = align_faces(images, self.job.alignment, self.resolution, detector=self.detector,
-                              landmarks=self.landmarks, min_score=self.job.cfg.align.min_score)
+                              landmarks=self.landmarks, min_score=self.job.cfg.align.min_score,
+                              keep_framed=framed_tolerance(self.job.cfg.align))
         found = [readable[k] for k, m in enumerate(aligned.matrices) if m is not None]
         for k, i in enumerate(readable):
             face, matrix = aligned.faces[k], aligned.matrices[k]
@@ -111,3 +112,8 @@ class InvertStage:
     def __call__(self, batch: dict) -> dict:
         parts = [self.rows(c) for c in split_chunks(batch)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def framed_tolerance(align) -> FramedTolerance | None:
+    """AlignConfig -> the tolerance of align_faces' keep_framed (None = always warp)."""
+    return FramedTolerance(align.keep_scale, align.keep_degrees, align.keep_shift) if align.keep_framed else None

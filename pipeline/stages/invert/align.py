@@ -144,6 +144,48 @@ def centre_square_matrix(height: int, width: int, size: int) -> np.ndarray:
     return np.array([[k, 0.0, (width - side) / 2], [0.0, k, (height - side) / 2]])
 
 
+@dataclass(frozen=True)
+class FramedTolerance:
+    """How far a warp may differ from the plain centre-square resize and still count as "already framed
+    like the generator's faces": relative scale within 1 +- scale, rotation within `degrees`, crop
+    centre within `shift` x size. None of these = always warp."""
+    scale: float = 0.2
+    degrees: float = 15.0
+    shift: float = 0.12
+
+
+def relative_to_centre_square(matrix: np.ndarray, height: int, width: int, size: int) -> tuple[float, float, float]:
+    """(relative scale, rotation in degrees, centre shift in crop fractions) of warp `matrix` against
+    the centre-square resize of a height x width photo to `size` (1, 0, 0 = the same crop)."""
+    c = centre_square_matrix(height, width, size)
+    rel = np.vstack([matrix, [0, 0, 1]])
+    rel = np.linalg.inv(np.vstack([c, [0, 0, 1]])) @ rel           # crop pixel -> centre-square crop pixel
+    scale = float(np.sqrt(abs(np.linalg.det(rel[:2, :2]))))
+    degrees = float(np.degrees(np.arctan2(rel[1, 0], rel[0, 0])))
+    centre = rel[:2] @ np.array([size / 2, size / 2, 1.0]) - size / 2
+    return scale, degrees, float(np.hypot(*centre)) / size
+
+
+# A second pass only refines the first: on the starter's own 64 px faces the landmark model on a
+# first-pass crop sometimes returns points that imply a 130-160 degree turn or half the scale; such a
+# "refinement" is refused and the first pass kept.
+REFINE_TOLERANCE = FramedTolerance(scale=0.25, degrees=20.0, shift=0.15)
+
+
+def agrees(second: np.ndarray, first: np.ndarray, size: int, tol: FramedTolerance = REFINE_TOLERANCE) -> bool:
+    """Whether warp `second` is within `tol` of warp `first` (both output pixel -> photo pixel)."""
+    rel = np.linalg.inv(np.vstack([first, [0, 0, 1]])) @ np.vstack([second, [0, 0, 1]])
+    scale = float(np.sqrt(abs(np.linalg.det(rel[:2, :2]))))
+    degrees = float(np.degrees(np.arctan2(rel[1, 0], rel[0, 0])))
+    shift = float(np.hypot(*(rel[:2] @ np.array([size / 2, size / 2, 1.0]) - size / 2))) / size
+    return abs(scale - 1) <= tol.scale and abs(degrees) <= tol.degrees and shift <= tol.shift
+
+
+def is_framed(matrix: np.ndarray, height: int, width: int, size: int, tol: FramedTolerance) -> bool:
+    scale, degrees, shift = relative_to_centre_square(matrix, height, width, size)
+    return abs(scale - 1) <= tol.scale and abs(degrees) <= tol.degrees and shift <= tol.shift
+
+
 def warp(image: torch.Tensor, matrix: np.ndarray, size: int) -> torch.Tensor:
     """image [3, H, W] in [-1, 1], matrix [2, 3] (output pixel -> image pixel) -> crop [3, size, size].
 
@@ -242,10 +284,12 @@ def three_points(points: torch.Tensor, index) -> torch.Tensor:
 @dataclass
 class Aligned:
     """Aligned crops of a batch: crops [B, 3, R, R] in [-1, 1] (for the found faces only), and per
-    photo the best face candidate and the warp matrix [2, 3] (None when no candidate reached min_score)."""
+    photo the best face candidate and the warp matrix [2, 3] (None when no candidate reached min_score);
+    kept[i]: the photo was already framed like the generator's faces and was only resized (keep_framed)."""
     crops: torch.Tensor
     faces: list[Face]
     matrices: list[np.ndarray | None]
+    kept: list[bool] | None = None
 
 
 def first_pass_matrix(spec: AlignmentSpec, points: np.ndarray, size: int) -> np.ndarray:
@@ -267,8 +311,13 @@ def refines(spec: AlignmentSpec, landmark_index) -> bool:
 
 @torch.no_grad()
 def align_faces(images: list[torch.Tensor], spec: AlignmentSpec, size: int, *, detector=None, landmarks=None,
-                min_score: float = 0.5) -> Aligned:
-    """Photos [3, H, W] in [-1, 1] -> aligned crops of the found faces (see the module docstring)."""
+                min_score: float = 0.5, keep_framed: FramedTolerance | None = None) -> Aligned:
+    """Photos [3, H, W] in [-1, 1] -> aligned crops of the found faces (see the module docstring).
+
+    keep_framed: a found face whose final warp is within this tolerance of the centre-square resize
+    is cropped by that resize instead (Aligned.kept marks it): the photo is already framed like the
+    generator's faces, and re-framing it would only add the keypoints' noise and resampling blur.
+    """
     if spec.method == "none":
         matrices = [centre_square_matrix(im.shape[1], im.shape[2], size) for im in images]
         # no detection ran: no score, box or points
@@ -286,13 +335,23 @@ def align_faces(images: list[torch.Tensor], spec: AlignmentSpec, size: int, *, d
         for k, i in enumerate(found):
             photo_points = apply_affine(matrices[i], pts[k])
             try:
-                matrices[i] = second_pass_matrix(spec, photo_points, size)
+                second = second_pass_matrix(spec, photo_points, size)
             except ValueError:      # degenerate landmark points: keep the first pass
                 continue
+            if not agrees(second, matrices[i], size):
+                continue            # the landmark model failed on this crop: keep the first pass
+            matrices[i] = second
             faces[i].points = photo_points
             crops[k] = warp(images[i], matrices[i], size)
+    kept = [False] * len(images)
+    if spec.method != "none" and keep_framed is not None:
+        for k, i in enumerate(found):
+            h, w = images[i].shape[1:]
+            if is_framed(matrices[i], h, w, size, keep_framed):
+                matrices[i], kept[i] = centre_square_matrix(h, w, size), True
+                crops[k] = warp(images[i], matrices[i], size)
     stacked = torch.stack(crops) if crops else torch.zeros(0, 3, size, size)
-    return Aligned(stacked, faces, matrices)
+    return Aligned(stacked, faces, matrices, kept)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,9 +10,8 @@ from pipeline.core.config import to_dict
 from pipeline.core.io import atomic_write_bytes, remove_stale_temps
 from pipeline.core.locks import run_lock
 from pipeline.core.paths import check_output_locations
-from pipeline.infra.ray_session import ray_session
 from pipeline.infra.tracking import Tracker, log_provenance, stage_run
-from pipeline.presets.provenance import provenance
+from pipeline.stages.generate import run_shard_job
 from pipeline.stages.invert.config import InvertConfig
 from pipeline.stages.invert.job import InvertJob, prepare
 from pipeline.stages.invert.shards import finished_record, write_manifest
@@ -51,27 +49,17 @@ def run_invert(cfg: InvertConfig, *, tracker: Tracker | None = None, bundle_fact
         return _invert(job, run, print_fn)
 
 
+def _invert_ray_side():
+    from pipeline.stages.invert.ray_data import resolve_invert_device, write_missing_shards
+    return resolve_invert_device, write_missing_shards
+
+
 def _invert(job: InvertJob, run: Tracker, print_fn) -> InvertResult:
-    cfg, plan = job.cfg, job.plan
-    records = {i: r for i in range(plan.n_shards) if (r := finished_record(job, i, cfg.verify_existing))}
-    todo = [i for i in range(plan.n_shards) if i not in records]
-    t0 = time.perf_counter()
-    rows_written, progress = 0, []
-    if not todo:
-        job.provenance = provenance(cfg.model, "none: every shard was already written")
-        start(job, records, todo, run, print_fn)
-    else:
-        from pipeline.stages.invert.ray_data import resolve_invert_device, write_missing_shards
-        with ray_session(cfg.resources.address, dashboard=False, worker_logs=False):
-            job.device = resolve_invert_device(cfg)
-            job.provenance = provenance(cfg.model, job.device)   # recorded in every shard record this run writes
-            start(job, records, todo, run, print_fn)
-            rows_written, progress = write_missing_shards(job, records, todo, t0, print_fn)
-    seconds = time.perf_counter() - t0
-    missing = [i for i in range(plan.n_shards) if i not in records]
-    if missing:
-        raise RuntimeError(f"invert: shards {missing[:5]} were not written; rerun to finish them")
-    manifest_path, manifest = write_manifest(job, [records[i] for i in range(plan.n_shards)])
+    plan = job.plan
+    done = run_shard_job(job, run, print_fn, stage="invert", finished_record=finished_record, start=start,
+                         write_manifest=write_manifest, ray_side=_invert_ray_side)
+    todo, rows_written, progress, seconds = done.todo, done.rows_written, done.progress, done.seconds
+    manifest_path, manifest = done.manifest_path, done.manifest
     counts = manifest["counts"]
     result = InvertResult(job.out_dir, manifest_path, counts["rows"], plan.n_shards, len(todo), rows_written, counts,
                           seconds, rows_written / max(seconds, 1e-9), manifest, progress, run.run_id)

@@ -15,7 +15,8 @@ import torch
 from pipeline.presets import ModelConfig, build_bundle
 from pipeline.presets.faces import build_face_detector
 from pipeline.presets.starter import DCGAN64_ALIGNMENT, STARTER_ALIGNMENT
-from pipeline.stages.invert.align import (align_faces, apply_affine, decode_image, detect, ffhq_matrix,
+from pipeline.stages.invert.align import (FramedTolerance, agrees, align_faces, apply_affine, centre_square_matrix,
+                                          decode_image, detect, ffhq_matrix, relative_to_centre_square,
                                           similarity_matrix, template_matrix, three_point_groups, three_points,
                                           to_tensor, warp)
 
@@ -141,6 +142,40 @@ def test_a_moved_face_is_framed_like_the_generator_frames_it(starter, detector, 
     assert np.abs(found[0] - found[1]).max() < 0.045, found      # 3 px: the landmark model on a resampled face
     template = np.asarray(DCGAN64_ALIGNMENT.landmark_template)
     assert np.abs(found - template).max() < 0.06, (found, template)   # one face vs the mean (spread ~0.025)
+
+
+def test_a_face_already_framed_is_only_resized_and_a_moved_one_is_still_warped(starter, detector, fixture_images):
+    """keep_framed: the generator's own face (its warp is within the tolerance of the plain resize) comes
+    back pixel for pixel; the same face pasted rotated, enlarged and shifted into a photo is re-framed."""
+    face = to_tensor(fixture_images["starter_face_4"], "cpu")
+    lin = similarity(math.radians(-15), 1 / 1.6, (0.0, 0.0))[:, :2]
+    photo_to_face = np.concatenate([lin, (np.array([32.0, 32.0]) - lin @ np.array([110.0, 80.0]))[:, None]], 1)
+    photo = paste(face, photo_to_face, 170, 220)
+    tol = FramedTolerance()
+    aligned = align_faces([photo, face], DCGAN64_ALIGNMENT, 64, detector=detector, landmarks=starter.landmarks,
+                          min_score=0.5, keep_framed=tol)
+    assert aligned.kept == [False, True]
+    torch.testing.assert_close(aligned.crops[1], face, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(aligned.matrices[1], centre_square_matrix(64, 64, 64))
+    scale, degrees, shift = relative_to_centre_square(aligned.matrices[0], 170, 220, 64)
+    assert abs(degrees) > tol.degrees or abs(scale - 1) > tol.scale or shift > tol.shift
+    # without the tolerance the face is warped by its (noisy) keypoints: not the face pixel for pixel
+    warped = align_faces([face], DCGAN64_ALIGNMENT, 64, detector=detector, landmarks=starter.landmarks, min_score=0.5)
+    assert warped.kept == [False] and (warped.crops[0] - face).abs().max() > 0.05
+
+
+def test_relative_framing_and_the_refinement_check():
+    c = centre_square_matrix(90, 120, 64)
+    np.testing.assert_allclose(relative_to_centre_square(c, 90, 120, 64), (1.0, 0.0, 0.0), atol=1e-12)
+    turned = np.vstack([c, [0, 0, 1]]) @ np.vstack([similarity(math.radians(30), 1.1, (3.0, -2.0)), [0, 0, 1]])
+    scale, degrees, shift = relative_to_centre_square(turned[:2], 90, 120, 64)
+    assert scale == pytest.approx(1.1) and degrees == pytest.approx(30.0)
+    first = template_matrix(np.array([[30.0, 40.0], [50.0, 40.0], [40.0, 60.0]]), STARTER_ALIGNMENT.detector_template, 64)
+    small = np.vstack([first, [0, 0, 1]]) @ np.vstack([similarity(math.radians(4), 1.05, (1.0, 1.0)), [0, 0, 1]])
+    flipped = np.vstack([first, [0, 0, 1]]) @ np.vstack([similarity(math.radians(150), 1.0, (0.0, 0.0)), [0, 0, 1]])
+    half = np.vstack([first, [0, 0, 1]]) @ np.vstack([similarity(0.0, 0.5, (0.0, 0.0)), [0, 0, 1]])
+    assert agrees(small[:2], first, 64)
+    assert not agrees(flipped[:2], first, 64) and not agrees(half[:2], first, 64)
 
 
 def test_the_stored_starter_template_matches_the_generator(starter, detector):
