@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     if not faces:
         raise SystemExit("no inverted face (status ok) has augmented rows: check --inverted / --augmented")
 
-    t, cap = args.tile, 30
+    t, cap = args.tile, 34
     cols = 2 + args.variants
     sheet = Image.new("RGB", (cols * t, cap + len(faces) * (t + cap)), "white")
     draw = ImageDraw.Draw(sheet)
@@ -71,10 +71,10 @@ def main(argv=None) -> int:
         sheet.paste(png(face["reconstruction_image"], t), (t, y))
         for k, v in enumerate(variants):
             sheet.paste(png(v["image"], t), ((2 + k) * t, y))
-            draw.text(((2 + k) * t + 4, y + t + 2), f"judge: {v['variant_emotion_label']}", fill="gray")
-        draw.text((4, y + t + 2), f"{face['source_id']}  {args.label} = {face[args.label]}", fill="black")
-        draw.text((t + 4, y + t + 2), f"id cos {face['identity_cosine']:.2f}; "
-                  f"label in variants: {', '.join(sorted(carried))}", fill="black")
+            draw.text(((2 + k) * t + 4, y + t + 17), f"judge: {v['variant_emotion_label']}", fill="gray")
+        draw.text((4, y + t + 3), f"{face['source_id']}: {args.label} = {face[args.label]}; carried to the variants: "
+                  f"{', '.join(sorted(carried))}", fill="black")
+        draw.text((t + 4, y + t + 17), f"identity cos {face['identity_cosine']:.2f}", fill="gray")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(args.out)
     print(f"byof_figure: {len(faces)} faces x (input, reconstruction, {args.variants} variants) -> {args.out}")

@@ -82,6 +82,8 @@ def load_directions(path: str | Path) -> DirectionsFile:
     from safetensors.torch import load
 
     path = Path(path).expanduser()
+    if path.suffix == ".json" and path.with_suffix(".safetensors").is_file():
+        path = path.with_suffix(".safetensors")      # the metadata file was named: read the T beside it
     if not path.is_file():
         raise CheckpointError(f"directions file not found: {path}")
     meta_path = sidecar(path)

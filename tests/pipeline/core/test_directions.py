@@ -17,6 +17,12 @@ def test_round_trip_with_optimizer(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_naming_the_metadata_file_reads_the_T_beside_it(tmp_path):
+    T = torch.randn(3, 4, 2)
+    p = save_directions(tmp_path / "d.safetensors", T, {"attributes": ["Male", "Young"]})
+    assert torch.equal(load_directions(tmp_path / "d.json").T, T)      # was: "contents do not match the sha256"
+
+
 def test_attribute_count_must_match(tmp_path):
     with pytest.raises(CheckpointError, match="names 1 attributes but T has 2"):
         save_directions(tmp_path / "d.safetensors", torch.zeros(1, 2, 2), {"attributes": ["Male"]})
