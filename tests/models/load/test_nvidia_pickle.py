@@ -5,9 +5,11 @@ its README) was produced by running NVlabs/stylegan2-ada-pytorch itself: `small6
 fp16 blocks; `clamp64` and `clampsmall64` with conv_clamp=256, num_fp16_res=2 and 3 mapping layers.
 `clamp64` pushes two biases so far that the clamp binds everywhere it can (ToRGB included) at the
 price of images of |455|; `clampsmall64` makes the clamp bind in every styled conv of G and every
-clamped conv of D while its images stay below |10|, so the clamp is tested at TOL. Nothing here ever loads a pickle with plain pickle.load /
-torch.load(weights_only=False): the crafted malicious pickles below (tests/models/load/pickle_helpers.py)
-would run their payload if it did, and each payload would create a marker file that the tests look for.
+clamped conv of D while its images stay below |10|, so the clamp is tested at TOL.
+
+Nothing here ever loads a pickle with plain pickle.load / torch.load(weights_only=False): the crafted
+malicious pickles below (tests/models/load/pickle_helpers.py) would run their payload if it did, and
+each payload would create a marker file that the tests look for.
 """
 
 import copy
@@ -57,10 +59,6 @@ class Ada:
     io: dict
     config: dict
     weights: StyleGAN2Weights
-
-    @property
-    def clamped(self) -> bool:
-        return self.config["generator_kwargs"]["synthesis_kwargs"]["conv_clamp"] is not None
 
     @property
     def image_tol(self) -> float:
