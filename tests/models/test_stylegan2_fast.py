@@ -91,16 +91,19 @@ def test_fast_fp32_matches_the_rosinality_fixture(small64, channels_last):
 
 
 @torch.no_grad()
-def test_fast_fp32_matches_the_clamped_ada_fixture(stylegan2_fixtures):
+@pytest.mark.parametrize("name, image_tol", [
+    ("nvidia_ada_clamp64", 16 * 2.0 ** -14),  # images of |455|: the fixture's bound (see test_nvidia_pickle.py)
+    ("nvidia_ada_clampsmall64", TOL),         # the clamp binds in every conv, images < |10|
+])
+def test_fast_fp32_matches_the_clamped_ada_fixtures(stylegan2_fixtures, name, image_tol):
     from models.load.nvidia_pickle import read_nvidia_pickle
-    weights = read_nvidia_pickle(stylegan2_fixtures / "nvidia_ada_clamp64.pkl")
-    io = torch.load(stylegan2_fixtures / "nvidia_ada_clamp64_io.pt", weights_only=True)
+    weights = read_nvidia_pickle(stylegan2_fixtures / f"{name}.pkl")
+    io = torch.load(stylegan2_fixtures / f"{name}_io.pt", weights_only=True)
     g, d = weights.generator, weights.discriminator
     assert g.conv_clamp == 256 and d.conv_clamp == 256
     g.set_fast_path(CPU_FP32), d.set_fast_path(CPU_FP32)
-    # the fixture's bound for this clamped network (see tests/models/load/test_nvidia_pickle.py)
-    assert (g.synthesis(io["wplus"], noise="const") - io["img_wplus_const"]).abs().max() < 16 * 2.0 ** -14
-    assert (g.synthesis(io["wplus"], noise="zero") - io["img_wplus_nonoise"]).abs().max() < 16 * 2.0 ** -14
+    assert (g.synthesis(io["wplus"], noise="const") - io["img_wplus_const"]).abs().max() < image_tol
+    assert (g.synthesis(io["wplus"], noise="zero") - io["img_wplus_nonoise"]).abs().max() < image_tol
     assert (d(io["img_wplus_const"]) - io["d_logits_of_img_wplus"]).abs().max() < TOL
 
 

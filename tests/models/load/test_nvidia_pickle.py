@@ -1,11 +1,15 @@
 """NVIDIA stylegan2-ada pickle converter: parity with the NVIDIA code's outputs, and safety.
 
-The parity data (`nvidia_ada_{small,clamp}64*.{pkl,pt}` in tests/fixtures/stylegan2, see its README)
-was produced by running NVlabs/stylegan2-ada-pytorch itself: `small64` without a clamp or fp16
-blocks, `clamp64` with conv_clamp=256 (two biases pushed so that the clamp binds), num_fp16_res=2
-and 3 mapping layers. Nothing here ever loads a pickle with plain pickle.load /
-torch.load(weights_only=False): the crafted malicious pickles below (tests/models/load/pickle_helpers.py)
-would run their payload if it did, and each payload would create a marker file that the tests look for.
+The parity data (`nvidia_ada_{small,clamp,clampsmall}64*.{pkl,pt}` in tests/fixtures/stylegan2, see
+its README) was produced by running NVlabs/stylegan2-ada-pytorch itself: `small64` without a clamp or
+fp16 blocks; `clamp64` and `clampsmall64` with conv_clamp=256, num_fp16_res=2 and 3 mapping layers.
+`clamp64` pushes two biases so far that the clamp binds everywhere it can (ToRGB included) at the
+price of images of |455|; `clampsmall64` makes the clamp bind in every styled conv of G and every
+clamped conv of D while its images stay below |10|, so the clamp is tested at TOL.
+
+Nothing here ever loads a pickle with plain pickle.load / torch.load(weights_only=False): the crafted
+malicious pickles below (tests/models/load/pickle_helpers.py) would run their payload if it did, and
+each payload would create a marker file that the tests look for.
 """
 
 import copy
@@ -24,7 +28,7 @@ from models.errors import WeightsError
 from models.load.nvidia_pickle import (PersistentRecord, convert_network_records, convert_nvidia_pickle,
                                        read_network_pickle, read_nvidia_pickle)
 from models.load.stylegan2 import StyleGAN2Weights, build_from_state, load_stylegan2
-from models.stylegan2 import ToRGB
+from models.stylegan2 import FusedLeakyReLU, ToRGB
 from tests.models.load.pickle_helpers import (RunsCommand, marker_command, marker_python, persistent_meta,
                                               write_network_pickle)
 
@@ -36,11 +40,14 @@ TOL = 1e-4  # max abs error allowed against the NVIDIA outputs (measured on smal
 # the reference's own rounding is above 1e-4, so no float32 code meets TOL on these images without
 # reproducing it bit for bit. Images of clamp64 are held to 16 float32 steps at that magnitude instead; every clamp
 # mistake tried (one site left out, clamp before the gain, clamp after the skip add) is off by >= 17.
-# D logits of clamp64 (|87|) meet TOL.
+# D logits of clamp64 (|87|) meet TOL. clampsmall64 holds the styled-conv and D clamps to TOL itself:
+# its clamp binds there (test_the_clamp_binds_in_every_conv_of_clampsmall) while its images stay < |10|.
 FP32_STEP_AT_512 = 2.0 ** -14
 CLAMP64_IMAGE_TOL = 16 * FP32_STEP_AT_512  # 9.8e-4
 
-PICKLES = ("nvidia_ada_small64", "nvidia_ada_clamp64")
+CLAMP64 = "nvidia_ada_clamp64"
+CLAMPSMALL = "nvidia_ada_clampsmall64"
+PICKLES = ("nvidia_ada_small64", CLAMP64, CLAMPSMALL)
 
 
 @dataclass
@@ -54,12 +61,8 @@ class Ada:
     weights: StyleGAN2Weights
 
     @property
-    def clamped(self) -> bool:
-        return self.config["generator_kwargs"]["synthesis_kwargs"]["conv_clamp"] is not None
-
-    @property
     def image_tol(self) -> float:
-        return CLAMP64_IMAGE_TOL if self.clamped else TOL
+        return CLAMP64_IMAGE_TOL if self.name == CLAMP64 else TOL
 
 
 def fixture_file(stylegan2_fixtures: Path, name: str) -> Path:
@@ -86,6 +89,16 @@ def ada_pkl(stylegan2_fixtures):
 @pytest.fixture(scope="module")
 def clamp_pkl(stylegan2_fixtures):
     return fixture_file(stylegan2_fixtures, "nvidia_ada_clamp64.pkl")
+
+
+@pytest.fixture(scope="module")
+def clampsmall_pkl(stylegan2_fixtures):
+    return fixture_file(stylegan2_fixtures, f"{CLAMPSMALL}.pkl")
+
+
+@pytest.fixture(scope="module")
+def clampsmall_io(stylegan2_fixtures):
+    return torch.load(fixture_file(stylegan2_fixtures, f"{CLAMPSMALL}_io.pt"), weights_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +230,67 @@ def test_the_clamp_binds_in_the_clamp_fixture(clamp_pkl, clamp_io):
         if isinstance(m, ToRGB):
             m.clamp = None
     assert max_abs(no_rgb_clamp.synthesis(io["wplus"], "const"), io["img_wplus_const"]) > 10
+
+
+def with_clamp(net: torch.nn.Module, name: str, clamp: float | None) -> torch.nn.Module:
+    """A copy of net whose clamped submodule `name` (a FusedLeakyReLU or ToRGB) clamps at `clamp` instead."""
+    net = copy.deepcopy(net)
+    module = dict(net.named_modules())[name]
+    assert isinstance(module, (FusedLeakyReLU, ToRGB)) and module.clamp is not None, name
+    module.clamp = clamp
+    return net
+
+
+def clamp_sites(net: torch.nn.Module, kind: type) -> list[str]:
+    return [name for name, m in net.named_modules() if isinstance(m, kind) and m.clamp is not None]
+
+
+@torch.no_grad()
+def test_the_clamp_binds_in_every_conv_of_clampsmall(clampsmall_pkl, clampsmall_io):
+    """clampsmall64: each clamped conv of G and D changes the outputs by far more than TOL when its
+    clamp is removed or misplaced, while the images stay small enough for float32 to be exact to TOL.
+
+    Misplaced: ada clamps after the activation gain (sqrt 2 in G); clamping before it is a clamp at
+    256 / sqrt(2) after it. In D, ada's gain-sqrt(0.5) conv clamps at 256 * sqrt(0.5) where we clamp
+    at 256 before our division by sqrt(2): a bound of 256 * sqrt(0.5) at any D site is too tight.
+    The ToRGB clamp cannot bind while images stay small; clamp64 covers it.
+    """
+    weights = read_nvidia_pickle(clampsmall_pkl)
+    g, d = weights.generator, weights.discriminator
+    assert g.conv_clamp == d.conv_clamp == 256
+    io = clampsmall_io
+    img_ref, logits_ref = io["img_wplus_const"], io["d_logits_of_img_wplus"]
+    assert img_ref.abs().max() < 16  # float32 numbers here are <= 1e-6 apart: rounding is far below TOL
+
+    def image_err(gen):
+        return max_abs(gen.synthesis(io["wplus"], "const"), img_ref)
+
+    def logits_err(disc):
+        return max_abs(disc(img_ref), logits_ref)
+
+    assert image_err(g) < TOL and logits_err(d) < TOL
+    unclamped = build_from_state(g.state_dict(), d.state_dict(), g.w_avg, "unclamped")
+    img_off, logits_off = image_err(unclamped.generator), logits_err(unclamped.discriminator)
+    print(f"clampsmall64 without any clamp: images {img_off:.3g} (range {img_ref.abs().max().item():.3g}), "
+          f"D logits {logits_off:.3g} (range {logits_ref.abs().max().item():.3g})")
+    assert img_off > 1 and logits_off > 1
+
+    g_sites = clamp_sites(g, FusedLeakyReLU)
+    assert len(g_sites) == 1 + 2 * (int(math.log2(g.resolution)) - 2)  # every styled conv
+    for name in g_sites:
+        off, pre_gain = image_err(with_clamp(g, name, None)), image_err(with_clamp(g, name, 256 / math.sqrt(2)))
+        print(f"  G {name}: clamp off {off:.3g}, clamped before the gain {pre_gain:.3g}")
+        assert off > 1000 * TOL and pre_gain > 1000 * TOL, name
+
+    d_sites = clamp_sites(d, FusedLeakyReLU)
+    assert len(d_sites) == 2 + 2 * (int(math.log2(d.resolution)) - 2)  # fromRGB, 2 per block, final conv
+    for name in d_sites:
+        off, tight = logits_err(with_clamp(d, name, None)), logits_err(with_clamp(d, name, 256 * math.sqrt(0.5)))
+        print(f"  D {name}: clamp off {off:.3g}, clamped at 256 * sqrt(0.5) {tight:.3g}")
+        assert off > 100 * TOL and tight > 100 * TOL, name
+
+    for name in clamp_sites(g, ToRGB):  # documents what this fixture does not cover (see clamp64)
+        assert image_err(with_clamp(g, name, None)) < TOL
 
 
 @torch.no_grad()
