@@ -45,9 +45,11 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
-from torchvision.models import vgg as tv_vgg
+
+# torchvision is imported where a backbone is built, not here: importing it pulls in torch._dynamo
+# (~1.7 s on a 2-core machine), and every `hfld` process, Ray actor and Ray Train worker imports this
+# module through the preset registry, while only the paper presets build these networks.
 
 # list_attr_celeba.txt column order (CelebA).
 CELEBA_ATTRIBUTES: tuple[str, ...] = (
@@ -137,6 +139,7 @@ class CelebAAttributeRegressor(nn.Module):
         self.input_size = input_size
         self.output = check_choice("output", output, REGRESSOR_OUTPUTS)
         self.pixels = PixelRange(pixel_range)
+        import torchvision
         self.net = torchvision.models.resnet50(weights=None, num_classes=len(self.names))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -222,6 +225,7 @@ class Landmark106(nn.Module):
         self.groups = {name: list(idx) for name, idx in LANDMARK106_LAYOUTS[layout].items()}
         self.coarse_groups = {name: [i for part in parts for i in self.groups[part]]
                               for name, parts in LANDMARK106_COARSE[layout].items()}
+        import torchvision
         self.net = torchvision.models.resnet18(weights=None, num_classes=2 * self.n_points)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -264,6 +268,7 @@ def vgg19_features() -> nn.Sequential:
     """torchvision's vgg19 `features` (random init, weights=None equivalent), without building the
     120 M-parameter classifier that `torchvision.models.vgg19()` would allocate and throw away. ReLUs
     are made out-of-place so pre-ReLU outputs we keep are not overwritten."""
+    from torchvision.models import vgg as tv_vgg
     features = tv_vgg.make_layers(tv_vgg.cfgs["E"], batch_norm=False)
     for layer in features:
         if isinstance(layer, nn.ReLU):

@@ -20,6 +20,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # after its last report before it returns. The suite runs ~25 such fits (also in subprocesses and
 # `ray job submit`, which inherit this); measured on the 2-core machine: a trivial fit 16-18 s -> 10-12 s.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+# Every Ray Train run also starts a PreemptionWatcher actor (a process polling Ray's node-drain state,
+# ~1.5 CPU-s to start here); nothing here is preempted, and the suite starts ~15 runs.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 import torch  # noqa: E402
 

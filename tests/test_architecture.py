@@ -14,6 +14,7 @@ Plus: one implementation each of Ray connection, atomic rename and file sha256.
 from __future__ import annotations
 
 import ast
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,6 +190,20 @@ def test_the_layout_follows_the_import_rules():
     assert not problems, "\n".join(problems)
 
 
+@pytest.fixture(scope="module")
+def clean_copy(tmp_path_factory) -> Path:
+    """The packages' sources copied once, and checked clean once: a planted violation is then the only
+    thing that can make a copy of it fail."""
+    root = tmp_path_factory.mktemp("clean-tree")
+    for pkg in ("models", "pipeline", "tune_spaces"):
+        for src in (REPO / pkg).rglob("*.py"):
+            dst = root / src.relative_to(REPO)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_text(src.read_text())
+    assert check_rules(root) == []
+    return root
+
+
 @pytest.mark.parametrize("module, code, rule", [
     ("models/bad.py", "import ray\n", "rule 1"),
     ("models/load/bad.py", "import deepface\n", "rule 1"),
@@ -199,18 +214,14 @@ def test_the_layout_follows_the_import_rules():
     ("pipeline/core/bad.py", "import os\ndef f():\n    pass\nimport json\n", "rule 5"),
     ("pipeline/core/bad.py", "from pipeline.core import bad2\n", "rule 5"),
 ])
-def test_each_rule_catches_its_violation(tmp_path, module, code, rule):
+def test_each_rule_catches_its_violation(clean_copy, tmp_path, module, code, rule):
     """A copy of the tree with one planted violation fails with that rule (the check can fail)."""
-    for pkg in ("models", "pipeline", "tune_spaces"):
-        for src in (REPO / pkg).rglob("*.py"):
-            dst = tmp_path / src.relative_to(REPO)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_text(src.read_text())
-    assert check_rules(tmp_path) == []
-    (tmp_path / module).write_text(code)
+    tree = tmp_path / "tree"
+    shutil.copytree(clean_copy, tree)
+    (tree / module).write_text(code)
     if module == "pipeline/core/bad.py" and "bad2" in code:
-        (tmp_path / "pipeline/core/bad2.py").write_text("from pipeline.core import bad\n")
-    problems = check_rules(tmp_path)
+        (tree / "pipeline/core/bad2.py").write_text("from pipeline.core import bad\n")
+    problems = check_rules(tree)
     assert any(p.startswith(rule) for p in problems), problems
 
 

@@ -98,9 +98,10 @@ def alive(pid: int) -> bool:
         return False
 
 
-def stop_processes(pids: list[int], grace_s: float = 5.0) -> None:
+def stop_processes(pids: list[int], grace_s: float = 1.0) -> None:
     """SIGTERM these processes (ours only), then SIGKILL whatever is left after the grace period, and
-    wait (briefly) until they are gone."""
+    wait (briefly) until they are gone. The grace is short: a `ray start --block` node spends ~5 s
+    winding its children down after SIGTERM, and nothing of a test's node needs to outlive it."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             try:

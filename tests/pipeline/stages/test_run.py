@@ -18,7 +18,7 @@ TINY_BUDGET = {
               "scaling": {"num_workers": 0}},
     "tune": {"num_samples": 1, "scheduler": {"max_steps": 6, "eval_every": 3, "grace_period": 3},
              "objective": {"n_samples": 8, "intermediate_samples": 4, "device": "cpu"}},
-    "generate": {"n_sources": 10, "variants": 4, "device": "cpu"},
+    "generate": {"n_sources": 10, "variants": 4, "device": "cpu", "resources": {"fuse_scoring": True}},  # 1 actor fewer
     "evaluate": {"n_samples": 8, "bootstrap_resamples": 100, "device": "cpu", "alphas": [0.5, 1.0]},
 }
 

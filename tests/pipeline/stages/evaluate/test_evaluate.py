@@ -288,7 +288,10 @@ def test_starter_smoke(tmp_path, starter_cache):
     cfg = from_dict(EvaluateConfig, {
         "model": {"preset": "starter", "cache_dir": str(starter_cache.parent)}, "baseline": str(base),
         "hfld": str(hfld), "n_samples": 8, "batch_size": 8, "device": "cpu", "work_dir": str(tmp_path),
-        "trajectory_faces": 1, "trajectory_steps": 3, "bootstrap_resamples": 200})
+        "trajectory_faces": 1, "trajectory_steps": 3, "bootstrap_resamples": 200,
+        # two edit scales (1.0 is required) instead of the default four: the starter's judges cost ~0.25 s per
+        # batch on a CPU; the MLflow side of the stage is tested on the tiny preset and by `hfld run`
+        "alphas": [0.5, 1.0], "tracking": {"enabled": False}})
     res = run_evaluate(cfg, print_fn=quiet)
     md = res.report_md.read_text()
     for text in ("FerEmotion (training judge)", "face-api-expression (held-out judge)", "8 faces",

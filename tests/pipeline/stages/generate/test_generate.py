@@ -246,8 +246,8 @@ def test_killed_run_resumes_to_byte_identical_output(full_run, ray_local, tmp_pa
     out = tmp_path / "dataset"
     cfg = full_run["cfg"]
     data = to_dict(cfg)
-    # Same Ray instance; a different topology (generator and scorers fused in one actor) on purpose:
-    # the bytes must not depend on it.
+    # Same Ray instance; a different topology than the full run's (generator and scorers fused in one
+    # actor, there a generator and 2 scorers) on purpose: the bytes must not depend on it.
     data["resources"] |= {"address": ray_local.get_runtime_context().gcs_address, "fuse_scoring": True}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
     env = {**os.environ, FAULT_ENV: "3", "PYTHONPATH": str(REPO)}
@@ -261,7 +261,7 @@ def test_killed_run_resumes_to_byte_identical_output(full_run, ray_local, tmp_pa
     victim = written[0]
     victim.write_bytes(victim.read_bytes()[:1000])                                     # a corrupted shard
     lines = []
-    data |= {"output_dir": str(out), "resources": {"scorers": 1}}
+    data |= {"output_dir": str(out), "resources": {"fuse_scoring": True}}     # 3 actors: the rerun's start-up is most of its cost
     result = run_generate(from_dict(GenerateConfig, data, "generate"),
                           print_fn=lambda *a, **k: lines.append(" ".join(map(str, a))))
     assert result.shards_written == 10 - len(written) + 1

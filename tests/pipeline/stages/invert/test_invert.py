@@ -219,12 +219,22 @@ def generate_config(sources: Path, out: Path, directions: Path, **changes) -> Ge
     return from_dict(GenerateConfig, data, "generate")
 
 
-def test_generate_from_inverted_sources_keeps_ids_labels_and_splits(inverted, directions, tmp_path):
+UNEDITED_FIRST = {"kind": "recipes", "recipes": ["none", "+Male", "-Young"]}    # variant 0: a zero edit
+
+
+@pytest.fixture(scope="module")
+def augmented(inverted, directions, tmp_path_factory):
+    """`generate --sources` on the inverted faces (one Ray Data run for the tests below): 3 variants per
+    face, the first unedited (recipe 'none'), split by subject."""
+    out = tmp_path_factory.mktemp("augmented") / "out"
+    cfg = generate_config(inverted["out"], out, directions, policy=UNEDITED_FIRST,
+                          split={"fractions": {"train": 0.5, "test": 0.5}, "column": "subject"})
+    return {"result": run_generate(cfg, print_fn=lambda *a, **k: None), "out": out}
+
+
+def test_generate_from_inverted_sources_keeps_ids_labels_and_splits(inverted, augmented):
     import pyarrow.parquet as pq
-    out = tmp_path / "augmented"
-    cfg = generate_config(inverted["out"], out, directions, split={"fractions": {"train": 0.5, "test": 0.5},
-                                                                  "column": "subject"})
-    result = run_generate(cfg, print_fn=lambda *a, **k: None)
+    out, result = augmented["out"], augmented["result"]
     table = read(out)
     src = read(inverted["out"])
     ok = [r for r in src.to_pylist() if r["status"] == "ok"]
@@ -248,16 +258,13 @@ def test_generate_from_inverted_sources_keeps_ids_labels_and_splits(inverted, di
     assert meta["sources"]["usable"] == 3 and meta["label_columns"] == LABEL_COLUMNS
 
 
-def test_the_sources_latents_drive_the_generator(inverted, directions, tmp_path):
+def test_the_sources_latents_drive_the_generator(inverted, augmented):
     """A variant with a zero edit (recipe 'none') is the source's reconstruction from its stored latent."""
     from PIL import Image
-    out = tmp_path / "unedited"
-    cfg = generate_config(inverted["out"], out, directions, variants=1,
-                          policy={"kind": "recipes", "recipes": ["none"]})
-    run_generate(cfg, print_fn=lambda *a, **k: None)
-    generated = read(out).to_pylist()
+    unedited = [r for r in read(augmented["out"]).to_pylist() if r["variant"] == 0]
     src = [r for r in read(inverted["out"]).to_pylist() if r["status"] == "ok"]
-    for g, s in zip(generated, src):
+    assert len(unedited) == len(src) and all(g["s"] == [0.0, 0.0] for g in unedited)
+    for g, s in zip(unedited, src):
         a = np.asarray(Image.open(io.BytesIO(g["image"]["bytes"])), np.int16)
         b = np.asarray(Image.open(io.BytesIO(s["reconstruction_image"]["bytes"])), np.int16)
         assert np.abs(a - b).mean() < 2.0      # the same face, up to the float16 latent

@@ -205,27 +205,60 @@ def test_mlflow_holds_the_ray_run_with_params_metrics_artifact_and_model(two_wor
     assert load_directions(result.directions_path).meta["mlflow_run_id"] == run.info.run_id
 
 
-@pytest.mark.timeout(200)
-def test_killed_worker_resumes_from_last_checkpoint_and_ends_with_the_same_T(
-        ray_local, two_workers, work_root, monkeypatch):
-    _, uninterrupted = two_workers
+@pytest.fixture(scope="module")
+def fault_run(ray_local, work_root):
+    """2 CPU workers x batch b, tracked in MLflow; rank 1 exits abruptly after step 5, once
+    (max_failures=1). What the tests below read is taken here: the resume test extends this run."""
     marker = work_root / "fault-marker"
-    monkeypatch.setenv("HFLD_FAULT_AT_STEP", "5")
-    monkeypatch.setenv("HFLD_FAULT_MARKER", str(marker))
-    # Ray registers a reported checkpoint when it next polls the workers (every 2 s): a crash right
-    # after a checkpoint would resume from the one before. Rank 1 lingers so "last" is step 4.
-    monkeypatch.setenv("HFLD_FAULT_DELAY_S", "4")
-    cfg = train_cfg(work_root / "fault", "ddp-fault", scaling__num_workers=2, scaling__max_failures=1)
-    result = run_train(cfg, print_fn=lambda *a, **k: None)
+    env = pytest.MonkeyPatch()
+    env.setenv("HFLD_FAULT_AT_STEP", "5")
+    env.setenv("HFLD_FAULT_MARKER", str(marker))
+    # Ray registers a reported checkpoint when it next polls the workers (every 0.2 s here, see
+    # tests/conftest.py): a crash right after a checkpoint would resume from the one before. Rank 1
+    # lingers so "last" is step 4.
+    env.setenv("HFLD_FAULT_DELAY_S", "2")
+    try:
+        cfg = train_cfg(work_root / "fault", "ddp-fault", scaling__num_workers=2, scaling__max_failures=1,
+                        tracking__enabled=True, tracking__experiment="ray-resume", tracking__register_model=False)
+        result = run_train(cfg, print_fn=lambda *a, **k: None)
+    finally:
+        env.undo()
+    return {"cfg": cfg, "result": result, "fault_injected": marker.is_file(), "state": trained_state(cfg.run_dir),
+            "meta": load_directions(result.directions_path).meta,
+            "steps": [json.loads(line)["step"] for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]}
 
-    assert marker.is_file(), "the fault was never injected"
-    meta = load_directions(result.directions_path).meta
+
+@pytest.mark.timeout(200)
+def test_killed_worker_resumes_from_last_checkpoint_and_ends_with_the_same_T(fault_run, two_workers):
+    _, uninterrupted = two_workers
+    assert fault_run["fault_injected"], "the fault was never injected"
+    meta = fault_run["meta"]
     assert meta["resumed_at_step"] == 4 and meta["resumed_from"] == "ray-checkpoint"
-    assert result.steps == STEPS
-    diff = max_abs_diff(trained_state(cfg.run_dir), trained_state(uninterrupted.run_dir))
+    assert fault_run["result"].steps == STEPS
+    diff = max_abs_diff(fault_run["state"], trained_state(uninterrupted.run_dir))
     assert max(diff.values()) <= 1e-7, f"resumed run differs from the uninterrupted one: {diff}"
-    steps = [json.loads(line)["step"] for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, STEPS + 1)), "metrics.jsonl must hold each step once across the restart"
+    assert fault_run["steps"] == list(range(1, STEPS + 1)), "metrics.jsonl must hold each step once across the restart"
+
+
+@pytest.mark.timeout(300)
+def test_ray_resume_continues_its_mlflow_run_and_refuses_a_changed_config(fault_run):
+    """Ray path: resume=auto restores Ray's own checkpoint (here: of the run above, which a restart
+    already continued once); the driver reads that checkpoint's metadata first, so a changed config is
+    refused before any worker starts, and the MLflow run of the checkpoint is the one that continues."""
+    from dataclasses import replace
+
+    from mlflow import MlflowClient
+    quiet = dict(print_fn=lambda *a, **k: None)
+    cfg = fault_run["cfg"]
+    run_id = fault_run["meta"]["mlflow_run_id"]
+    with pytest.raises(ConfigError, match=r"resume: Ray's checkpoint .* lr: 0\.001 -> 0\.01"):
+        run_train(replace(cfg, iterations=STEPS + 2, lr=1e-2, resume="auto"), **quiet)
+    second = run_train(replace(cfg, iterations=STEPS + 2, resume="auto"), **quiet)
+    meta = load_directions(second.directions_path).meta
+    assert second.steps == STEPS + 2 and meta["mlflow_run_id"] == run_id and meta["resumed_at_step"] == STEPS
+    client = MlflowClient(f"sqlite:///{Path(cfg.work_dir).resolve()}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("ray-resume").experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id] and runs[0].info.status == "FINISHED"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,25 +309,3 @@ def test_ray_job_submit_trains_and_resumes_from_an_explicit_checkpoint(tmp_path)
     diff = max_abs_diff(trained_state(run_dir), trained_state(reference.run_dir))
     scale = float(trained_state(reference.run_dir)["T"].abs().max())
     assert diff["T"] <= 1e-5 * scale, f"job's T differs from the uninterrupted run by {diff}"
-
-
-@pytest.mark.timeout(300)
-def test_ray_resume_continues_its_mlflow_run_and_refuses_a_changed_config(ray_local, tmp_path):
-    """Ray path: resume=auto restores Ray's own checkpoint; the driver reads that checkpoint's metadata
-    first, so a changed config is refused before any worker starts, and the MLflow run of the
-    checkpoint is the one that continues."""
-    from mlflow import MlflowClient
-    quiet = dict(print_fn=lambda *a, **k: None)
-    tracking = {"tracking__enabled": True, "tracking__experiment": "ray-resume", "tracking__register_model": False}
-    first = run_train(train_cfg(tmp_path, "rr", iterations=2, scaling__num_workers=1, **tracking), **quiet)
-    run_id = load_directions(first.directions_path).meta["mlflow_run_id"]
-    with pytest.raises(ConfigError, match=r"resume: Ray's checkpoint .* lr: 0\.001 -> 0\.01"):
-        run_train(train_cfg(tmp_path, "rr", iterations=4, lr=1e-2, resume="auto", scaling__num_workers=1, **tracking),
-                  **quiet)
-    second = run_train(train_cfg(tmp_path, "rr", iterations=4, resume="auto", scaling__num_workers=1, **tracking),
-                       **quiet)
-    meta = load_directions(second.directions_path).meta
-    assert second.steps == 4 and meta["mlflow_run_id"] == run_id
-    client = MlflowClient(f"sqlite:///{tmp_path.resolve()}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("ray-resume").experiment_id])
-    assert [r.info.run_id for r in runs] == [run_id] and runs[0].info.status == "FINISHED"
