@@ -154,16 +154,24 @@ class FramedTolerance:
     shift: float = 0.12
 
 
-def relative_to_centre_square(matrix: np.ndarray, height: int, width: int, size: int) -> tuple[float, float, float]:
-    """(relative scale, rotation in degrees, centre shift in crop fractions) of warp `matrix` against
-    the centre-square resize of a height x width photo to `size` (1, 0, 0 = the same crop)."""
-    c = centre_square_matrix(height, width, size)
-    rel = np.vstack([matrix, [0, 0, 1]])
-    rel = np.linalg.inv(np.vstack([c, [0, 0, 1]])) @ rel           # crop pixel -> centre-square crop pixel
+def relative_framing(base: np.ndarray, matrix: np.ndarray, size: int) -> tuple[float, float, float]:
+    """(relative scale, rotation in degrees, crop-centre shift in crop fractions) of warp `matrix`
+    against warp `base` (both output pixel -> photo pixel; 1, 0, 0 = the same crop)."""
+    rel = np.linalg.inv(np.vstack([base, [0, 0, 1]])) @ np.vstack([matrix, [0, 0, 1]])
     scale = float(np.sqrt(abs(np.linalg.det(rel[:2, :2]))))
     degrees = float(np.degrees(np.arctan2(rel[1, 0], rel[0, 0])))
     centre = rel[:2] @ np.array([size / 2, size / 2, 1.0]) - size / 2
     return scale, degrees, float(np.hypot(*centre)) / size
+
+
+def within(framing: tuple[float, float, float], tol: FramedTolerance) -> bool:
+    scale, degrees, shift = framing
+    return abs(scale - 1) <= tol.scale and abs(degrees) <= tol.degrees and shift <= tol.shift
+
+
+def relative_to_centre_square(matrix: np.ndarray, height: int, width: int, size: int) -> tuple[float, float, float]:
+    """relative_framing of warp `matrix` against the centre-square resize of a height x width photo."""
+    return relative_framing(centre_square_matrix(height, width, size), matrix, size)
 
 
 # A second pass only refines the first: on the starter's own 64 px faces the landmark model on a
@@ -174,16 +182,11 @@ REFINE_TOLERANCE = FramedTolerance(scale=0.25, degrees=20.0, shift=0.15)
 
 def agrees(second: np.ndarray, first: np.ndarray, size: int, tol: FramedTolerance = REFINE_TOLERANCE) -> bool:
     """Whether warp `second` is within `tol` of warp `first` (both output pixel -> photo pixel)."""
-    rel = np.linalg.inv(np.vstack([first, [0, 0, 1]])) @ np.vstack([second, [0, 0, 1]])
-    scale = float(np.sqrt(abs(np.linalg.det(rel[:2, :2]))))
-    degrees = float(np.degrees(np.arctan2(rel[1, 0], rel[0, 0])))
-    shift = float(np.hypot(*(rel[:2] @ np.array([size / 2, size / 2, 1.0]) - size / 2))) / size
-    return abs(scale - 1) <= tol.scale and abs(degrees) <= tol.degrees and shift <= tol.shift
+    return within(relative_framing(first, second, size), tol)
 
 
 def is_framed(matrix: np.ndarray, height: int, width: int, size: int, tol: FramedTolerance) -> bool:
-    scale, degrees, shift = relative_to_centre_square(matrix, height, width, size)
-    return abs(scale - 1) <= tol.scale and abs(degrees) <= tol.degrees and shift <= tol.shift
+    return within(relative_to_centre_square(matrix, height, width, size), tol)
 
 
 def warp(image: torch.Tensor, matrix: np.ndarray, size: int) -> torch.Tensor:
