@@ -5,11 +5,12 @@ GPU machine (one GPU, under 3 minutes; prints a table, writes JSON with --json):
 CPU smoke (tiny sizes, seconds):
     .venv/bin/python benchmarks/bench_invert.py --smoke
 
-Stacks, all at random initialisation (random weights cost the same as trained ones):
-  64 px   a starter-like StyleGAN2 (64 px, w_dim 256, 8-layer mapping, L = 10; channels from
-          --channels-64) with the starter's loss networks: face-api's face descriptor (perceptual
-          features + identity descriptor, one forward pass for both) and face-api's 68-point landmarks;
-  256 px  an FFHQ-256-size StyleGAN2 (config-f channels, w_dim 512, L = 14) with the ffhq preset's
+Stacks:
+  64 px   the starter preset (its fetched weights): StyleGAN2 64 px with the starter's loss networks,
+          face-api's face descriptor (perceptual features + identity descriptor, one forward pass for
+          both) and face-api's 68-point landmarks; --random-64: a random StyleGAN2 of --channels-64
+          with the same loss networks at random initialisation (what the first results file measured);
+  256 px  (random initialisation: random weights cost the same as trained ones) an FFHQ-256-size StyleGAN2 (config-f channels, w_dim 512, L = 14) with the ffhq preset's
           loss networks: VGG19 conv1_1..conv2_2 (perceptual) and ResNet18-106 landmarks (no identity).
 What is timed is `Projector.project` itself (pipeline/stages/invert/project.py): per step the
 generator forward + backward, the loss networks forward + backward, Adam and the latent noise, for
@@ -64,6 +65,17 @@ def bundle_64(channels: dict[int, int], w_dim: int) -> tuple[ModelBundle, str]:
     assert shares_descriptor(bundle)
     return bundle, (f"StyleGAN2 64 px, channels {channels}, w_dim {w_dim}, n_mlp 8, L = {g.n_latent}; face-api "
                     "descriptor (perceptual + identity, shared pass) + face-api 68 landmarks")
+
+
+def bundle_starter() -> tuple[ModelBundle, str]:
+    """The starter preset itself (its fetched weights: `hfld zoo fetch starter`, HFLD_CACHE)."""
+    from pipeline.presets import ModelConfig, build_bundle
+    bundle = build_bundle(ModelConfig(preset="starter"))
+    g = bundle.generator
+    assert shares_descriptor(bundle)
+    return bundle, (f"the starter preset: StyleGAN2 64 px, channels {dict(g.channels) if hasattr(g, 'channels') else '?'}, "
+                    f"w_dim {g.w_dim}, L = {g.n_latent}; face-api descriptor (perceptual + identity, shared pass) "
+                    "+ face-api 68 landmarks")
 
 
 def bundle_256() -> tuple[ModelBundle, str]:
@@ -127,6 +139,43 @@ def time_projection(bundle: ModelBundle, device: torch.device, batch: int, preci
     return out
 
 
+def set_fast_path(bundle: ModelBundle, mode: str) -> None:
+    """As the stage sets it up: the generator's fast path, and NHWC conv weights in the loss networks."""
+    from pipeline.presets import apply_fast_path, channels_last_convs
+    apply_fast_path(mode, bundle.generator)
+    channels_last_convs(mode, bundle.perceptual, bundle.landmarks, getattr(bundle.identity, "model", None))
+
+
+def step_parts(bundle: ModelBundle, device: torch.device, batch: int, precision: str, calls: int = 10) -> list[str]:
+    """Milliseconds per call of each part of a projection step, timed alone (forward + backward to the
+    input, as the projection runs them): G from W+, then each loss network on an image batch."""
+    g = bundle.generator
+    res = int(g.resolution)
+    wplus = g.mean_latent.detach().reshape(1, 1, -1).expand(batch, int(g.n_latent), -1).clone().requires_grad_(True)
+    image = (torch.rand(batch, 3, res, res, device=device) * 2 - 1).requires_grad_(True)
+    parts = {"G synthesis": (lambda: g.synthesis(wplus, "const"), wplus),
+             "perceptual": (lambda: bundle.perceptual(image), image),
+             "landmarks": (lambda: bundle.landmarks(image), image)}
+    if bundle.identity is not None and not shares_descriptor(bundle):
+        parts["identity"] = (lambda: bundle.identity(image), image)
+    lines = []
+    for name, (forward, inp) in parts.items():
+        def once():
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                out = forward()
+            outs = out if isinstance(out, (list, tuple)) else [out]
+            torch.autograd.grad(sum(o.float().mean() for o in outs), inp)
+        for _ in range(3):
+            once()
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            once()
+        sync(device)
+        lines.append(f"      {1000 * (time.perf_counter() - t0) / calls:8.1f} ms  {name} forward + backward")
+    return lines
+
+
 def environment(device: torch.device) -> dict:
     env = {"torch": torch.__version__, "cuda": torch.version.cuda or "none", "python": platform.python_version(),
            "device": str(device)}
@@ -146,10 +195,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, nargs="+", default=None,
                    help=f"faces per batch (default per resolution: {DEFAULT_BATCH})")
     p.add_argument("--timed-steps", type=int, default=20)
+    p.add_argument("--random-64", action="store_true",
+                   help="64 px: a random StyleGAN2 of --channels-64 instead of the starter preset's networks")
     p.add_argument("--channels-64", default="256,256,256,256,128",
-                   help="channels at 4,8,16,32,64 px of the 64 px generator (the starter's table)")
+                   help="with --random-64: channels at 4,8,16,32,64 px of the 64 px generator")
     p.add_argument("--w-dim-64", type=int, default=256)
     p.add_argument("--full", action="store_true", help="also time one whole 200-step projection per setting")
+    p.add_argument("--fast-paths", nargs="+", default=["compiled"], choices=["off", "eager", "compiled"],
+                   help="model.fast_path of the generator (off = the reference modules; the stage's default: "
+                        "compiled); with a fast path on, the loss networks' conv weights are NHWC as in the stage")
+    p.add_argument("--profile", action="store_true",
+                   help="also time each part of a step alone (G and each loss network, forward + backward)")
     p.add_argument("--smoke", action="store_true", help="tiny preset on this machine's CPU (seconds)")
     p.add_argument("--json", help="write the results to this file")
     args = p.parse_args(argv)
@@ -161,29 +217,35 @@ def main(argv: list[str] | None = None) -> int:
     print("bench_invert: " + ", ".join(f"{k} {v}" for k, v in env.items()))
     print(f"faces/s at {STEPS_PER_FACE} optimisation steps per face; one W+ latent per face; const noise maps")
     results = []
+    make_64 = (lambda: bundle_64(parse_channels(args.channels_64), args.w_dim_64)) if args.random_64 else bundle_starter
     stacks = [("smoke", bundle_smoke)] if args.smoke else \
-        [(r, (lambda: bundle_64(parse_channels(args.channels_64), args.w_dim_64)) if r == 64 else bundle_256)
-         for r in args.resolutions]
+        [(r, make_64 if r == 64 else bundle_256) for r in args.resolutions]
     for key, make in stacks:
         torch.manual_seed(0)
         bundle, description = make()
         bundle = bundle.to(device)
         print(f"\n[{key}] {description}")
         batches = args.batch or ([4] if args.smoke else [DEFAULT_BATCH[key]])
-        for precision in (["fp32"] if args.smoke else args.precisions):
-            if precision == "tf32" and device.type == "cuda":
-                torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-            else:
-                torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-            for batch in batches:
-                steps = min(args.timed_steps, 4) if args.smoke else args.timed_steps
-                r = time_projection(bundle, device, batch, precision, steps, args.full)
-                r.update({"resolution": key, "stack": description})
-                results.append(r)
-                extra = f", full 200 steps {r['full_200_steps_s']:.1f} s" if "full_200_steps_s" in r else ""
-                mem = f", peak {r['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in r else ""
-                print(f"  {precision:>5} batch {batch:>4}: {1000 * r['seconds_per_step']:8.1f} ms/step + "
-                      f"{r['fixed_seconds']:.2f} s fixed -> {r['faces_per_s']:8.2f} faces/s{extra}{mem}", flush=True)
+        for fast in (["off"] if args.smoke else args.fast_paths):
+            set_fast_path(bundle, fast)
+            for precision in (["fp32"] if args.smoke else args.precisions):
+                if precision == "tf32" and device.type == "cuda":
+                    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+                else:
+                    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+                for batch in batches:
+                    steps = min(args.timed_steps, 4) if args.smoke else args.timed_steps
+                    r = time_projection(bundle, device, batch, precision, steps, args.full)
+                    r.update({"resolution": key, "stack": description, "fast_path": fast})
+                    results.append(r)
+                    extra = f", full 200 steps {r['full_200_steps_s']:.1f} s" if "full_200_steps_s" in r else ""
+                    mem = f", peak {r['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in r else ""
+                    print(f"  {fast:>8} {precision:>5} batch {batch:>4}: {1000 * r['seconds_per_step']:8.1f} ms/step + "
+                          f"{r['fixed_seconds']:.2f} s fixed -> {r['faces_per_s']:8.2f} faces/s{extra}{mem}",
+                          flush=True)
+                    if args.profile:
+                        for line in step_parts(bundle, device, batch, precision):
+                            print(line, flush=True)
         del bundle
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -23,7 +23,8 @@ the cost per step is that of the real thing, but the loss values mean nothing.
 under `precision`, the issue's baseline; "eager" / "compiled" = models/stylegan2_fast.py in bf16,
 without / with torch.compile); the judges always follow `precision`. The warm-up column is the
 wall time of the untimed first iterations (torch.compile, cuDNN autotuning, the CUDA graph capture).
---profile: torch.profiler of one eager step per fast path (top kernels by CUDA time).
+--profile: torch.profiler of one eager step per fast path (top kernels by CUDA time) and, on a GPU,
+the step's parts (G and each judge, with and without grad) each timed alone in a CUDA graph.
 
 Output: one table row per (resolution, precision, fast path, GPUs, per-GPU batch) with iterations/s,
 samples/s, ms/iteration and peak GPU memory; the best per-GPU batch for each resolution and
@@ -272,6 +273,91 @@ def profile_steps(args, device: torch.device, top: int = 20) -> list[str]:
     return lines
 
 
+def graphed_ms(fn, device: torch.device, replays: int = 50) -> float:
+    """Milliseconds per call of `fn` captured in a CUDA graph (as the training step runs), by CUDA events
+    (on a CPU, the --tiny smoke test: plain calls, wall clock)."""
+    if device.type != "cuda":
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(3):
+            fn()
+        return 1000 * (time.perf_counter() - t0) / 3
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    sync(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    sync(device)
+    return start.elapsed_time(end) / replays
+
+
+def component_times(args, device: torch.device) -> list[str]:
+    """Where a graphed training step's time goes: each network's share, timed alone in its own CUDA graph.
+
+    For --profile-batch B at --resolutions[0]: G without grad (x = G(w)), each judge without grad on x,
+    then G and each judge forward + backward to its input (x' = G(w + T s) and the losses through it),
+    under the step's precision and fast path. Their sum next to the whole step says what the step adds
+    (sampling, T, Adam, the loss arithmetic)."""
+    from pipeline.core.seeding import global_sample_ids
+    from pipeline.stages.train.step import autocast_context, sample_batch, setup_training
+
+    bundle = build(args, args.resolutions[0], device)
+    fast = args.fast_paths[-1]
+    cfg = make_config(args.precisions[-1], args.profile_batch, device, bundle.default_attributes, fast)
+    state = setup_training(cfg, bundle, device)   # applies the fast path and NHWC judge weights
+    batch = sample_batch(cfg, bundle.generator, state.directions.n_attributes,
+                         global_sample_ids(0, 0, cfg.batch_size, 1), device)
+    g = bundle.generator
+    with torch.no_grad(), autocast_context(device, cfg.precision):
+        image = g.synthesis(batch.wplus, batch.noise).detach()
+    wplus = batch.wplus.detach().clone().requires_grad_(True)
+    x = image.clone().requires_grad_(True)
+    judges = {"regressor": bundle.regressor, "landmarks": bundle.landmarks, "perceptual": bundle.perceptual,
+              "discriminator": bundle.discriminator}
+
+    def total(out) -> torch.Tensor:
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        return sum(o.float().mean() for o in outs)
+
+    def no_grad(net, inp):
+        def fn():
+            with torch.no_grad(), autocast_context(device, cfg.precision):
+                net(inp)
+        return fn
+
+    def with_grad(net, inp):
+        def fn():
+            with autocast_context(device, cfg.precision):
+                loss = total(net(inp))
+            torch.autograd.grad(loss, inp)
+        return fn
+
+    rows = [("G forward, no grad (x)", no_grad(lambda w: g.synthesis(w, batch.noise), batch.wplus))]
+    rows += [(f"{k} forward, no grad (x)", no_grad(net, image)) for k, net in judges.items() if k != "discriminator"]
+    rows += [("G forward + backward (x')", with_grad(lambda w: g.synthesis(w, batch.noise), wplus))]
+    rows += [(f"{k} forward + backward (x')", with_grad(net, x)) for k, net in judges.items() if net is not None]
+    lines = ["", f"--profile components: {g.resolution} px, batch {cfg.batch_size}, {cfg.precision}/{fast}, "
+                 "each part alone in a CUDA graph (ms per call)"]
+    parts = 0.0
+    for name, fn in rows:
+        ms = graphed_ms(fn, device)
+        parts += ms
+        lines.append(f"  {ms:8.3f}  {name}")
+    lines.append(f"  {parts:8.3f}  sum of the parts")
+    return lines
+
+
 def ddp_worker(rank: int, world: int, args, port: int, out_path: str) -> None:
     """One process per GPU (or per CPU rank with --tiny): DDP over T, same timing as above."""
     import torch.distributed as dist
@@ -497,6 +583,8 @@ def main(argv=None) -> int:
         print(line)
     if args.profile:
         for line in profile_steps(args, device):
+            print(line, flush=True)
+        for line in component_times(args, device):
             print(line, flush=True)
     if args.json:
         args.json.write_text(json.dumps([{**asdict(r), "global_batch": r.global_batch} for r in rows], indent=1))

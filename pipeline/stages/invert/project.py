@@ -108,6 +108,28 @@ class Projection:
     history: list[float]
 
 
+class LatentJitter:
+    """The projector's latent noise, [B, L, w_dim] per step, each face's from its own generator (seeded by
+    its seed), so a face's path does not depend on its batch. Drawn CHUNK steps at a time per face: one
+    small kernel per face and step (B per step, 256 at 64 px) cost more than the step's own work."""
+
+    CHUNK = 25
+
+    def __init__(self, seeds: list[int], shape: tuple[int, ...], device: torch.device, dtype: torch.dtype):
+        self.gens = [torch.Generator(device=device).manual_seed(derive_seed(int(s), Stream.INIT, 1)) for s in seeds]
+        self.shape, self.device, self.dtype = shape, device, dtype
+        self.block: torch.Tensor | None = None
+        self.used = self.CHUNK
+
+    def next(self) -> torch.Tensor:
+        if self.used == self.CHUNK:
+            self.block = torch.stack([torch.randn((self.CHUNK, *self.shape), generator=g, device=self.device,
+                                                  dtype=self.dtype) for g in self.gens], dim=1)
+            self.used = 0
+        self.used += 1
+        return self.block[self.used - 1]
+
+
 class Projector:
     """Optimises latents for aligned faces with the networks of one bundle (on the bundle's device)."""
 
@@ -226,18 +248,14 @@ class Projector:
         noise = self.start_noise(seeds)
         params = [wplus] + ([n.requires_grad_(True) for n in noise] if noise else [])
         opt = torch.optim.Adam(params, lr=self.cfg.lr, betas=(0.9, 0.999), fused=self.device.type == "cuda")
-        # each face's latent noise from its own generator: a face's path does not depend on its batch
-        step_gens = [torch.Generator(device=self.device).manual_seed(derive_seed(int(s), Stream.INIT, 1)) for s in seeds]
+        jitter = LatentJitter(seeds, tuple(wplus.shape[1:]), self.device, self.dtype)
         with torch.no_grad():
             loss_start = self.loss(wplus, tgt, noise)
         history = []
         for step in range(steps):
             for group in opt.param_groups:
                 group["lr"] = learning_rate(step, steps, self.cfg)
-            scale = latent_noise_scale(step, steps, self.w_std, self.cfg)
-            jitter = torch.stack([torch.randn(wplus.shape[1:], generator=g, device=self.device, dtype=self.dtype)
-                                  for g in step_gens]) * scale
-            w_in = wplus + jitter
+            w_in = wplus + jitter.next() * latent_noise_scale(step, steps, self.w_std, self.cfg)
             with self.autocast():
                 image = self.synthesis(w_in, noise)
             per_face = self.total(self.terms(image, tgt, wplus, noise))

@@ -14,7 +14,7 @@ from pipeline.core.sampling import latents_from_z
 from pipeline.core.seeding import Stream, rng_for
 from pipeline.presets import ModelConfig, build_bundle
 from pipeline.stages.invert.config import LossConfig, ProjectionConfig
-from pipeline.stages.invert.project import (Projector, latent_space, latent_noise_scale, learning_rate,
+from pipeline.stages.invert.project import (LatentJitter, Projector, latent_space, latent_noise_scale, learning_rate,
                                             noise_regularisation, normalise_noise_)
 
 pytestmark = pytest.mark.timeout(300)
@@ -75,6 +75,19 @@ def test_each_face_has_its_own_latent():
     assert together.wplus.dtype == torch.float64
     torch.testing.assert_close(together.wplus[:1], alone.wplus, rtol=1e-9, atol=1e-9)
     assert not torch.allclose(together.wplus[0], together.wplus[1])
+
+
+def test_latent_jitter_is_each_faces_own_stream_across_chunks():
+    """A face's latent noise depends on its seed alone, whatever its batch, also past a chunk boundary."""
+    steps = 2 * LatentJitter.CHUNK + 3
+    alone = LatentJitter([7], (3, 4), torch.device("cpu"), torch.float32)
+    pair = LatentJitter([8, 7], (3, 4), torch.device("cpu"), torch.float32)
+    a = torch.stack([alone.next() for _ in range(steps)])      # [steps, 1, 3, 4]
+    b = torch.stack([pair.next() for _ in range(steps)])       # [steps, 2, 3, 4]
+    assert a.shape == (steps, 1, 3, 4) and b.shape == (steps, 2, 3, 4)
+    torch.testing.assert_close(b[:, 1], a[:, 0], rtol=0, atol=0)
+    assert not torch.allclose(b[:, 0], b[:, 1])
+    assert len({tuple(x.flatten().tolist()) for x in a[:, 0]}) == steps     # a new draw every step
 
 
 def test_without_the_wplus_tie_the_latent_does_not_follow(tiny):

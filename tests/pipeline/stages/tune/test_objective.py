@@ -48,15 +48,17 @@ def random_T(bundle, n_columns: int, seed: int = 0, std: float = 0.5) -> Directi
 
 def test_held_out_faces_are_seeded_and_are_evaluates_faces(starter, held_out):
     again = build_held_out(starter, ATTRIBUTES, n=N, seed=7, batch_size=N)     # another batching: same set
-    # The latents are drawn per face (equal to the bit); what the networks measure on them is equal up to
-    # float32 rounding, which depends on the batch (the StyleGAN2 starter's batched modulated convolution).
-    assert torch.equal(held_out.wplus, again.wplus)
+    # Each face's z is drawn from its own generator, rng_for(seed, HELD_OUT, i), whatever the batch;
+    # everything computed from it through a network -- w = mapping(z) included -- is equal up to float32
+    # rounding, which depends on the batch: the CPU's GEMM kernels pick their blocking by the number of
+    # rows (seen here: batches of 4 + 2 vs 6 differ by up to 3e-6 after the 8 mapping layers on one machine, not at all on another).
+    torch.testing.assert_close(held_out.wplus, again.wplus, rtol=1e-4, atol=1e-5)
     for name in ("amounts", "targets", "original_attributes"):
         assert torch.allclose(getattr(held_out, name), getattr(again, name), atol=1e-5), name
     other = build_held_out(starter, ATTRIBUTES, n=N, seed=8)
     assert not torch.allclose(held_out.wplus, other.wplus)
     faces = held_out_faces(starter.generator, [3, 5], seed=7, device="cpu")
-    assert torch.equal(held_out.wplus[[3, 5]], faces.wplus)
+    torch.testing.assert_close(held_out.wplus[[3, 5]], faces.wplus, rtol=1e-4, atol=1e-5)
     assert held_out.meta["stream"] == "HELD_OUT" and held_out.meta["seed"] == 7
     assert held_out.meta["indices"] == list(range(N)) and held_out.meta["preset"] == "starter"
 
