@@ -50,7 +50,8 @@ def cmd_preview(args) -> int:
 
 
 def cmd_align_template(args) -> int:
-    """Measure where a preset's generator puts eyes and mouth (the AlignmentSpec templates of `hfld invert`)."""
+    """Measure where a preset's generator puts eyes and mouth and how the alignment frames its faces (the
+    AlignmentSpec templates and framing of `hfld invert`)."""
     import json
     import torch
     from pipeline.presets import ModelConfig, build_bundle
@@ -63,7 +64,8 @@ def cmd_align_template(args) -> int:
                               seed=args.seed, min_score=args.min_score)
     print(json.dumps(found, indent=1))
     print(f"AlignmentSpec(method=\"template\", detector_template={found['detector_template']}, "
-          f"landmark_template={found['landmark_template']}, measured=\"{args.preset}: {args.n} held-out faces of seed "
+          f"landmark_template={found['landmark_template']}, framing_centre={found['framing_centre']}, "
+          f"framing_spread={found['framing_spread']}, measured=\"{args.preset}: {args.n} held-out faces of seed "
           f"{args.seed}, uint8\")")
     return 0
 
