@@ -71,8 +71,8 @@ def cmd_align_template(args) -> int:
 
 
 def add_subcommands(sub: argparse._SubParsersAction, presets: list[str]) -> None:
-    p = sub.add_parser("align-template", help="measure where a preset's generator puts eyes and mouth (the "
-                       "alignment template of `hfld invert`)")
+    p = sub.add_parser("align-template", help="measure where a preset's generator puts eyes and mouth and how "
+                       "the alignment frames its faces (the alignment template and framing of `hfld invert`)")
     p.add_argument("--preset", choices=presets, default="starter")
     p.add_argument("--n", type=int, default=300, help="generated faces to measure")
     p.add_argument("--seed", type=int, default=7001, help="held-out seed of the faces")
