@@ -50,7 +50,8 @@ def cmd_preview(args) -> int:
 
 
 def cmd_align_template(args) -> int:
-    """Measure where a preset's generator puts eyes and mouth (the AlignmentSpec templates of `hfld invert`)."""
+    """Measure where a preset's generator puts eyes and mouth and how the alignment frames its faces (the
+    AlignmentSpec templates and framing of `hfld invert`)."""
     import json
     import torch
     from pipeline.presets import ModelConfig, build_bundle
@@ -63,14 +64,15 @@ def cmd_align_template(args) -> int:
                               seed=args.seed, min_score=args.min_score)
     print(json.dumps(found, indent=1))
     print(f"AlignmentSpec(method=\"template\", detector_template={found['detector_template']}, "
-          f"landmark_template={found['landmark_template']}, measured=\"{args.preset}: {args.n} held-out faces of seed "
+          f"landmark_template={found['landmark_template']}, framing_centre={found['framing_centre']}, "
+          f"framing_spread={found['framing_spread']}, measured=\"{args.preset}: {args.n} held-out faces of seed "
           f"{args.seed}, uint8\")")
     return 0
 
 
 def add_subcommands(sub: argparse._SubParsersAction, presets: list[str]) -> None:
-    p = sub.add_parser("align-template", help="measure where a preset's generator puts eyes and mouth (the "
-                       "alignment template of `hfld invert`)")
+    p = sub.add_parser("align-template", help="measure where a preset's generator puts eyes and mouth and how "
+                       "the alignment frames its faces (the alignment template and framing of `hfld invert`)")
     p.add_argument("--preset", choices=presets, default="starter")
     p.add_argument("--n", type=int, default=300, help="generated faces to measure")
     p.add_argument("--seed", type=int, default=7001, help="held-out seed of the faces")

@@ -48,11 +48,19 @@ class AlignmentSpec:
     landmark_template: the three points as the preset's landmark model H places them (centroids of
       its two eye groups and of its mouth groups) on the generator's own faces. When set, a second
       pass runs H on the first-pass crop and aligns with H's points (sharper than BlazeFace's).
+    framing_centre / framing_spread: how the generator frames its own faces as this alignment sees them:
+      over its faces, the median and the robust spread (1.4826 x median absolute deviation) of the
+      final alignment warp's parameters relative to the plain centre-square resize, (log scale,
+      degrees, centre shift x, centre shift y; shifts in crop fractions). `hfld invert`'s
+      align.keep_framed keeps (only resizes) a face within align.keep_sigmas spreads of the centre and
+      moves any other face only as far as the edge of that range. None = not measured (always warp).
     measured: how the templates were obtained (generator, faces, seed).
     """
     method: AlignMethod = "none"
     detector_template: tuple[Point, Point, Point] | None = None
     landmark_template: tuple[Point, Point, Point] | None = None
+    framing_centre: tuple[float, float, float, float] | None = None
+    framing_spread: tuple[float, float, float, float] | None = None
     measured: str = ""
 
     def __post_init__(self):
@@ -65,6 +73,16 @@ class AlignmentSpec:
             if points is not None:
                 require(len(points) == 3 and all(len(p) == 2 for p in points), f"alignment.{name}", points,
                         "must be three (x, y) points: right eye, left eye, mouth")
+        require((self.framing_centre is None) == (self.framing_spread is None), "alignment.framing_spread",
+                self.framing_spread, "and alignment.framing_centre must be given together")
+        for name in ("framing_centre", "framing_spread"):
+            values = getattr(self, name)
+            if values is not None:
+                require(len(values) == 4, f"alignment.{name}", values,
+                        "must be 4 numbers: log scale, degrees, shift x, shift y")
+        if self.framing_spread is not None:
+            require(all(v > 0 for v in self.framing_spread), "alignment.framing_spread", self.framing_spread,
+                    "must be > 0 (a spread of 0 would keep no face)")
 
 
 @dataclass(frozen=True)

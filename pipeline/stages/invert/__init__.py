@@ -15,7 +15,9 @@ Per input row (in input order; every row gives one output row, whatever happens 
   2. find the face with BlazeFace (@vladmandic/human 3.3.6, from the starter zoo) and warp it to the
      framing of the generator's own faces (the preset's AlignmentSpec: a measured template of eye and
      mouth positions for the starter, the FFHQ rule for ffhq presets; refined with the preset's
-     landmark model); no face with score >= align.min_score -> status "no_face";
+     landmark model; a face already framed like the generator's, judged from the spread of the
+     generator's own framing, is only resized: align.keep_framed); no face with score >=
+     align.min_score -> status "no_face";
   3. optimise a latent (W+ for StyleGAN2, z for the DCGAN, whose W = Z) for the aligned crop with the
      StyleGAN2 projector's schedule and the preset's loss (pixel + perceptual + identity + landmark
      [+ noise regularisation]), many faces at once, on the GPU when there is one;

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from pipeline.stages.generate import ImageConfig, encode_image, object_array, pack_chunks, setup_torch, split_chunks
-from pipeline.stages.invert.align import FramedTolerance, align_faces, decode_image, to_tensor, to_uint8
+from pipeline.stages.invert.align import align_faces, decode_image, to_tensor, to_uint8
 from pipeline.stages.invert.job import InvertJob
 from pipeline.stages.invert.project import Projector, face_seeds
 from pipeline.stages.invert.quality import QualityJudges
@@ -114,6 +114,6 @@ class InvertStage:
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def framed_tolerance(align) -> FramedTolerance | None:
-    """AlignConfig -> the tolerance of align_faces' keep_framed (None = always warp)."""
-    return FramedTolerance(align.keep_scale, align.keep_degrees, align.keep_shift) if align.keep_framed else None
+def framed_tolerance(align) -> float | None:
+    """AlignConfig -> align_faces' keep_framed: keep_sigmas, or None (always warp to the template)."""
+    return align.keep_sigmas if align.keep_framed else None

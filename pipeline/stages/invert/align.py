@@ -1,7 +1,7 @@
 """Find the face in a photo and warp it to the framing of the generator's own faces.
 
     decode_image(bytes) -> uint8 [H, W, 3] or None            (PIL; EXIF orientation applied)
-    detect(detector, images) -> best face candidate per image  (BlazeFace on a 256 px letterbox)
+    detect(detector, images) -> best face candidate per image  (BlazeFace on a 256 px letterbox with a border)
     align_faces(...) -> aligned crops [B, 3, R, R] + the 2x3 matrices that made them
 
 Coordinates are continuous pixel coordinates: pixel (i, j) covers [j, j+1] x [i, i+1], its centre is
@@ -17,6 +17,9 @@ First pass: BlazeFace's keypoints. Second pass (when the spec has a landmark tem
 and the landmark model H has two eye groups and mouth groups): H on the first-pass crop, which is
 framed like the faces H sees in training, gives sharper eye/mouth centres; they are mapped back to
 the photo and the transform is computed again from them.
+keep_framed (align.keep_framed / keep_sigmas): the spec's framing_centre / framing_spread say how this
+alignment frames the generator's own faces (measure_templates); a face whose warp lies within k spreads
+of that is only resized, any other is moved only to the edge of that range (nearest_framed).
 """
 
 from __future__ import annotations
@@ -32,6 +35,12 @@ from pipeline.core.metrics import eye_groups
 from pipeline.presets.registry import AlignmentSpec
 
 DETECTOR_SIZE = 256
+# Black border added around every photo before detection, per side, as a fraction of its longer side.
+# BlazeFace scores a face that fills its whole input poorly (a tight crop, e.g. a generated face): on
+# 32 held-out starter faces 7 scored below 0.5 without a border (min 0.24), 1 with this one (min 0.33,
+# median 0.67 -> 0.83), while the non-faces of tests/pipeline/stages/invert stayed below 0.28 (0.25
+# without); a border of 0.25 let a random-pixel image reach 0.41, 0.5 one reach 0.59.
+DETECTOR_MARGIN = 0.125
 # BlazeFace keypoint order (models.human_blazeface.KEYPOINT_NAMES): right_eye, left_eye, nose, mouth, ...
 DETECTOR_POINTS = (0, 1, 3)
 THREE = ("right_eye", "left_eye", "mouth")
@@ -146,22 +155,41 @@ def centre_square_matrix(height: int, width: int, size: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class FramedTolerance:
-    """How far a warp may differ from the plain centre-square resize and still count as "already framed
-    like the generator's faces": relative scale within 1 +- scale, rotation within `degrees`, crop
-    centre within `shift` x size. None of these = always warp."""
-    scale: float = 0.2
-    degrees: float = 15.0
-    shift: float = 0.12
+    """How far one warp may differ from another and still count as the same framing: relative scale
+    within 1 +- scale, rotation within `degrees`, crop centre within `shift` x size."""
+    scale: float
+    degrees: float
+    shift: float
+
+
+FRAMING_PARAMETERS = ("log_scale", "degrees", "shift_x", "shift_y")
+
+
+def framing_parameters(base: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    """[4] (log relative scale, rotation in degrees, crop-centre shift x and y in crop fractions) of warp
+    `matrix` against warp `base` (both similarities, output pixel -> photo pixel; zeros = the same crop)."""
+    rel = np.linalg.inv(np.vstack([base, [0, 0, 1]])) @ np.vstack([matrix, [0, 0, 1]])
+    scale = float(np.sqrt(abs(np.linalg.det(rel[:2, :2]))))
+    degrees = float(np.degrees(np.arctan2(rel[1, 0], rel[0, 0])))
+    centre = (rel[:2] @ np.array([size / 2, size / 2, 1.0]) - size / 2) / size
+    return np.array([np.log(scale), degrees, centre[0], centre[1]])
+
+
+def framing_matrix(base: np.ndarray, params, size: int) -> np.ndarray:
+    """The warp whose framing_parameters against `base` are `params` (the inverse of framing_parameters)."""
+    log_scale, degrees, dx, dy = (float(v) for v in params)
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    lin = np.exp(log_scale) * np.array([[c, -s], [s, c]])
+    half = np.array([size / 2, size / 2])
+    rel = np.vstack([np.concatenate([lin, (half + np.array([dx, dy]) * size - lin @ half)[:, None]], 1), [0, 0, 1]])
+    return (np.vstack([base, [0, 0, 1]]) @ rel)[:2]
 
 
 def relative_framing(base: np.ndarray, matrix: np.ndarray, size: int) -> tuple[float, float, float]:
     """(relative scale, rotation in degrees, crop-centre shift in crop fractions) of warp `matrix`
     against warp `base` (both output pixel -> photo pixel; 1, 0, 0 = the same crop)."""
-    rel = np.linalg.inv(np.vstack([base, [0, 0, 1]])) @ np.vstack([matrix, [0, 0, 1]])
-    scale = float(np.sqrt(abs(np.linalg.det(rel[:2, :2]))))
-    degrees = float(np.degrees(np.arctan2(rel[1, 0], rel[0, 0])))
-    centre = rel[:2] @ np.array([size / 2, size / 2, 1.0]) - size / 2
-    return scale, degrees, float(np.hypot(*centre)) / size
+    log_scale, degrees, dx, dy = framing_parameters(base, matrix, size)
+    return float(np.exp(log_scale)), float(degrees), float(np.hypot(dx, dy))
 
 
 def within(framing: tuple[float, float, float], tol: FramedTolerance) -> bool:
@@ -185,8 +213,33 @@ def agrees(second: np.ndarray, first: np.ndarray, size: int, tol: FramedToleranc
     return within(relative_framing(first, second, size), tol)
 
 
-def is_framed(matrix: np.ndarray, height: int, width: int, size: int, tol: FramedTolerance) -> bool:
-    return within(relative_to_centre_square(matrix, height, width, size), tol)
+def nearest_framed(matrix: np.ndarray, height: int, width: int, size: int, spec: AlignmentSpec,
+                   sigmas: float) -> tuple[np.ndarray, bool]:
+    """The crop of a height x width photo closest to its plain centre-square resize that frames the face
+    the way the generator frames its own faces, and whether that crop is the plain resize itself.
+
+    `matrix` is the face's alignment warp (it puts the face on the template). The generator's own faces,
+    plainly resized, need warps whose framing_parameters against the resize lie around
+    spec.framing_centre with spread spec.framing_spread (measure_templates). The face's parameters p are
+    clipped to centre +- sigmas x spread (q); the crop X with framing_parameters(X, matrix) = q is
+    returned: X = the resize when p is inside (kept), else the face is moved only to the edge of the
+    generator's range, not all the way to the template.
+    """
+    base = centre_square_matrix(height, width, size)
+    p = framing_parameters(base, matrix, size)
+    centre, spread = np.asarray(spec.framing_centre, np.float64), np.asarray(spec.framing_spread, np.float64)
+    q = np.clip(p, centre - sigmas * spread, centre + sigmas * spread)
+    if np.array_equal(p, q):
+        return base, True
+    rel = np.vstack([framing_matrix(np.array([[1.0, 0, 0], [0, 1.0, 0]]), q, size), [0, 0, 1]])
+    return (np.vstack([matrix, [0, 0, 1]]) @ np.linalg.inv(rel))[:2], False
+
+
+def robust_framing(params: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """framing_parameters of many faces [n, 4] -> (median, 1.4826 x median absolute deviation) per parameter."""
+    centre = np.median(params, axis=0)
+    spread = 1.4826 * np.median(np.abs(params - centre), axis=0)
+    return tuple(round(float(v), 4) for v in centre), tuple(round(float(v), 4) for v in spread)
 
 
 def warp(image: torch.Tensor, matrix: np.ndarray, size: int) -> torch.Tensor:
@@ -226,11 +279,11 @@ class Face:
     points: np.ndarray
 
 
-def letterbox(image: torch.Tensor, size: int) -> tuple[torch.Tensor, float, float, float]:
-    """[3, H, W] -> ([3, size, size] padded with -1 to a centred square, resized), pixels per box
-    pixel, left pad, top pad (so photo = box * k - pad)."""
+def letterbox(image: torch.Tensor, size: int, margin: float = 0.0) -> tuple[torch.Tensor, float, float, float]:
+    """[3, H, W] -> ([3, size, size] padded with -1 to a centred square of side (1 + 2 margin) max(H, W),
+    resized), pixels per box pixel, left pad, top pad (so photo = box * k - pad)."""
     _, h, w = image.shape
-    side = max(h, w)
+    side = max(h, w) + 2 * round(margin * max(h, w))
     left, top = (side - w) // 2, (side - h) // 2
     square = F.pad(image, (left, side - w - left, top, side - h - top), value=-1.0)
     if side != size:
@@ -244,12 +297,12 @@ def detect(detector, images: list[torch.Tensor]) -> list[Face]:
     """The best face candidate of each photo ([3, H, W] in [-1, 1], any sizes); the caller decides by
     its score whether it is a face.
 
-    The photos are letterboxed to 256 px and decoded in one batch; with one face wanted, human's NMS
+    The photos are letterboxed (with a DETECTOR_MARGIN border) to 256 px and decoded in one batch; with one face wanted, human's NMS
     keeps the highest-scoring box, so the arg max is taken directly.
     """
     if not images:
         return []
-    boxed = [letterbox(im, DETECTOR_SIZE) for im in images]
+    boxed = [letterbox(im, DETECTOR_SIZE, DETECTOR_MARGIN) for im in images]
     scores, boxes, keypoints = detector.decode(torch.stack([b[0] for b in boxed]))
     best = scores.argmax(dim=1)
     out = []
@@ -314,12 +367,15 @@ def refines(spec: AlignmentSpec, landmark_index) -> bool:
 
 @torch.no_grad()
 def align_faces(images: list[torch.Tensor], spec: AlignmentSpec, size: int, *, detector=None, landmarks=None,
-                min_score: float = 0.5, keep_framed: FramedTolerance | None = None) -> Aligned:
+                min_score: float = 0.5, keep_framed: float | None = None) -> Aligned:
     """Photos [3, H, W] in [-1, 1] -> aligned crops of the found faces (see the module docstring).
 
-    keep_framed: a found face whose final warp is within this tolerance of the centre-square resize
-    is cropped by that resize instead (Aligned.kept marks it): the photo is already framed like the
-    generator's faces, and re-framing it would only add the keypoints' noise and resampling blur.
+    keep_framed: k (align.keep_sigmas), or None = always warp to the template. With k, and a spec whose
+    framing was measured (spec.framing_spread), a found face whose final warp lies within k spreads of
+    how the generator frames its own faces is cropped by the plain centre-square resize instead
+    (Aligned.kept marks it): the photo is already framed like the generator's faces, and re-framing
+    it would only add the keypoints' noise and resampling blur. Any other face is moved only to the
+    edge of that range (nearest_framed).
     """
     if spec.method == "none":
         matrices = [centre_square_matrix(im.shape[1], im.shape[2], size) for im in images]
@@ -347,12 +403,11 @@ def align_faces(images: list[torch.Tensor], spec: AlignmentSpec, size: int, *, d
             faces[i].points = photo_points
             crops[k] = warp(images[i], matrices[i], size)
     kept = [False] * len(images)
-    if spec.method != "none" and keep_framed is not None:
+    if spec.method != "none" and keep_framed is not None and spec.framing_spread is not None:
         for k, i in enumerate(found):
             h, w = images[i].shape[1:]
-            if is_framed(matrices[i], h, w, size, keep_framed):
-                matrices[i], kept[i] = centre_square_matrix(h, w, size), True
-                crops[k] = warp(images[i], matrices[i], size)
+            matrices[i], kept[i] = nearest_framed(matrices[i], h, w, size, spec, keep_framed)
+            crops[k] = warp(images[i], matrices[i], size)
     stacked = torch.stack(crops) if crops else torch.zeros(0, 3, size, size)
     return Aligned(stacked, faces, matrices, kept)
 
@@ -364,33 +419,48 @@ def align_faces(images: list[torch.Tensor], spec: AlignmentSpec, size: int, *, d
 @torch.no_grad()
 def measure_templates(generator, landmarks, detector, *, n: int, seed: int, batch: int = 32,
                       min_score: float = 0.3) -> dict:
-    """Mean right-eye, left-eye and mouth positions (fractions of the image) on `n` generated faces.
+    """Where the generator puts eyes and mouth, and how the alignment frames its faces, on `n` generated
+    faces (the AlignmentSpec fields of a "template" preset).
 
-    detector_template: BlazeFace keypoints 0, 1, 3 of the faces it finds (score >= min_score);
-    landmark_template: centroids of the landmark model's eye and mouth groups (None without them).
+    detector_template: mean BlazeFace keypoints 0, 1, 3 of the faces it finds (score >= min_score);
+    landmark_template: mean centroids of the landmark model's eye and mouth groups (None without them);
+    framing_centre / framing_spread: robust_framing of the framing_parameters of the alignment's final
+    warp (both passes, these templates) against the plain resize, over the same found faces.
     Faces are the held-out faces of `seed` (pipeline.core.sampling.held_out_faces), quantised to
     uint8 like the files they would be written to.
     """
     from pipeline.core.sampling import held_out_faces
     size = int(generator.resolution)
     index = three_point_groups(getattr(landmarks, "groups", {}))
-    det_points, lm_points, scores = [], [], []
+    det_points, lm_points, scores, found_images = [], [], [], []
     for start in range(0, n, batch):
         faces = held_out_faces(generator, list(range(start, min(n, start + batch))), seed=seed)
         images = generator.synthesis(faces.wplus, faces.noise)
         images = to_uint8(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        for face in detect(detector, list(images)):
+        for image, face in zip(images, detect(detector, list(images))):
             scores.append(face.score)
             if face.score >= min_score:
                 det_points.append(face.points / size)
+                found_images.append(image)
         if index is not None:
             lm_points.append(three_points(landmarks(images), index).double().cpu().numpy())
     det = np.stack(det_points) if det_points else np.zeros((0, 3, 2))
     lm = np.concatenate(lm_points) if lm_points else None
     rounded = lambda a: tuple(tuple(round(float(v), 4) for v in p) for p in a)  # noqa: E731
-    return {"n": n, "seed": seed, "detected": len(det_points), "min_score": min_score,
-            "score_quantiles": [float(q) for q in np.quantile(scores, [0.0, 0.1, 0.5])] if scores else [],
-            "detector_template": rounded(det.mean(0)) if len(det) else None,
-            "detector_std": rounded(det.std(0)) if len(det) else None,
-            "landmark_template": rounded(lm.mean(0)) if lm is not None else None,
-            "landmark_std": rounded(lm.std(0)) if lm is not None else None}
+    out = {"n": n, "seed": seed, "detected": len(det_points), "min_score": min_score,
+           "score_quantiles": [float(q) for q in np.quantile(scores, [0.0, 0.1, 0.5])] if scores else [],
+           "detector_template": rounded(det.mean(0)) if len(det) else None,
+           "detector_std": rounded(det.std(0)) if len(det) else None,
+           "landmark_template": rounded(lm.mean(0)) if lm is not None else None,
+           "landmark_std": rounded(lm.std(0)) if lm is not None else None,
+           "framing_centre": None, "framing_spread": None}
+    if len(det):
+        spec = AlignmentSpec(method="template", detector_template=out["detector_template"],
+                             landmark_template=out["landmark_template"])
+        params = []
+        for start in range(0, len(found_images), batch):
+            part = found_images[start:start + batch]
+            aligned = align_faces(part, spec, size, detector=detector, landmarks=landmarks, min_score=0.0)
+            params += [framing_parameters(centre_square_matrix(size, size, size), m, size) for m in aligned.matrices]
+        out["framing_centre"], out["framing_spread"] = robust_framing(np.stack(params))
+    return out

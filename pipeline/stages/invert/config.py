@@ -57,16 +57,27 @@ class AlignConfig:
     refine: run the second pass (the preset's landmark model on the first crop, then the transform again
       from its eye and mouth centres) when the spec and the landmark model allow it.
     min_score: BlazeFace score below which a photo gets status "no_face". human's default, 0.2, lets
-      noise through: a 120x90 image of uniform random pixels scored 0.37, a black one 0.25. On 300
-      generated 64 px starter (DCGAN) faces 10% scored below 0.63 and 2 below 0.3; photos of real faces
-      score higher.
-    keep_framed: a face whose alignment warp differs from the plain centre-square resize by at most
-      keep_scale (relative scale 1 +- keep_scale), keep_degrees (rotation) and keep_shift (crop centre,
-      fraction of the crop) is only resized: it is already framed like the generator's faces, and
-      warping it would add the keypoints' noise and resampling blur. On 48 of the starter's own 64 px
-      faces the keypoint-based warp moved them by a median 2.9 px, 10% by more than 11 degrees; on the
-      H200 (benchmarks/results_sweep_invert_starter_h200.txt, before this setting) inverting the warped
-      crops reached identity >= 0.9 on 8% of faces vs 91% without alignment (align.method=none).
+      noise through: a 120x90 image of uniform random pixels scored 0.37, a black one 0.25 (before the
+      detector's border, align.DETECTOR_MARGIN; with it the non-faces of the tests score <= 0.28). On
+      300 generated 64 px starter StyleGAN2 faces (with the border) 10% scored below 0.63 and 11 below
+      0.5 (without it: 10% below 0.47, 37 below 0.5); photos of real faces score higher.
+    keep_framed: decide from the generator's own framing whether a face needs re-framing. The preset's
+      AlignmentSpec records how the alignment frames the generator's faces (framing_centre /
+      framing_spread: median and robust spread of the final warp's log scale, rotation and centre
+      shift against the plain centre-square resize, measured by `hfld align-template`). A face whose
+      warp lies within keep_sigmas spreads of that centre on every parameter is only resized: it is
+      already framed like the generator's faces, and warping it would add the keypoints' noise and
+      resampling blur. Any other face is moved only to the edge of that range, not all the way to the
+      template. No effect for presets without a measured framing (they always warp). On the starter's
+      own 64 px faces the final warp has a robust spread of 0.15 in log scale (16%), 4.6 degrees and
+      2.5-2.9% shift (keypoint noise included; the heavy tails are keypoint failures); at keep_sigmas
+      2.5, 71% of 289 found faces of seed 7001, 61% of 46 of seed 99 and 26 of the 31 invert-check
+      faces (seed 0) are kept, and on invert-check all 26 kept faces reached identity >= 0.9, none of
+      the 5 moved ones (benchmarks/results_invert_check_starter_cpu.txt). False: every face is
+      warped to the template (on the H200, benchmarks/results_sweep_invert_starter_h200.txt,
+      identity >= 0.9 on 8% of faces vs 91% without alignment, align.method=none).
+    keep_sigmas: the k of keep_framed, in robust spreads (AlignmentSpec.framing_spread) per parameter.
+      Overriding method or a template drops the preset's measured framing: keep_framed then has no effect.
     """
     method: Literal["preset", "none", "template", "ffhq"] = "preset"
     detector_template: tuple[Point, Point, Point] | None = None
@@ -74,15 +85,12 @@ class AlignConfig:
     refine: bool = True
     min_score: float = 0.5
     keep_framed: bool = True
-    keep_scale: float = 0.25
-    keep_degrees: float = 20.0
-    keep_shift: float = 0.15
+    keep_sigmas: float = 2.5
 
     def __post_init__(self):
         require(0 <= self.min_score < 1, "align.min_score", self.min_score, "must be in [0, 1)")
-        require(0 <= self.keep_scale < 1, "align.keep_scale", self.keep_scale, "must be in [0, 1)")
-        require(0 <= self.keep_degrees <= 180, "align.keep_degrees", self.keep_degrees, "must be in [0, 180]")
-        require(0 <= self.keep_shift <= 1, "align.keep_shift", self.keep_shift, "must be in [0, 1]")
+        require(0 < self.keep_sigmas <= 10, "align.keep_sigmas", self.keep_sigmas,
+                "must be in (0, 10] (spreads of the generator's own framing)")
 
 
 @dataclass(frozen=True)

@@ -103,10 +103,14 @@ def resolve_alignment(cfg: InvertConfig) -> AlignmentSpec:
     spec = PRESETS[cfg.model.preset].alignment
     a = cfg.align
     method = spec.method if a.method == "preset" else a.method
+    # the preset's measured framing belongs to its own method and templates
+    keeps_framing = method == spec.method and not a.detector_template and not a.landmark_template
     try:
         spec = dataclasses.replace(spec, method=method,
                                    detector_template=a.detector_template or spec.detector_template,
-                                   landmark_template=a.landmark_template or spec.landmark_template)
+                                   landmark_template=a.landmark_template or spec.landmark_template,
+                                   framing_centre=spec.framing_centre if keeps_framing else None,
+                                   framing_spread=spec.framing_spread if keeps_framing else None)
     except ConfigError as e:
         raise ConfigError(f"align: {e} (preset {cfg.model.preset!r} has no template; set "
                           "align.detector_template or another align.method)") from None

@@ -15,10 +15,15 @@ import torch
 from pipeline.presets import ModelConfig, build_bundle
 from pipeline.presets.faces import build_face_detector
 from pipeline.presets.starter import DCGAN64_ALIGNMENT, STARTER_ALIGNMENT
-from pipeline.stages.invert.align import (FramedTolerance, agrees, align_faces, apply_affine, centre_square_matrix,
-                                          decode_image, detect, ffhq_matrix, relative_to_centre_square,
-                                          similarity_matrix, template_matrix, three_point_groups, three_points,
-                                          to_tensor, warp)
+from pipeline.core.config import ConfigError
+from pipeline.presets.registry import AlignmentSpec
+from pipeline.stages.invert import align as align_module
+from pipeline.stages.invert.align import (agrees, align_faces, apply_affine, centre_square_matrix, decode_image, detect,
+                                          ffhq_matrix, framing_matrix, framing_parameters, nearest_framed,
+                                          relative_framing, relative_to_centre_square, similarity_matrix,
+                                          template_matrix, three_point_groups, three_points, to_tensor, to_uint8,
+                                          warp)
+from pipeline.stages.invert.config import AlignConfig
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -107,6 +112,24 @@ def test_blazeface_finds_starter_faces_and_not_noise(detector, fixture_images):
     assert all(s > 0.75 for s in scores[2:5]), scores
 
 
+def test_a_border_lets_blazeface_find_tightly_framed_generated_faces(starter, detector, fixture_images, monkeypatch):
+    """Two held-out starter faces of the invert check (seed 0, faces 13 and 16) fill the whole image;
+    BlazeFace scores them below 0.5 without the DETECTOR_MARGIN border and above it with it, while the
+    non-faces stay low."""
+    from pipeline.core.sampling import latents_from_z
+    from pipeline.core.seeding import Stream, rng_for
+    g = starter.generator
+    z = torch.stack([torch.randn(int(g.z_dim), generator=rng_for(0, Stream.INVERT_CHECK, i)) for i in (13, 16)])
+    with torch.no_grad():
+        pixels = to_uint8(g.synthesis(latents_from_z(g, z, 1.0), "const"))     # as invert-check writes them
+    faces = list(pixels.permute(0, 3, 1, 2).float() / 127.5 - 1.0)
+    others = [to_tensor(fixture_images[n], "cpu") for n in ("noise", "pattern")] + [torch.zeros(3, 80, 100)]
+    with_border = [f.score for f in detect(detector, faces + others)]
+    assert all(s > 0.55 for s in with_border[:2]) and all(s < 0.4 for s in with_border[2:]), with_border
+    monkeypatch.setattr(align_module, "DETECTOR_MARGIN", 0.0)
+    assert all(f.score < 0.45 for f in detect(detector, faces)), [f.score for f in detect(detector, faces)]
+
+
 def paste(face: torch.Tensor, photo_to_face: np.ndarray, height: int, width: int) -> torch.Tensor:
     """A photo [3, height, width] holding `face` [3, 64, 64] at photo_to_face (photo pixel -> face pixel),
     black elsewhere."""
@@ -144,24 +167,95 @@ def test_a_moved_face_is_framed_like_the_generator_frames_it(starter, detector, 
     assert np.abs(found - template).max() < 0.06, (found, template)   # one face vs the mean (spread ~0.025)
 
 
-def test_a_face_already_framed_is_only_resized_and_a_moved_one_is_still_warped(starter, detector, fixture_images):
-    """keep_framed: the generator's own face (its warp is within the tolerance of the plain resize) comes
-    back pixel for pixel; the same face pasted rotated, enlarged and shifted into a photo is re-framed."""
+def test_a_face_already_framed_is_only_resized_and_a_moved_one_is_moved_to_the_generators_range(
+        starter, detector, fixture_images):
+    """keep_framed: the generator's own face (its warp is within keep_sigmas spreads of the generator's
+    framing) comes back pixel for pixel; the same face pasted rotated, enlarged and shifted into a photo
+    is re-framed: to the edge of the generator's range, short of the full warp to the template."""
     face = to_tensor(fixture_images["starter_face_4"], "cpu")
     lin = similarity(math.radians(-15), 1 / 1.6, (0.0, 0.0))[:, :2]
     photo_to_face = np.concatenate([lin, (np.array([32.0, 32.0]) - lin @ np.array([110.0, 80.0]))[:, None]], 1)
     photo = paste(face, photo_to_face, 170, 220)
-    tol = FramedTolerance()
+    k = AlignConfig().keep_sigmas
     aligned = align_faces([photo, face], DCGAN64_ALIGNMENT, 64, detector=detector, landmarks=starter.landmarks,
-                          min_score=0.5, keep_framed=tol)
+                          min_score=0.5, keep_framed=k)
     assert aligned.kept == [False, True]
     torch.testing.assert_close(aligned.crops[1], face, atol=1e-5, rtol=0)
     np.testing.assert_allclose(aligned.matrices[1], centre_square_matrix(64, 64, 64))
-    scale, degrees, shift = relative_to_centre_square(aligned.matrices[0], 170, 220, 64)
-    assert abs(degrees) > tol.degrees or abs(scale - 1) > tol.scale or shift > tol.shift
-    # without the tolerance the face is warped by its (noisy) keypoints: not the face pixel for pixel
-    warped = align_faces([face], DCGAN64_ALIGNMENT, 64, detector=detector, landmarks=starter.landmarks, min_score=0.5)
-    assert warped.kept == [False] and (warped.crops[0] - face).abs().max() > 0.05
+    # without keep_framed: the full warps to the template
+    full = align_faces([photo, face], DCGAN64_ALIGNMENT, 64, detector=detector, landmarks=starter.landmarks,
+                       min_score=0.5)
+    assert full.kept == [False, False] and (full.crops[1] - face).abs().max() > 0.05
+    # the photo's face, seen from its crop, is framed inside the generator's range, on its edge
+    centre = np.asarray(DCGAN64_ALIGNMENT.framing_centre)
+    spread = np.asarray(DCGAN64_ALIGNMENT.framing_spread)
+    seen = framing_parameters(aligned.matrices[0], full.matrices[0], 64)
+    assert np.all(np.abs(seen - centre) <= k * spread + 1e-9), (seen, centre, spread)
+    assert np.isclose(np.abs(seen - centre), k * spread).any(), (seen, centre, spread)
+    # ... and the crop re-frames the photo (the paste turned it 15 degrees and enlarged it 1.6x): far
+    # from its plain resize, part of the way to the full warp
+    scale, degrees, _ = relative_to_centre_square(aligned.matrices[0], 170, 220, 64)
+    full_scale, full_degrees, _ = relative_to_centre_square(full.matrices[0], 170, 220, 64)
+    assert full_scale < scale < 0.85 and 4 < degrees < full_degrees, (scale, degrees, full_scale, full_degrees)
+    scale, degrees, shift = relative_framing(full.matrices[0], aligned.matrices[0], 64)
+    assert abs(np.log(scale)) < 0.5 and abs(degrees) < 15 and shift < 0.15, (scale, degrees, shift)
+
+
+def test_framing_parameters_and_their_inverse():
+    base = centre_square_matrix(90, 120, 64)
+    params = np.array([0.2, -12.0, 0.05, -0.03])
+    moved = framing_matrix(base, params, 64)
+    np.testing.assert_allclose(framing_parameters(base, moved, 64), params, atol=1e-12)
+    np.testing.assert_allclose(framing_parameters(base, base, 64), np.zeros(4), atol=1e-12)
+    assert relative_framing(base, moved, 64) == pytest.approx((math.exp(0.2), -12.0, math.hypot(0.05, 0.03)))
+
+
+def spec_with_framing(centre, spread) -> AlignmentSpec:
+    return AlignmentSpec(method="template", detector_template=((0.35, 0.46), (0.63, 0.46), (0.48, 0.78)),
+                         framing_centre=centre, framing_spread=spread)
+
+
+def test_nearest_framed_keeps_a_face_inside_the_range_and_moves_one_outside_only_to_its_edge():
+    centre, spread = (0.05, 1.0, 0.0, 0.01), (0.1, 5.0, 0.02, 0.03)
+    spec = spec_with_framing(centre, spread)
+    base = centre_square_matrix(64, 64, 64)
+    # the face's template warp is 2 spreads from the centre on every parameter
+    two = np.asarray(centre) + 2 * np.asarray(spread) * np.array([1, 1, 1, -1])
+    matrix = framing_matrix(base, two, 64)
+    crop, kept = nearest_framed(matrix, 64, 64, 64, spec, 2.5)
+    assert kept and np.array_equal(crop, base)
+    # at 1.5 spreads it is outside: moved so that it is seen exactly at the edge, 1.5 spreads out
+    crop, kept = nearest_framed(matrix, 64, 64, 64, spec, 1.5)
+    assert not kept
+    edge = np.asarray(centre) + 1.5 * np.asarray(spread) * np.array([1, 1, 1, -1])
+    np.testing.assert_allclose(framing_parameters(crop, matrix, 64), edge, atol=1e-9)
+    # only the parameter that is out is changed: a face turned 30 degrees, otherwise at the centre
+    turned = framing_matrix(base, (0.05, 31.0, 0.0, 0.01), 64)
+    crop, kept = nearest_framed(turned, 64, 64, 64, spec, 2.5)
+    np.testing.assert_allclose(framing_parameters(crop, turned, 64), (0.05, 13.5, 0.0, 0.01), atol=1e-9)
+    np.testing.assert_allclose(framing_parameters(base, crop, 64)[:2], (0.0, 17.5), atol=1e-9)   # turned 17.5 only
+
+
+def test_overriding_the_alignment_drops_the_presets_measured_framing():
+    from pipeline.stages.invert.config import InvertConfig
+    from pipeline.stages.invert.job import resolve_alignment
+    assert resolve_alignment(InvertConfig()).framing_spread == STARTER_ALIGNMENT.framing_spread is not None
+    moved = InvertConfig(align=AlignConfig(detector_template=((0.3, 0.4), (0.7, 0.4), (0.5, 0.8))))
+    ffhq = InvertConfig(align=AlignConfig(method="ffhq"))
+    for cfg in (moved, ffhq):
+        spec = resolve_alignment(cfg)
+        assert spec.framing_centre is None and spec.framing_spread is None
+
+
+def test_framing_config_is_validated():
+    with pytest.raises(ConfigError, match="align.keep_sigmas"):
+        AlignConfig(keep_sigmas=0)
+    with pytest.raises(ConfigError, match="alignment.framing_spread"):
+        spec_with_framing((0.0, 0.0, 0.0, 0.0), None)
+    with pytest.raises(ConfigError, match="alignment.framing_spread"):
+        spec_with_framing((0.0, 0.0, 0.0, 0.0), (0.1, 0.0, 0.1, 0.1))
+    with pytest.raises(ConfigError, match="alignment.framing_centre"):
+        spec_with_framing((0.0, 0.0, 0.0), (0.1, 1.0, 0.1, 0.1))
 
 
 def test_relative_framing_and_the_refinement_check():
@@ -188,3 +282,9 @@ def test_the_stored_starter_template_matches_the_generator(starter, detector):
     lm = np.asarray(found["landmark_template"])
     assert np.abs(det - np.asarray(STARTER_ALIGNMENT.detector_template)).max() < 0.03, det
     assert np.abs(lm - np.asarray(STARTER_ALIGNMENT.landmark_template)).max() < 0.015, lm
+    # the framing of the generator's faces: the median within 0.6 spreads (the standard error of a
+    # median of 48 is about 0.18 spreads), the spreads within a factor 1.6 (a MAD of 48: about 0.17)
+    centre, spread = np.asarray(found["framing_centre"]), np.asarray(found["framing_spread"])
+    stored = np.asarray(STARTER_ALIGNMENT.framing_spread)
+    assert np.all(np.abs(centre - np.asarray(STARTER_ALIGNMENT.framing_centre)) < 0.6 * stored), centre
+    assert np.all(np.abs(np.log(spread / stored)) < np.log(1.6)), spread
