@@ -35,6 +35,8 @@ if str(REPO) not in sys.path:  # run as a plain script from a checkout, installe
 
 import torch  # noqa: E402
 
+from benchmarks.timing import sync  # noqa: E402
+
 JOB = REPO / "docs" / "jobs" / "gan_starter.yaml"
 TINY = ["arch.resolution=16", "arch.channels={4: 16, 8: 16, 16: 8}", "arch.w_dim=32", "arch.n_mlp=2",
         "data.teacher.preset=tiny"]
@@ -82,11 +84,6 @@ def build_teacher(args, device):
     from models.dcgan import DCGANGenerator
     torch.manual_seed(0)
     return DCGANGenerator().to(device).eval(), None, "DCGAN with random weights (same cost; no --cache)"
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_config(args, cfg, teacher, device) -> dict:

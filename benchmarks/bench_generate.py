@@ -43,6 +43,8 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
+from benchmarks.timing import sync, timed  # noqa: E402
+
 from pipeline.core.config import from_dict  # noqa: E402
 from pipeline.core.directions import save_directions  # noqa: E402
 from pipeline.core.seeding import Stream, derive_seed  # noqa: E402
@@ -102,23 +104,6 @@ def random_T(factory, folder: Path) -> str:
 def image_settings(name: str) -> dict:
     fmt, encoder = name.split("-")
     return {"format": fmt, "encoder": encoder, "quality": 90, "png_compress_level": 1}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device, warmup: int, iters: int) -> float:
-    """Seconds per call of fn (after warmup), device synchronised."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    sync(device)
-    return (time.perf_counter() - t0) / iters
 
 
 def in_process(job, args, size: int) -> dict:

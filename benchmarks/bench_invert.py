@@ -36,6 +36,8 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
+from benchmarks.timing import sync, timed  # noqa: E402
+
 from pipeline.presets import ModelBundle  # noqa: E402
 from pipeline.stages.invert.config import ProjectionConfig  # noqa: E402
 from pipeline.stages.invert.project import Projector, shares_descriptor  # noqa: E402
@@ -93,11 +95,6 @@ def bundle_256() -> tuple[ModelBundle, str]:
 def bundle_smoke() -> tuple[ModelBundle, str]:
     from pipeline.presets import ModelConfig, build_bundle
     return build_bundle(ModelConfig(preset="tiny")), "tiny preset (32 px, random)"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_projection(bundle: ModelBundle, device: torch.device, batch: int, precision: str, timed_steps: int,
@@ -165,14 +162,7 @@ def step_parts(bundle: ModelBundle, device: torch.device, batch: int, precision:
                 out = forward()
             outs = out if isinstance(out, (list, tuple)) else [out]
             torch.autograd.grad(sum(o.float().mean() for o in outs), inp)
-        for _ in range(3):
-            once()
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            once()
-        sync(device)
-        lines.append(f"      {1000 * (time.perf_counter() - t0) / calls:8.1f} ms  {name} forward + backward")
+        lines.append(f"      {1000 * timed(once, device, 3, calls):8.1f} ms  {name} forward + backward")
     return lines
 
 

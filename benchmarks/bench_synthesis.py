@@ -54,6 +54,8 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
+from benchmarks.timing import sync  # noqa: E402
+
 ROWS = ("rosinality", "ref-fp32", "ref-bf16", "fast-fp32", "fast-eager", "fast", "fast-graph", "fast-fp16",
         "rosinality-strict", "ref-strict")
 DEFAULT_ROWS = ROWS[:7]
@@ -217,11 +219,6 @@ def make_call(row: str, ours, ros, z_dim: int):
 # ---------------------------------------------------------------------------------------------
 # Timing, parity, profile
 # ---------------------------------------------------------------------------------------------
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 @torch.no_grad()
 def time_call(fn, z_all: torch.Tensor, batch: int, iters: int, repeats: int, warmup: int):

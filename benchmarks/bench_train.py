@@ -57,6 +57,8 @@ if str(REPO) not in sys.path:  # run as a plain script from a checkout, installe
 
 import torch  # noqa: E402
 
+from benchmarks.timing import sync  # noqa: E402
+
 PAPER_ITERATIONS, PAPER_BATCH = 50_000, 4
 PAPER_ATTRIBUTES = ("Male", "Bald", "Black_Hair", "Young", "Eyeglasses")
 
@@ -134,11 +136,6 @@ def build(args, resolution: int, device: torch.device):
 # ---------------------------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------------------------
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def time_iterations(cfg, bundle, state, rank: int, world: int, warmup: int, steps: int,
                     barrier=lambda: None) -> tuple[float, float, float]:
