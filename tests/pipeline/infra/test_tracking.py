@@ -12,6 +12,7 @@ import yaml
 
 from pipeline.core.config import ConfigError, from_dict
 from pipeline.infra.tracking import (MLflowTracker, NullTracker, TrackingConfig, attach_tracker, open_tracker, param_value,
+                                     seed_sqlite_store,
                                resolve_tracking_uri)
 
 pytestmark = pytest.mark.timeout(120)
@@ -92,6 +93,37 @@ def test_telemetry_is_off_before_mlflow_is_used():
 # ---------------------------------------------------------------------------------------------
 # MLflow on SQLite
 # ---------------------------------------------------------------------------------------------
+
+def schema(db: Path) -> tuple[list, str]:
+    import sqlite3
+    with sqlite3.connect(db) as conn:
+        tables = conn.execute("SELECT name, sql FROM sqlite_master WHERE type IN ('table', 'index') "
+                              "ORDER BY name").fetchall()
+        version = conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+    conn.close()
+    return tables, version
+
+
+def test_a_new_sqlite_store_is_a_copy_of_mlflows_own_empty_store(tmp_path, monkeypatch):
+    """The seeded store has exactly the schema MLflow builds itself; an existing store is never replaced."""
+    from mlflow import MlflowClient
+    monkeypatch.setenv("HFLD_CACHE", str(tmp_path / "cache"))
+    made_by_mlflow = tmp_path / "mlflow-made" / "mlflow.db"
+    made_by_mlflow.parent.mkdir()
+    MlflowClient(tracking_uri=f"sqlite:///{made_by_mlflow}").search_experiments()
+    seeded = tmp_path / "work" / "mlflow.db"
+    assert seed_sqlite_store(seeded)
+    assert schema(seeded) == schema(made_by_mlflow)
+    assert list((tmp_path / "cache" / "mlflow").glob("empty-mlflow-*.db"))         # made once, then reused
+    client = MlflowClient(tracking_uri=f"sqlite:///{seeded}")
+    (default,) = client.search_experiments()
+    assert default.artifact_location == (seeded.parent / "mlartifacts" / "0").as_uri()
+    run = client.create_run(client.create_experiment("e"))
+    client.log_metric(run.info.run_id, "m", 1.5)
+    assert client.get_run(run.info.run_id).data.metrics == {"m": 1.5}
+    before = seeded.read_bytes()
+    assert not seed_sqlite_store(seeded) and seeded.read_bytes() == before     # never touches a store
+
 
 def test_run_records_params_metrics_artifacts_tags_and_model_versions(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
