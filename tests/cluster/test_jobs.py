@@ -3,8 +3,11 @@ machine) tracked by an MLflow server: the path docs/cluster.md documents.
 
 One job runs `hfld train` (Ray Train, 2 DDP workers) then `hfld generate` (Ray Data, 200 rows) with T
 taken from the tracking server's model registry (models:/...), as a user would after training on a
-cluster. Two tests read its results: the Ray side (job status, placement, files) and the MLflow side
-(runs, params, metrics, artifacts, lineage). Sharing one job keeps the module near 2 minutes on 2 cores.
+cluster, and then `hfld train --set resume=<checkpoint>` (one Ray Train worker) resumed from a
+checkpoint made in this process, whose T must equal an uninterrupted in-process run's. Three tests read
+its results: the Ray side (job status, placement, files), the explicit resume, and the MLflow side
+(runs, params, metrics, artifacts, lineage). Sharing one cluster and one job keeps the module near 2
+minutes on 2 cores (a separate head for the resume job cost ~40 s more).
 
 The cluster (tests/cluster/ray_cluster.py) is private: its own temp dirs and ports, 2 logical CPUs per
 node, token auth off for cluster and client alike; it is stopped by killing exactly the processes it
@@ -36,11 +39,12 @@ import yaml
 from pipeline.core.directions import load_directions
 from pipeline.core.config import ConfigError, from_dict
 from tests.cluster.ray_cluster import VENV_BIN, JobRun, LocalCluster, MlflowServer
+from tests.pipeline.stages.train.test_ray_train import OUTPUT_FILES, max_abs_diff, train_cfg, trained_state
 
 TRAIN_STEPS = 4
 N_SOURCES, VARIANTS, SHARD_SOURCES = 25, 8, 5          # 200 rows in 5 shards
 EXPERIMENT, MODEL_NAME = "cluster-jobs", "hfld-cluster-T"
-JOB_TIMEOUT_S = 200
+JOB_TIMEOUT_S = 260
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,15 +114,35 @@ def generate_config() -> dict:
             "tracking": {"experiment": EXPERIMENT}}
 
 
+def resume_work(root: Path) -> Path:
+    return root / "resume-work"
+
+
+def resume_job_config(work: Path) -> tuple[dict, Path]:
+    """The resume job's train.yaml (1 Ray Train worker, 4 steps, no tracking, no work_dir: the command line
+    gives it) and the checkpoint it resumes from: step 2 of an in-process run made here."""
+    from pipeline.core.config import to_dict
+    from pipeline.stages.train import run_train
+
+    seed = run_train(train_cfg(work, "seed", iterations=2), print_fn=lambda *a, **k: None)
+    job_cfg = to_dict(train_cfg(work, "from-job", iterations=4, scaling__num_workers=1))
+    job_cfg.pop("work_dir")
+    return job_cfg, seed.run_dir / "checkpoint.safetensors"
+
+
 @pytest.fixture(scope="module")
 def pipeline_job(cluster, mlflow_server, root, shared) -> JobRun:
     """`ray job submit --working-dir <configs> --runtime-env-json '{"env_vars": ...}' -- bash -c
     "hfld train ... && hfld generate ... -T models:/<name>/1"`, run to its end."""
     mlflow_server.wait_ready()
-    job_dir = write_job_dir(root / "job", {"train.yaml": train_config(shared), "gen.yaml": generate_config()})
+    resume_cfg, resume_seed = resume_job_config(resume_work(root))
+    job_dir = write_job_dir(root / "job", {"train.yaml": train_config(shared), "gen.yaml": generate_config(),
+                                           "resume.yaml": resume_cfg})
     env_vars = {"PATH": f"{VENV_BIN}{os.pathsep}${{PATH}}",          # the venv's console scripts
                 "HFLD_WORK_DIR": str(shared["work"]), "MLFLOW_TRACKING_URI": mlflow_server.uri}
-    command = f"hfld train --config train.yaml && hfld generate --config gen.yaml -T models:/{MODEL_NAME}/1"
+    command = (f"hfld train --config train.yaml && hfld generate --config gen.yaml -T models:/{MODEL_NAME}/1"
+               # work_dir and resume given on the command line, as a user would
+               f" && hfld train --config resume.yaml --set work_dir={resume_work(root)} --set resume={resume_seed}")
     job = cluster.submit(["bash", "-c", command],
                          working_dir=job_dir, env_vars=env_vars, timeout_s=JOB_TIMEOUT_S)
     print(f"\n[cluster] train + generate job: {job.seconds:.1f} s")
@@ -141,13 +165,15 @@ def parquet_rows(out: Path) -> tuple[list[str], int]:
 # ---------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.timeout(330)
+@pytest.mark.timeout(400)
 def test_two_node_job_trains_with_two_workers_and_generates(pipeline_job, cluster, root, shared, node_defaults):
     require_success(pipeline_job)
     work = shared["work"]
 
-    # Training: 2 DDP workers (pids from Ray Train's log) that ran on the 2 different nodes.
-    ranks = dict(re.findall(r"pid=(\d+)\) world_rank=(\d+)", pipeline_job.output))
+    # Training: 2 DDP workers (pids from Ray Train's log, up to the end of `hfld train --config train.yaml`:
+    # the resume command's worker follows) that ran on the 2 different nodes.
+    train_output = pipeline_job.output.split(f"T written to {work / 'cluster-train'}", 1)[0]
+    ranks = dict(re.findall(r"pid=(\d+)\) world_rank=(\d+)", train_output))
     assert sorted(ranks.values()) == ["0", "1"], pipeline_job.output[-4000:]
     nodes = {a["node_id"] for a in cluster.actors() if a.get("class_name") == "RayTrainWorker"
              and str(a.get("pid")) in ranks}
@@ -168,10 +194,30 @@ def test_two_node_job_trains_with_two_workers_and_generates(pipeline_job, cluste
     assert manifest["identifiers"]["directions_source"] == f"models:/{MODEL_NAME}/1"
 
     # Nothing landed in the job's working dir, at a node's own default work dir, or in a local MLflow store.
-    assert sorted(p.name for p in (root / "job").iterdir()) == ["gen.yaml", "train.yaml"]
+    assert sorted(p.name for p in (root / "job").iterdir()) == ["gen.yaml", "resume.yaml", "train.yaml"]
     for node, path in node_defaults.items():
         assert not path.exists(), f"the job wrote to the {node} node's default work dir {path}"
     assert not (work / "mlflow.db").exists(), "a stage fell back to the local SQLite store"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_job_resumes_training_from_an_explicit_checkpoint(pipeline_job, root):
+    """The job's last command (`hfld train --config resume.yaml --set resume=<path>`, 1 Ray Train worker)
+    resumed from a checkpoint made in this process and must end where an uninterrupted in-process run
+    ends."""
+    from pipeline.stages.train import run_train
+
+    require_success(pipeline_job)
+    work = resume_work(root)
+    reference = run_train(train_cfg(work, "uninterrupted", iterations=4), print_fn=lambda *a, **k: None)
+    run_dir = work / "from-job"
+    assert sorted(p.name for p in run_dir.iterdir()) == OUTPUT_FILES
+    meta = load_directions(run_dir / "directions.safetensors").meta
+    assert (meta["step"], meta["resumed_at_step"]) == (4, 2)
+    diff = max_abs_diff(trained_state(run_dir), trained_state(reference.run_dir))
+    scale = float(trained_state(reference.run_dir)["T"].abs().max())
+    assert diff["T"] <= 1e-5 * scale, f"job's T differs from the uninterrupted run by {diff}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +225,7 @@ def test_two_node_job_trains_with_two_workers_and_generates(pipeline_job, cluste
 # ---------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.timeout(330)
+@pytest.mark.timeout(400)
 def test_mlflow_server_holds_the_jobs_runs_with_artifacts_and_lineage(pipeline_job, mlflow_server, shared):
     from mlflow import MlflowClient
 

@@ -161,9 +161,11 @@ def tiny_T(tmp_path_factory) -> Path:
     return run_train(cfg, print_fn=lambda *a, **k: None).directions_path
 
 
+# Scoring fused into the generator actor: one actor process fewer to start in each of the two invocations
+# that start Ray (what is stopped and resumed does not depend on the topology).
 GENERATE_ARGS = ["generate", "--preset", "tiny", "--set", "n_sources=40", "--set", "variants=2",
                  "--set", "shard_sources=2", "--set", "batch_sources=2", "--set", "device=cpu", "--set", "run_name=g",
-                 "--set", "tracking.experiment=gen-shutdown"]
+                 "--set", "tracking.experiment=gen-shutdown", "--set", "resources.fuse_scoring=true"]
 N_SHARDS = 20                                                          # of 4 rows
 
 

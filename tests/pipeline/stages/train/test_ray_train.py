@@ -1,4 +1,7 @@
-"""pipeline/ray_train.py: DDP over T on Ray Train (CPU, gloo), fault tolerance, MLflow, `ray job submit`.
+"""pipeline/ray_train.py: DDP over T on Ray Train (CPU, gloo), fault tolerance, MLflow.
+
+`ray job submit` of `hfld train` resuming from an explicit checkpoint (resume=<path>) runs as part of the
+two-node cluster job of tests/cluster/test_jobs.py (test_job_resumes_training_from_an_explicit_checkpoint).
 
 The Ray runs share one session-wide local Ray (the `ray_local` fixture, 2 CPUs). Sizes are tiny: the
 point is the arithmetic of data parallelism and the plumbing, not the networks.
@@ -7,8 +10,6 @@ point is the arithmetic of data parallelism and the plumbing, not the networks.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -23,8 +24,6 @@ from pipeline.stages.train import TrainConfig, run_train
 from pipeline.stages.train.loop import train_loop
 from pipeline.stages.train.step import setup_training
 
-# `ray start` nodes of our own, stopped by killing exactly their processes (shared with tests/cluster).
-from tests.cluster.ray_cluster import VENV_BIN, LocalHead, processes_mentioning
 
 PER_WORKER_BATCH = 2
 STEPS = 6
@@ -259,53 +258,3 @@ def test_ray_resume_continues_its_mlflow_run_and_refuses_a_changed_config(fault_
     client = MlflowClient(f"sqlite:///{Path(cfg.work_dir).resolve()}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("ray-resume").experiment_id])
     assert [r.info.run_id for r in runs] == [run_id] and runs[0].info.status == "FINISHED"
-
-
-# ---------------------------------------------------------------------------------------------
-# `ray job submit` against a head node started (and stopped) here
-# ---------------------------------------------------------------------------------------------
-
-@pytest.mark.slow
-@pytest.mark.timeout(180)
-def test_ray_job_submit_trains_and_resumes_from_an_explicit_checkpoint(tmp_path):
-    """`ray job submit --working-dir . -- hfld train --config train.yaml` on a fresh local head;
-    the job resumes (resume=<path>) from a checkpoint made in this process and must end where an
-    uninterrupted in-process run ends."""
-    work = tmp_path / "work"
-    quiet = dict(print_fn=lambda *a, **k: None)
-    seed = run_train(train_cfg(work, "seed", iterations=2), **quiet)      # checkpoint at step 2
-    reference = run_train(train_cfg(work, "uninterrupted", iterations=4), **quiet)
-
-    job_dir = tmp_path / "job"  # the working dir shipped to the cluster: small, no .venv
-    job_dir.mkdir()
-    job_cfg = to_dict(train_cfg(work, "from-job", iterations=4, scaling__num_workers=1))
-    job_cfg.pop("work_dir")  # given on the command line below, as a user would
-    (job_dir / "train.yaml").write_text(yaml.safe_dump(job_cfg))
-
-    temp_dir = Path(tempfile.mkdtemp(prefix="hj", dir="/tmp"))
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env.pop("RAY_ADDRESS", None)
-    head = LocalHead(temp_dir, env, tmp_path / "head.log")
-    try:
-        head.wait_ready()
-        submit = subprocess.run(
-            [str(VENV_BIN / "ray"), "job", "submit", "--address", head.address, "--working-dir", ".", "--",
-             "hfld", "train", "--config", "train.yaml", "--set", f"work_dir={work}",
-             "--set", f"resume={seed.run_dir / 'checkpoint.safetensors'}"],
-            cwd=job_dir, env=env, capture_output=True, text=True, timeout=150)
-    finally:
-        head.stop()
-        import shutil
-        shutil.rmtree(temp_dir, ignore_errors=True)
-    output = submit.stdout + submit.stderr
-    assert submit.returncode == 0 and "succeeded" in output, output[-4000:]
-    assert not processes_mentioning(str(temp_dir)), "the test's Ray head left processes behind"
-
-    run_dir = work / "from-job"
-    assert sorted(p.name for p in run_dir.iterdir()) == OUTPUT_FILES
-    meta = load_directions(run_dir / "directions.safetensors").meta
-    assert (meta["step"], meta["resumed_at_step"]) == (4, 2)
-    diff = max_abs_diff(trained_state(run_dir), trained_state(reference.run_dir))
-    scale = float(trained_state(reference.run_dir)["T"].abs().max())
-    assert diff["T"] <= 1e-5 * scale, f"job's T differs from the uninterrupted run by {diff}"
