@@ -126,6 +126,12 @@ class LossConfig:
       `expression_term` names it). This does not change evaluate, where the same net is a held-out
       judge of T's emotion drift: T is never optimised or selected against it; invert only fits
       latents to photos. Skipped (with weight > 0 too) for presets without such a net.
+      Off by default because it did not help where measured: on the starter (`hfld invert-check`, CPU,
+      32 faces, seeds 0 and 1; benchmarks/results_invert_check_starter_cpu.txt) features at weight 1
+      raised face-api's own agreement (77% -> 97% / 77% -> 90%) but left fer's emotion agreement at
+      90.3% / 76.7% (2 and 4 faces changed each way), at -1 dB PSNR and -0.007 mean identity; kl at
+      weight 1 wrecked the faces (identity >= 0.9 on 26% / 23%, fer agreement 61% / 53%); kl at 0.1
+      left seed 0 at 90.3% and raised seed 1 to 83.3% (+4/-2 faces), at -1 to -1.6 dB PSNR.
     expression_kind: "features": mean over the net's penultimate features ([B, 256] for face-api) of
       the squared difference; "kl": KL(p(target) || p(reconstruction)) of its 7 probabilities.
     """
