@@ -256,7 +256,17 @@ class FaceApiExpression(nn.Module):
         self.register_buffer("faceapi_index", torch.tensor(FACEAPI_TO_DEEPFACE), persistent=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        faceapi_probs = torch.softmax(self.net(to_faceapi_pixels(image)), dim=1)
+        return self.expression_probs(self.expression_features(image))
+
+    def expression_features(self, image: torch.Tensor) -> torch.Tensor:
+        """image [B, 3, S, S] in [-1, 1] -> the net's penultimate features [B, 256] (the 7x7 average pool,
+        before the fully connected layer). With `expression_probs`, the expression-net protocol that
+        `hfld invert`'s expression term uses (pipeline/stages/invert/project.py)."""
+        return self.net.extractor(to_faceapi_pixels(image))
+
+    def expression_probs(self, features: torch.Tensor) -> torch.Tensor:
+        """Penultimate features [B, 256] -> probs [B, 7] in `labels` order (what forward returns)."""
+        faceapi_probs = torch.softmax(self.net.fc(features), dim=1)
         probs = faceapi_probs.index_select(1, self.faceapi_index)
-        assert probs.shape == (image.shape[0], len(self.labels))
+        assert probs.shape == (features.shape[0], len(self.labels))
         return probs

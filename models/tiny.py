@@ -68,7 +68,14 @@ class TinyEmotion(_TinyBase):
         self.head = nn.Linear(width, len(EMOTION_LABELS))
 
     def forward(self, image):
-        return torch.softmax(self.head(self.features(image)), dim=1)
+        return self.expression_probs(self.expression_features(image))
+
+    # the expression-net protocol of `hfld invert`'s expression term (as models.faceapi.FaceApiExpression)
+    def expression_features(self, image):
+        return self.features(image)
+
+    def expression_probs(self, features):
+        return torch.softmax(self.head(features), dim=1)
 
 
 class TinyPerceptual(nn.Module):

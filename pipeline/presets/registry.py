@@ -161,7 +161,10 @@ class ModelBundle:
     In the training loop (T is optimised against them): regressor R, landmarks H, perceptual F,
     discriminator D. In the tune objective (model selection): emotion. Held out (never seen while T
     is trained or selected, so T cannot have learnt to fool them):
-    judges: held-out EMOTION judges (name -> image -> probs [B, 7]).
+    judges: held-out EMOTION judges (name -> image -> probs [B, 7]). Held out from T; `hfld invert`'s
+      optional expression term (projection.losses.expression > 0) uses one with the expression-net
+      protocol in the inversion loss (pipeline.stages.invert.project.expression_judge; the invert
+      manifest's `expression_term` records it), which does not change its role for T.
     landmark_judges: held-out LANDMARK judges (name -> image -> points [B, P, 2], with `groups`).
     attribute_judges: held-out ATTRIBUTE judges (name -> image -> probs [B, A'], with `names`): they
       measure edit strength independently of R.

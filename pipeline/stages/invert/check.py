@@ -150,7 +150,9 @@ def markdown(cfg: InvertCheckConfig, m: dict, facts, alignment: str) -> str:
         f"# Inversion check: preset {cfg.invert.model.preset}, {cfg.n_faces} held-out faces (seed {cfg.seed})", "",
         f"Generator {facts.generator_id} ({facts.latent_space} latents [{facts.n_latent}, {facts.w_dim}]); alignment "
         f"{alignment}; {cfg.invert.projection.steps} steps; identity by {facts.heldout_identity} "
-        f"(not in the loss), emotion by {facts.emotion_judge}.", "",
+        f"(not in the loss), emotion by {facts.emotion_judge}"
+        + (f"; expression term {facts.expression_term} (in the loss, weight {cfg.invert.projection.losses.expression:g}, "
+           f"{cfg.invert.projection.losses.expression_kind})" if facts.expression_term else "") + ".", "",
         f"Faces found: {m['found']} of {m['faces']} (no face: {m['no_face']}).", "",
         "| measure | mean | median | p10 | p90 |", "|---|---|---|---|---|",
         row("identity cosine (held-out descriptor)", m["identity_cosine"]),

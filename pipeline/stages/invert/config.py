@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -114,6 +115,25 @@ class LossConfig:
       generator, weight 10 (vs 1) both lowered the final loss and brought the latent closer to the
       truth (tests/pipeline/stages/invert/test_project.py);
     z_prior: Z-space generators: (|z|^2 / dim - 1)^2, keeps z on the shell where N(0, I) samples lie.
+    expression: an expression term (0 = off, today's loss). Why: on the starter, the faces whose
+      emotion label (fer) changes in the reconstruction are mostly faces the alignment kept unchanged,
+      i.e. the projection misses the expression while pixels, descriptor and 68 points are close; an
+      expression net in the loss targets that directly. The net is the preset's expression net (the
+      first of its held-out emotion judges with the expression-net protocol, `expression_features` /
+      `expression_probs`: face-api's expression net for the starter family; never the preset's emotion
+      judge, fer for the starter, which measures emotion agreement and must stay out of the loss so
+      that measure stays independent). With weight > 0 that net is IN the inversion loss (the manifest's
+      `expression_term` names it). This does not change evaluate, where the same net is a held-out
+      judge of T's emotion drift: T is never optimised or selected against it; invert only fits
+      latents to photos. Skipped (with weight > 0 too) for presets without such a net.
+      Off by default because it did not help where measured: on the starter (`hfld invert-check`, CPU,
+      32 faces, seeds 0 and 1; benchmarks/results_invert_check_starter_cpu.txt) features at weight 1
+      raised face-api's own agreement (77% -> 97% / 77% -> 90%) but left fer's emotion agreement at
+      90.3% / 76.7% (2 and 4 faces changed each way), at -1 dB PSNR and -0.007 mean identity; kl at
+      weight 1 wrecked the faces (identity >= 0.9 on 26% / 23%, fer agreement 61% / 53%); kl at 0.1
+      left seed 0 at 90.3% and raised seed 1 to 83.3% (+4/-2 faces), at -1 to -1.6 dB PSNR.
+    expression_kind: "features": mean over the net's penultimate features ([B, 256] for face-api) of
+      the squared difference; "kl": KL(p(target) || p(reconstruction)) of its 7 probabilities.
     """
     pixel: float = 1.0
     pixel_kind: Literal["l1", "l2"] = "l2"
@@ -123,10 +143,16 @@ class LossConfig:
     noise: float = 1e5
     wplus_spread: float = 10.0
     z_prior: float = 0.1
+    expression: float = 0.0
+    expression_kind: Literal["features", "kl"] = "features"
 
     def __post_init__(self):
         for name in ("pixel", "perceptual", "identity", "landmark", "noise", "wplus_spread", "z_prior"):
             require(getattr(self, name) >= 0, f"projection.losses.{name}", getattr(self, name), "must be >= 0")
+        require(math.isfinite(self.expression) and self.expression >= 0, "projection.losses.expression",
+                self.expression, "must be a finite number >= 0 (0 = no expression term)")
+        require(self.expression_kind in ("features", "kl"), "projection.losses.expression_kind",
+                self.expression_kind, "must be 'features' (penultimate features) or 'kl' (probabilities)")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pipeline.presets.registry import AlignmentSpec
 from pipeline.stages.generate import INVERTED_FORMAT, Plan
 from pipeline.stages.invert.align import three_point_groups
 from pipeline.stages.invert.config import InvertConfig, job_config
-from pipeline.stages.invert.project import latent_space
+from pipeline.stages.invert.project import expression_judge, latent_space
 from pipeline.stages.invert.sources import Source, check_unique_ids, open_source
 
 FORMAT = INVERTED_FORMAT
@@ -49,6 +49,8 @@ class InvertFacts:
     perceptual: str
     identity_term: bool                    # the preset has an identity model (the loss's identity term)
     heldout_identity: str
+    # the expression net IN the inversion loss (losses.expression > 0): "key (class)"; "" = no expression term
+    expression_term: str = ""
 
 
 @dataclass
@@ -85,7 +87,7 @@ class InvertJob:
                                                                   "crop pixel (u, v), continuous coordinates",
             "emotion_labels": list(f.emotion_labels), "emotion_judge": f.emotion_judge,
             "landmark_model": f.landmark_model, "perceptual": f.perceptual, "identity_term": f.identity_term,
-            "heldout_identity": f.heldout_identity,
+            "heldout_identity": f.heldout_identity, "expression_term": f.expression_term,
             "quality": "psnr (dB, uint8 crop vs reconstruction), identity_cosine (held-out descriptor), "
                        "landmark_error (landmark model, inter-ocular distances), emotion agreement/TV (emotion judge)",
             "projection": to_dict(cfg.projection), "seed": cfg.seed,
@@ -125,6 +127,8 @@ def invert_facts(bundle: ModelBundle, cfg: InvertConfig, heldout: str) -> Invert
         if space != "w+" or not g.make_noise("const", 1):
             raise ConfigError(f"projection.optimize_noise: the {cfg.model.preset!r} generator has no noise inputs")
         noise_shapes = [list(n.shape[-2:]) for n in g.make_noise("const", 1)]
+    # the same choice as the Projector's (project.expression_judge): in the inversion loop, not held out
+    found = expression_judge(bundle) if cfg.projection.losses.expression > 0 else None
     return InvertFacts(
         generator_id=bundle.generator_id or "unknown", latent_space=space, n_latent=int(g.n_latent),
         w_dim=int(g.w_dim), resolution=int(g.resolution), noise_shapes=noise_shapes,
@@ -132,7 +136,7 @@ def invert_facts(bundle: ModelBundle, cfg: InvertConfig, heldout: str) -> Invert
         emotion_judge=type(bundle.emotion).__name__, landmark_model=type(bundle.landmarks).__name__,
         landmark_groups={k: list(v) for k, v in getattr(bundle.landmarks, "groups", {}).items()},
         perceptual=type(bundle.perceptual).__name__, identity_term=bundle.identity is not None,
-        heldout_identity=heldout)
+        heldout_identity=heldout, expression_term=f"{found[0]} ({type(found[1]).__name__})" if found else "")
 
 
 def prepare(cfg: InvertConfig, bundle_factory: BundleFactory | None = None) -> InvertJob:

@@ -7,8 +7,15 @@ noise on the latent whose scale w_std * latent_noise * max(0, 1 - t / latent_noi
 and (with optimize_noise) noise maps regularised by their shifted autocorrelation over a pyramid
 down to 8x8 and renormalised to zero mean and unit variance after every step. Differences, on purpose:
 the latent is W+ (one w per layer, [B, L, w_dim]) instead of one w, the loss is the preset's (pixel +
-perceptual + identity + landmark, below) instead of LPIPS-VGG16, a W+ tie (losses.wplus_spread) keeps
-the layers near one common w, and many faces are optimised at once.
+perceptual + identity + landmark, below; optionally an expression term, losses.expression) instead of
+LPIPS-VGG16, a W+ tie (losses.wplus_spread) keeps the layers near one common w, and many faces are
+optimised at once.
+
+Which networks are in the loss: the preset's perceptual model F, its identity descriptor (for the
+starter: F's own final descriptor), its landmark model H and, with losses.expression > 0, its
+expression net (`expression_judge`). The measures of invert's quality stay outside: the held-out
+identity descriptor (faceres for the starter) and the preset's emotion judge (fer), which
+`expression_judge` never returns.
 
 Every loss term is computed per face ([B]) and the batch loss is their sum, so each face's gradient
 is its own: Adam's update is elementwise, so a face's latent follows the same path in any batch (up
@@ -87,6 +94,28 @@ def normalise_noise_(noise: list[torch.Tensor]) -> None:
             n *= n.square().mean(dim=(1, 2, 3), keepdim=True).rsqrt()
 
 
+def expression_judge(bundle: ModelBundle) -> tuple[str, torch.nn.Module] | None:
+    """(key, net) of the expression net losses.expression uses, or None when the bundle has none.
+
+    The first of the bundle's emotion judges that has the expression-net protocol
+    (`expression_features(image) -> [B, F]`, its penultimate features, and `expression_probs(features)
+    -> [B, K]`): face-api's expression net for the starter family (pipeline/presets/starter.py). Never
+    the preset's emotion judge `bundle.emotion` (fer for the starter): invert measures emotion
+    agreement with it, so it must stay out of the loss.
+
+    The bundle's `judges` are held out from T (evaluate measures T's emotion drift with them; T is
+    never trained or selected against them). Using one in the inversion loss is a different stage and
+    does not change that: invert fits latents to photos and never sees T; the job's manifest
+    (`expression_term`) records that the net is in the inversion loop.
+    """
+    for key, model in bundle.judges.items():
+        if model is bundle.emotion:
+            continue
+        if callable(getattr(model, "expression_features", None)) and callable(getattr(model, "expression_probs", None)):
+            return key, model
+    return None
+
+
 def shares_descriptor(bundle: ModelBundle) -> bool:
     """True when the identity model is the perceptual model's own final descriptor (the starter: face-api),
     so one forward pass serves both terms."""
@@ -141,6 +170,9 @@ class Projector:
         self.identity = bundle.identity.eval().requires_grad_(False) if bundle.identity is not None else None
         self.landmarks = bundle.landmarks.eval().requires_grad_(False)
         self.shared_descriptor = shares_descriptor(bundle)
+        found = expression_judge(bundle) if cfg.losses.expression > 0 else None
+        self.expression_name = found[0] if found else ""      # "" = no expression term
+        self.expression = found[1].eval().requires_grad_(False) if found else None
         self.device = self.g.mean_latent.device
         # float32 latents and losses (float64 when the networks are: exact comparisons in tests)
         self.dtype = torch.float64 if self.g.mean_latent.dtype == torch.float64 else torch.float32
@@ -152,7 +184,8 @@ class Projector:
         self.weights = {"pixel": w.pixel, "perceptual": w.perceptual, "identity": w.identity if self.identity else 0.0,
                         "landmark": w.landmark, "noise": w.noise if self.noise_maps else 0.0,
                         "wplus_spread": w.wplus_spread if self.space == "w+" else 0.0,
-                        "z_prior": w.z_prior if self.space == "z" else 0.0}
+                        "z_prior": w.z_prior if self.space == "z" else 0.0,
+                        "expression": w.expression if self.expression is not None else 0.0}
 
     @torch.no_grad()
     def estimate_w_std(self, seed: int) -> float:
@@ -180,7 +213,24 @@ class Projector:
             out = {"image": target, "features": features, "points": self.landmarks(target).to(self.dtype)}
             if self.identity is not None:
                 out["identity"] = features[-1] if self.shared_descriptor else self.identity(target).to(self.dtype)
+            if self.expression is not None:
+                out["expression"] = self.expression_target(target)
         return out
+
+    def expression_target(self, image: torch.Tensor) -> torch.Tensor:
+        """What the expression term compares: the net's penultimate features [B, F] ("features") or its
+        log-probabilities [B, K] ("kl")."""
+        features = self.expression.expression_features(image)
+        if self.cfg.losses.expression_kind == "features":
+            return features.to(self.dtype)
+        return self.expression.expression_probs(features).to(self.dtype).clamp_min(1e-12).log()
+
+    def expression_term(self, image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per face [B]: mean squared feature difference, or KL(p(target) || p(image)) in nats."""
+        mine = self.expression_target(image)
+        if self.cfg.losses.expression_kind == "features":
+            return (mine - target).square().mean(dim=1)
+        return (target.exp() * (target - mine)).sum(dim=1)
 
     def terms(self, image: torch.Tensor, tgt: dict, wplus: torch.Tensor, noise) -> dict[str, torch.Tensor]:
         """Per-face loss terms [B] of generated images [B, 3, R, R] against the targets."""
@@ -190,6 +240,7 @@ class Projector:
             ident = None
             if self.identity is not None:
                 ident = features[-1] if self.shared_descriptor else self.identity(image).to(self.dtype)
+            expression = self.expression_term(image, tgt["expression"]) if self.expression is not None else None
         diff = image.to(self.dtype) - tgt["image"].to(self.dtype)
         pixel = diff.abs() if self.cfg.losses.pixel_kind == "l1" else diff.square()
         out = {"pixel": pixel.mean(dim=(1, 2, 3)),
@@ -198,6 +249,8 @@ class Projector:
                "landmark": (points - tgt["points"]).abs().mean(dim=(1, 2))}
         if ident is not None:
             out["identity"] = 1.0 - F.cosine_similarity(ident, tgt["identity"], dim=1)
+        if expression is not None:
+            out["expression"] = expression
         if self.noise_maps and isinstance(noise, list):
             out["noise"] = noise_regularisation(noise)
         if self.space == "z":

@@ -84,7 +84,10 @@ def start(job: InvertJob, records: dict[int, dict], todo: list[int], run: Tracke
     print_fn(f"[invert] preset {cfg.model.preset}: {f.latent_space} latents [{f.n_latent}, {f.w_dim}] at {f.resolution} "
              f"px; alignment {job.alignment.method}; {cfg.projection.steps} steps, {cfg.batch_faces} faces per batch; "
              f"quality by {f.heldout_identity} (identity), {f.emotion_judge} (emotion); device {job.device}"
-             + ("" if f.identity_term else "; no identity term (the preset has no identity model)"))
+             + ("" if f.identity_term else "; no identity term (the preset has no identity model)")
+             + (f"; expression term: {f.expression_term} (in the loss)" if f.expression_term else
+                "; no expression term (the preset has no expression net)" if cfg.projection.losses.expression > 0
+                else ""))
     if records or stale:
         print_fn(f"[invert] resuming: {len(records)} shards already complete, {len(todo)} to write"
                  + (f" ({stale} stale temp files removed)" if stale else ""))

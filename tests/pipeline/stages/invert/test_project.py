@@ -14,8 +14,8 @@ from pipeline.core.sampling import latents_from_z
 from pipeline.core.seeding import Stream, rng_for
 from pipeline.presets import ModelConfig, build_bundle
 from pipeline.stages.invert.config import LossConfig, ProjectionConfig
-from pipeline.stages.invert.project import (LatentJitter, Projector, latent_space, latent_noise_scale, learning_rate,
-                                            noise_regularisation, normalise_noise_)
+from pipeline.stages.invert.project import (LatentJitter, Projector, expression_judge, latent_space, latent_noise_scale,
+                                            learning_rate, noise_regularisation, normalise_noise_)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -165,3 +165,98 @@ def test_one_latent_layer_behind_a_mapping_network_is_refused():
 
     with pytest.raises(ConfigError, match="one latent layer behind a mapping network"):
         latent_space(Mapped())
+
+
+# -- the expression term (losses.expression) --------------------------------------------------------
+
+
+def expression_projector(bundle, weight: float, kind: str = "features", steps: int = 10) -> Projector:
+    return Projector(bundle, ProjectionConfig(steps=steps, w_std_samples=500,
+                                              losses=LossConfig(expression=weight, expression_kind=kind)))
+
+
+@pytest.mark.parametrize("kind", ["features", "kl"])
+def test_the_expression_term_is_per_face_and_zero_for_identical_images(tiny, kind):
+    _, images = known_faces(tiny, 3, seed=21)
+    projector = expression_projector(tiny, 1.0, kind)
+    assert projector.expression_name == "tiny-judge" and projector.weights["expression"] == 1.0
+    assert projector.expression is not tiny.emotion
+    tgt = projector.targets(images)
+    w = projector.start_latents(3)
+    with torch.no_grad():
+        same = projector.terms(images, tgt, w, None)["expression"]
+        other = images.clone()
+        other[1] = images[1].flip(-1) * 0.5                    # only face 1 differs
+        changed = projector.terms(other, tgt, w, None)["expression"]
+        generated = projector.terms(projector.synthesis(w, None), tgt, w, None)["expression"]
+    assert same.shape == changed.shape == (3,)
+    torch.testing.assert_close(same, torch.zeros(3), rtol=0, atol=1e-6)
+    assert changed[1] > 1e-7 and changed[0].abs() < 1e-9 and changed[2].abs() < 1e-9, changed
+    assert (generated > 1e-7).all(), generated                 # the mean latent's face is not the target
+
+
+@pytest.mark.parametrize("kind", ["features", "kl"])
+def test_the_expression_term_changes_the_gradient(tiny, kind):
+    _, images = known_faces(tiny, 2, seed=22)
+    off, on = expression_projector(tiny, 0.0), expression_projector(tiny, 10.0, kind)
+    assert off.expression is None and off.weights["expression"] == 0.0
+    assert "expression" not in off.targets(images) and "expression" not in off.terms(images, off.targets(images),
+                                                                                     off.start_latents(2), None)
+    grads = []
+    for projector in (off, on):
+        w = projector.start_latents(2).requires_grad_(True)
+        projector.loss(w, projector.targets(images)).sum().backward()
+        grads.append(w.grad)
+    assert not torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+    # ... per face: face 0's gradient does not depend on face 1's target
+    w = on.start_latents(2).requires_grad_(True)
+    on.loss(w, on.targets(torch.stack([images[0], images[0]]))).sum().backward()
+    torch.testing.assert_close(w.grad[0], grads[1][0], rtol=1e-5, atol=1e-7)
+
+
+def test_without_an_expression_net_the_term_is_skipped():
+    """Presets without an expression net (and weight 0) keep today's loss, byte for byte; the preset's
+    emotion judge (invert's emotion-agreement measure) is never taken into the loss."""
+    bundle = build_bundle(ModelConfig(preset="tiny"), "cpu")
+    _, images = known_faces(bundle, 2, seed=23)
+    baseline = expression_projector(bundle, 0.0).project(images, [1, 2])
+    assert expression_judge(bundle)[0] == "tiny-judge"
+    for judges in ({}, {"same-as-emotion": bundle.emotion}, {"plain": nn.Identity()}):
+        bundle.judges = judges
+        assert expression_judge(bundle) is None
+        projector = expression_projector(bundle, 5.0)
+        assert projector.expression is None and projector.weights["expression"] == 0.0
+        torch.testing.assert_close(projector.project(images, [1, 2]).wplus, baseline.wplus, rtol=0, atol=0)
+
+
+def test_expression_weight_and_kind_are_validated():
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match=r"projection\.losses\.expression:"):
+            LossConfig(expression=bad)
+    with pytest.raises(ConfigError, match=r"projection\.losses\.expression_kind"):
+        LossConfig(expression_kind="mse")
+    assert LossConfig().expression == 0.0              # off by default: today's loss
+
+
+def test_expression_weight_from_the_command_line_is_validated():
+    import argparse
+    from pipeline.cli.stages import STAGES, load_stage_config
+    stage = STAGES["invert"]
+    args = argparse.Namespace(preset=None, print_config=False, config=None, **{f.key: None for f in stage.flags})
+    args.set = ["projection.losses.expression=-0.5"]
+    with pytest.raises(ConfigError, match=r"projection\.losses\.expression: -0\.5 must be a finite number >= 0"):
+        load_stage_config(stage, args)
+    args.set = ["projection.losses.expression_kind=l2"]
+    with pytest.raises(ConfigError, match=r"expression_kind"):
+        load_stage_config(stage, args)
+    args.set = ["projection.losses.expression=0.3", "projection.losses.expression_kind=kl"]
+    cfg = load_stage_config(stage, args)
+    assert cfg.projection.losses.expression == 0.3 and cfg.projection.losses.expression_kind == "kl"
+
+
+def test_the_job_records_an_expression_net_in_the_loss(tiny):
+    from pipeline.stages.invert.config import InvertConfig
+    from pipeline.stages.invert.job import invert_facts
+    off = invert_facts(tiny, InvertConfig(), "tiny")
+    on = invert_facts(tiny, InvertConfig(projection=ProjectionConfig(losses=LossConfig(expression=1.0))), "tiny")
+    assert off.expression_term == "" and on.expression_term == "tiny-judge (TinyEmotion)"
