@@ -41,6 +41,7 @@ from typing import Any, Mapping
 import yaml
 
 from pipeline.core.config import ConfigError, flatten, require
+from pipeline.core.io import atomic_write_bytes
 
 # MLflow 3 sends usage telemetry unless told not to; this project never talks to the network.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -119,7 +120,7 @@ def seed_sqlite_store(db: Path) -> bool:
                 fresh = Path(tmp) / "empty.db"
                 from mlflow import MlflowClient
                 MlflowClient(tracking_uri=f"sqlite:///{fresh.as_posix()}").search_experiments()
-                os.replace(fresh, template)           # atomic: readers see no half-written template
+                atomic_write_bytes(template, fresh.read_bytes())     # readers never see half a template
         db.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=db.parent) as tmp:
             copy = Path(tmp) / db.name
