@@ -79,6 +79,16 @@ def interrupt_exit_status() -> int:
     return 128 + int(_state["received"] or signal.SIGINT)
 
 
+def raise_if_interrupted() -> None:
+    """Raise KeyboardInterrupt if our handlers received SIGINT/SIGTERM. The handler's own raise can be
+    lost: when the signal lands while Python runs a callback whose exceptions it only prints
+    ("Exception ignored in ...", e.g. importlib's module-lock weakref callback during an import), the
+    process would run on as if nothing had happened. Long loops call this between units of work
+    (seen: generate stopped by SIGTERM during its imports wrote all its shards and exited 0)."""
+    if ours_installed() and _state["received"] is not None and _state["depth"] == 0:
+        raise KeyboardInterrupt(signal.Signals(_state["received"]).name)
+
+
 @contextmanager
 def signals_deferred() -> Iterator[None]:
     """A signal received inside the block raises KeyboardInterrupt when it ends (see the docstring)."""

@@ -21,6 +21,7 @@ from ray.data import ActorPoolStrategy
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.core.config import ConfigError
+from pipeline.core.signals import raise_if_interrupted
 from pipeline.infra.ray_session import quiet_ray_data
 from pipeline.stages.generate.actors import EncoderStage, FusedStage, GeneratorStage, ScorerStage
 from pipeline.stages.generate.config import GenerateConfig
@@ -118,6 +119,7 @@ def write_missing_shards(job: GenerateJob, records: dict[int, dict], todo: list[
     limit = fault_after()
     rows_written, progress = 0, []
     for n, rec in enumerate(build_dataset(job, todo).iter_rows(), start=1):
+        raise_if_interrupted()          # a SIGTERM whose KeyboardInterrupt was lost in a callback
         shard = int(rec["shard"])
         records[shard] = json.loads(rec["record"])
         rows_written += int(rec["rows"])

@@ -18,6 +18,7 @@ from ray.data import ActorPoolStrategy
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.core.config import ConfigError
+from pipeline.core.signals import raise_if_interrupted
 from pipeline.infra.ray_session import quiet_ray_data
 from pipeline.stages.invert.actors import InvertStage, read_chunks
 from pipeline.stages.invert.config import InvertConfig
@@ -77,6 +78,7 @@ def write_missing_shards(job: InvertJob, records: dict[int, dict], todo: list[in
     rows_todo = sum(job.plan.shard_rows(i) for i in todo)
     rows_written, progress, counts = 0, [], {"ok": 0, "no_face": 0, "unreadable": 0}
     for n, rec in enumerate(build_dataset(job, todo).iter_rows(), start=1):
+        raise_if_interrupted()          # a SIGTERM whose KeyboardInterrupt was lost in a callback
         shard = int(rec["shard"])
         records[shard] = json.loads(rec["record"])
         rows_written += int(rec["rows"])

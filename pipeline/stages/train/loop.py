@@ -29,7 +29,7 @@ from pipeline.core.io import atomic_write_bytes, jsonl_bytes, read_jsonl
 from pipeline.core.paths import check_output_locations
 from pipeline.core.sampling import resolve_device
 from pipeline.core.seeding import Stream, global_sample_ids
-from pipeline.core.signals import signals_deferred
+from pipeline.core.signals import raise_if_interrupted, signals_deferred
 from pipeline.infra.tracking import NullTracker, Tracker, log_provenance, tracking_locations
 from pipeline.presets import ModelBundle, build_bundle
 from pipeline.presets.provenance import provenance
@@ -152,6 +152,7 @@ def train_loop(cfg: TrainConfig, bundle: ModelBundle, state: TrainState, *, rank
     step = make_step(state, cfg)
     while state.step < cfg.iterations:
         # A signal (Ctrl-C, SIGTERM) is raised between iterations, never inside a step or a checkpoint.
+        raise_if_interrupted()
         with signals_deferred():
             ids = global_sample_ids(state.step, rank, cfg.batch_size, world_size)
             batch = sample_batch(cfg, bundle.generator, n_attr, ids, state.device)

@@ -95,13 +95,17 @@ def test_telemetry_is_off_before_mlflow_is_used():
 # ---------------------------------------------------------------------------------------------
 
 def schema(db: Path) -> tuple[list, str]:
+    """Tables and indexes with their definitions, and the alembic version. A definition is compared as
+    the set of its lines: MLflow's migrations emit a table's CHECK constraints in an order that varies
+    from one run to the next (two stores MLflow built itself differed so)."""
     import sqlite3
     with sqlite3.connect(db) as conn:
-        tables = conn.execute("SELECT name, sql FROM sqlite_master WHERE type IN ('table', 'index') "
-                              "ORDER BY name").fetchall()
+        rows = conn.execute("SELECT name, sql FROM sqlite_master WHERE type IN ('table', 'index') "
+                            "ORDER BY name").fetchall()
         version = conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
     conn.close()
-    return tables, version
+    return [(name, sorted(line.strip().rstrip(",") for line in (sql or "").splitlines())) for name, sql in rows], \
+        version
 
 
 def test_a_new_sqlite_store_is_a_copy_of_mlflows_own_empty_store(tmp_path, monkeypatch):
