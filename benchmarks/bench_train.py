@@ -6,6 +6,8 @@
     python benchmarks/bench_train.py --tiny                   # CPU smoke test with the tiny networks
     python benchmarks/bench_train.py --resolutions 256 --gpus 1 --batches 4 32 --precisions bf16 \
         --fast-paths off eager compiled --profile            # before/after the StyleGAN2 fast path
+    python benchmarks/bench_train.py --resolutions 256 --gpus 1 --batches 4 --precisions bf16 \
+        --fast-paths compiled --streams on off               # passes on parallel streams vs in series
 
 What is timed is exactly one iteration of pipeline/stages/train's loop: draw the batch's latents and
 edit amounts from their global sample ids (sample_batch), then train_step: x = G(w) and x' =
@@ -70,6 +72,7 @@ class Row:
     gpus: int
     batch_per_gpu: int
     fast_path: str = "off"      # model.fast_path: off | eager | compiled
+    streams: str = "on"         # concurrent_passes: on (independent passes on parallel CUDA streams) | off
     warmup_s: float | None = None
     iters_per_s: float | None = None
     samples_per_s: float | None = None
@@ -83,8 +86,9 @@ class Row:
 
     @property
     def setting(self) -> str:
-        """precision of the judges (and of G/D with the fast path off) + the G/D fast path."""
-        return f"{self.precision}/{self.fast_path}"
+        """precision of the judges (and of G/D with the fast path off) + the G/D fast path (+ "/serial"
+        when the step's passes run one after another)."""
+        return f"{self.precision}/{self.fast_path}" + ("" if self.streams == "on" else "/serial")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,14 +122,14 @@ CUDA_GRAPH = True  # set from --no-cuda-graph
 
 
 def make_config(precision: str, batch: int, device: torch.device, attributes: tuple[str, ...],
-                fast_path: str = "off"):
+                fast_path: str = "off", streams: str = "on"):
     """The paper's training settings (all four losses, Adam 1e-4) at one per-GPU batch."""
     from pipeline.core.config import from_dict
     from pipeline.stages.train import TrainConfig
     return from_dict(TrainConfig, {
         "model": {"preset": "tiny", "fast_path": fast_path}, "attributes": list(attributes), "batch_size": batch,
         "precision": precision, "device": str(device), "iterations": 10**9, "work_dir": "/nonexistent",
-        "tracking": {"enabled": False}, "cuda_graph": CUDA_GRAPH,
+        "tracking": {"enabled": False}, "cuda_graph": CUDA_GRAPH, "concurrent_passes": streams == "on",
     }, "bench")
 
 
@@ -194,12 +198,13 @@ def bench_one_device(args, device: torch.device) -> list[Row]:
     for resolution in args.resolutions:
         bundle = build(args, resolution, device)
         res = bundle.generator.resolution
-        for fast, precision in [(f, p) for f in args.fast_paths for p in args.precisions]:
+        for fast, precision, streams in [(f, p, c) for f in args.fast_paths for p in args.precisions
+                                         for c in args.streams]:
             for batch in args.batches:
-                row = Row(res, precision, 1, batch, fast)
+                row = Row(res, precision, 1, batch, fast, streams)
                 state = None
                 try:
-                    cfg = make_config(precision, batch, device, bundle.default_attributes, fast)
+                    cfg = make_config(precision, batch, device, bundle.default_attributes, fast, streams)
                     state = setup_training(cfg, bundle, device)
                     per_iter, peak, row.warmup_s = time_iterations(cfg, bundle, state, 0, 1, args.warmup, args.steps)
                     row.iters_per_s, row.samples_per_s = 1 / per_iter, batch / per_iter
@@ -430,7 +435,7 @@ def bench_ddp(args, world: int) -> list[Row]:
 # Report
 # ---------------------------------------------------------------------------------------------
 
-HEADER = (f"{'res':>5} {'prec/fast path':>14} {'gpus':>4} {'b/gpu':>5} {'global':>6} {'it/s':>8} {'samples/s':>10} "
+HEADER = (f"{'res':>5} {'prec/fast path':>20} {'gpus':>4} {'b/gpu':>5} {'global':>6} {'it/s':>8} {'samples/s':>10} "
           f"{'ms/it':>9} {'peak GiB':>8} {'warm-up s':>9}  status")
 
 
@@ -439,7 +444,7 @@ def fmt(value, spec: str) -> str:
 
 
 def format_row(r: Row) -> str:
-    return (f"{r.resolution:>5} {r.setting:>14} {r.gpus:>4} {r.batch_per_gpu:>5} {r.global_batch:>6} "
+    return (f"{r.resolution:>5} {r.setting:>20} {r.gpus:>4} {r.batch_per_gpu:>5} {r.global_batch:>6} "
             f"{fmt(r.iters_per_s, '8.2f')} {fmt(r.samples_per_s, '10.2f')} {fmt(r.ms_per_iter, '9.1f')} "
             f"{fmt(r.peak_mem_gib, '8.2f')} {fmt(r.warmup_s, '9.1f')}  {r.status}")
 
@@ -532,6 +537,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=10, help="timed iterations per configuration")
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations first (cuDNN autotuning)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls in fp32 (default: PyTorch's, off)")
+    p.add_argument("--streams", nargs="+", choices=["on", "off"], default=["on"],
+                   help="concurrent_passes of the step (on: independent passes on parallel CUDA streams, the "
+                        "default; off: one after another, shown as '/serial')")
     p.add_argument("--no-cuda-graph", action="store_true", help="eager steps on one GPU (default: CUDA graph)")
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny random networks, gloo for 2 ranks")
     p.add_argument("--json", type=Path, help="also write all rows as JSON here")

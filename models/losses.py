@@ -148,20 +148,39 @@ class EditObjective(nn.Module):
         """R(x) restricted to the edited attributes [B, N] (for the "target" edit sampling)."""
         return orig.probs[:, self.attribute_index]
 
-    def forward(self, directions: DirectionMatrix | nn.Module, wplus: torch.Tensor, s: torch.Tensor, noise,
-                orig: OriginalPass) -> dict[str, torch.Tensor]:
-        """Loss terms (each a scalar) and their weighted sum under "total"."""
+    def edited_image(self, directions: DirectionMatrix | nn.Module, wplus: torch.Tensor, s: torch.Tensor,
+                     noise) -> torch.Tensor:
+        """x' = G(w + T s) [B, 3, R, R]."""
         # Call the module (not .edit) so a DDP wrapper around T sees the forward and syncs gradients.
-        edited = self.G.synthesis(directions(wplus, s), noise)
+        return self.G.synthesis(directions(wplus, s), noise)
+
+    def judges(self) -> dict[str, nn.Module]:
+        """The networks that look at x', by the name of their output in `terms`' `edited` dict. They
+        are independent of each other, so a caller may run them concurrently."""
+        judges = {"probs": self.R, "features": self.F, "points": self.H}
+        if self.D is not None:
+            judges["logits"] = self.D
+        return judges
+
+    def terms(self, orig: OriginalPass, edited: dict, s: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss terms (each a scalar) and their weighted sum under "total", from the judges' outputs on
+        x (`orig`) and on x' (`edited`: the `judges()` names -> their outputs)."""
         s_full = scatter_edits(s.to(orig.probs.dtype), self.attribute_index, orig.probs.shape[1])
         terms = {
-            "regressor": regressor_loss(self.R(edited), orig.probs, s_full),
-            "perceptual": perceptual_loss(orig.features, self.F(edited)),
-            "landmark": landmark_loss(orig.points, self.H(edited), self.point_index),
+            "regressor": regressor_loss(edited["probs"], orig.probs, s_full),
+            "perceptual": perceptual_loss(orig.features, edited["features"]),
+            "landmark": landmark_loss(orig.points, edited["points"], self.point_index),
         }
-        terms["adversarial"] = (adversarial_loss(self.D(edited)) if self.D is not None
-                                else edited.new_zeros((), dtype=torch.float32))
+        terms["adversarial"] = (adversarial_loss(edited["logits"]) if "logits" in edited
+                                else orig.image.new_zeros((), dtype=torch.float32))
         w = self.weights
         terms["total"] = (w.regressor * terms["regressor"] + w.perceptual * terms["perceptual"]
                           + w.adversarial * terms["adversarial"] + w.landmark * terms["landmark"])
         return terms
+
+    def forward(self, directions: DirectionMatrix | nn.Module, wplus: torch.Tensor, s: torch.Tensor, noise,
+                orig: OriginalPass) -> dict[str, torch.Tensor]:
+        """Loss terms of x' = G(w + T s) against the original pass, the judges run one after another
+        (the train stage composes the same pieces with its passes on parallel CUDA streams)."""
+        edited = self.edited_image(directions, wplus, s, noise)
+        return self.terms(orig, {name: judge(edited) for name, judge in self.judges().items()}, s)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
+from torch import nn
 
 from models.paper_nets import CELEBA_ATTRIBUTES, JD106_GROUPS
 from models.load.common import file_sha256
@@ -95,13 +96,15 @@ def build_paper_bundle(weights: Mapping[str, str], resolution: int, preset: str)
         notes=tuple(notes), default_attributes=PAPER_T_ATTRIBUTES)
 
 
-def random_paper_bundle(resolution: int = 256, seed: int = 0) -> ModelBundle:
+def random_paper_bundle(resolution: int = 256, seed: int = 0, emotion: bool = True) -> ModelBundle:
     """The ffhq<resolution> preset's networks with RANDOM weights (no weight file exists offline).
 
     Same architectures, input sizes and preprocessing as `build_paper_bundle` (StyleGAN2 config-f
     generator and discriminator, ResNet50-40 regressor, ResNet18-106 landmarks, VGG19 features,
     deepface's EmotionModel), so tests and benchmarks exercise exactly the code paths and costs of the
     real preset; the numbers mean nothing. Seeded (torch's global RNG is left as it was). On the CPU.
+    emotion=False puts an identity module in the emotion judge's place (deepface not needed: for
+    checks of T's training step, which never calls it).
     """
     from models.load.paper_nets import deepface_emotion_net
     from models.paper_nets import CelebAAttributeRegressor, DeepFaceEmotion, Landmark106, VGGPerceptual
@@ -115,7 +118,7 @@ def random_paper_bundle(resolution: int = 256, seed: int = 0) -> ModelBundle:
         bundle = ModelBundle(
             preset=f"ffhq{resolution}", generator=generator, discriminator=Discriminator(resolution),
             regressor=CelebAAttributeRegressor(), landmarks=Landmark106(), perceptual=VGGPerceptual(),
-            emotion=DeepFaceEmotion(deepface_emotion_net()), judges={}, identity=None,
+            emotion=DeepFaceEmotion(deepface_emotion_net()) if emotion else nn.Identity(), judges={}, identity=None,
             notes=(f"ffhq{resolution} with RANDOM weights (tests/benchmarks): results are meaningless",),
             default_attributes=PAPER_ATTRIBUTES)
     bundle.generator_id = "random:" + tensor_hash(generator)[:16]

@@ -307,9 +307,19 @@ def test_gpu_cuda_graph_replay_equals_eager():
     torch.manual_seed(0)
     g = Generator(64, channels={4: 64, 8: 64, 16: 64, 32: 32, 64: 16}).cuda().eval().set_fast_path(FastPath())
     graphed = GraphedCall(lambda z: (g(z, noise="const"),))
+    images, agreement = [], []
     for seed in (1, 2):
         z = torch.randn(8, 512, generator=torch.Generator().manual_seed(seed)).cuda()
-        assert torch.equal(graphed(z)[0], g(z, noise="const"))
+        images.append(graphed(z)[0].clone())
+        # Not bit-equal in bf16: cuBLAS may pick another algorithm under capture, and a 1-ulp change
+        # in an early layer grows through the network (up to 0.03 in 0.8% of the pixels on an H200).
+        # So: the fast path's documented tolerance (PSNR >= 40 dB); a stale input or output buffer
+        # would give another face (the two seeds' images are compared as that control).
+        agreement.append(psnr(images[-1], g(z, noise="const")))
+    control = psnr(images[0], images[1])
+    print(f"replay vs eager: PSNR {agreement[0]:.1f} / {agreement[1]:.1f} dB; two seeds: {control:.1f} dB")
+    assert min(agreement) >= 40
+    assert control < min(agreement) - 10, "the replay ignored its new input"
     assert len(graphed.recorded) == 1
 
 

@@ -67,6 +67,9 @@ class TrainConfig:
     cuda_graph: on a single CUDA device (T not DDP-wrapped), capture the whole step (both passes,
       backward, Adam) as one CUDA graph after 3 eager warm-up steps and replay it: the step is
       launch-bound at the paper's batch of 4, so this removes most of its CPU overhead.
+    concurrent_passes: on CUDA, run the step's independent passes on parallel streams (x's pass
+      beside x' = G(w + T s); regressor, landmarks, perceptual net and D on x' side by side, forward
+      and backward): at a small batch no single network fills the GPU. Same numbers either way.
     scaling: in-process (num_workers 0) or Ray Train workers; see ScalingConfig.
     tracking: MLflow run of this stage; see pipeline.infra.tracking.TrackingConfig.
     """
@@ -87,6 +90,7 @@ class TrainConfig:
     device: str = "auto"
     precision: Precision = "fp32"
     cuda_graph: bool = True
+    concurrent_passes: bool = True
     log_every: int = 50
     checkpoint_every: int = 1000
     work_dir: str = field(default_factory=default_work_dir, metadata=PATH)

@@ -18,6 +18,7 @@ from models.losses import EditObjective, LossWeights, assert_frozen
 from pipeline.core.config import ConfigError
 from pipeline.core.sampling import latents_from_z, sample_noise
 from pipeline.core.seeding import Stream, rng_for
+from pipeline.core.streams import StreamSet
 from pipeline.presets import ModelBundle, apply_fast_path, channels_last_convs
 from pipeline.stages.train.config import NonFiniteLoss, Precision, TrainConfig
 
@@ -36,6 +37,7 @@ class TrainState:
     model: nn.Module                     # what the objective calls: directions or DDP(directions)
     optimizer: torch.optim.Optimizer
     device: torch.device
+    streams: StreamSet                   # runs the step's independent passes concurrently (CUDA)
     step: int = 0                        # number of completed optimisation steps
 
 
@@ -98,7 +100,7 @@ def setup_training(cfg: TrainConfig, bundle: ModelBundle, device: torch.device,
     model = wrap(directions) if wrap else directions
     capturable = uses_cuda_graph(cfg, device, model is directions)
     optimizer = torch.optim.Adam(directions.parameters(), lr=cfg.lr, betas=cfg.betas, capturable=capturable)
-    return TrainState(objective, directions, model, optimizer, device)
+    return TrainState(objective, directions, model, optimizer, device, StreamSet(device, cfg.concurrent_passes))
 
 
 def uses_cuda_graph(cfg: TrainConfig, device: torch.device, unwrapped: bool) -> bool:
@@ -123,11 +125,27 @@ def autocast_context(device: torch.device, precision: Precision):
 
 
 def compute_terms(state: TrainState, batch: Batch, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """The loss terms of one batch. With state.streams enabled (CUDA), independent passes overlap:
+    x's pass beside the chain through x' (when s does not depend on R(x)), and the judges of x' on
+    their own streams, forward and backward."""
+    objective, streams = state.objective, state.streams
     with autocast_context(state.device, cfg.precision):
-        orig = state.objective.original(batch.wplus, batch.noise)
-        current = state.objective.current_edited_attributes(orig) if cfg.edit_sampling == "target" else None
-        s = sample_edits(cfg.edit_sampling, batch.uniforms, current)
-        return state.objective(state.model, batch.wplus, s, batch.noise, orig)
+        def original():
+            return objective.original(batch.wplus, batch.noise)
+
+        def edited_pass(s: torch.Tensor) -> dict:
+            edited = objective.edited_image(state.model, batch.wplus, s, batch.noise)
+            return streams.run({name: (lambda m=m: m(edited)) for name, m in objective.judges().items()})
+
+        if cfg.edit_sampling == "target":      # s = U[0,1] - R(x): x's pass comes first
+            orig = original()
+            s = sample_edits(cfg.edit_sampling, batch.uniforms, objective.current_edited_attributes(orig))
+            judged = edited_pass(s)
+        else:
+            s = sample_edits(cfg.edit_sampling, batch.uniforms, None)
+            both = streams.run({"edited": lambda: edited_pass(s), "original": original})
+            orig, judged = both["original"], both["edited"]
+        return objective.terms(orig, judged, s)
 
 
 def terms_to_floats(terms: dict[str, torch.Tensor]) -> dict[str, float]:
