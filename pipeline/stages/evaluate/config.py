@@ -37,7 +37,9 @@ class EvaluateConfig:
       attribute judge that scores the attribute, else the training regressor), "regressor", or a judge.
     strength_floor: strength by R below which a T is "not editing" (no drift claim for that attribute);
     judge_strength_floor: strength by a held-out attribute judge below which a T passing R is
-      "fooling R" (no claim either). -1 disables a gate (exploratory runs, tests).
+      "fooling R" (no claim either), or "unconfirmed" when that judge's natural span on the unedited
+      faces is itself below this floor (pipeline/core/strength.py). -1 disables a gate (exploratory
+      runs, tests).
     top_k: rows of the change-ratio tables (the attributes that move most under either T).
     trajectory_faces / trajectory_steps: faces and edit steps of the trajectory figure.
     bootstrap_resamples / confidence: percentile bootstrap of every drift figure.

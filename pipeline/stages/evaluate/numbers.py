@@ -115,16 +115,23 @@ def match_scorer(cfg: EvaluateConfig, nets: Nets, attribute: str) -> str:
 
 
 def strength_numbers(cfg: EvaluateConfig, data: Data, nets: Nets, attribute: str, stats: Stats) -> dict:
-    """Strength at alpha = 1 per arm and scorer, with each arm's verdict (pipeline.core.strength)."""
+    """Strength at alpha = 1 per arm and scorer, with each arm's verdict (pipeline.core.strength), and
+    each held-out judge's natural span against R's on the unedited faces."""
     scorers = scorers_of(nets, attribute)
     out: dict = {"scorers": {k: {"label": nets.attributes[k]["label"], "in_loop": nets.attributes[k]["in_loop"]}
                              for k in scorers}}
+    r_orig = data.orig(f"attr/{TRAINING_JUDGE}")[:, scorers[TRAINING_JUDGE]]
+    spans = {k: ST.natural_spans(r_orig, data.orig(f"attr/{k}")[:, i]) for k, i in scorers.items()
+             if k != TRAINING_JUDGE}
+    out["natural_span"] = {k: {"regressor": r, "judge": j} for k, (r, j) in spans.items()}
     for arm in METHODS:
         by = {k: stats.summary(arm, strength_faces(data, arm, attribute, 1.0, k, i)) for k, i in scorers.items()}
-        judges = [by[k]["mean"] for k in by if k != TRAINING_JUDGE]
-        verdict = ST.strength_verdict(by[TRAINING_JUDGE]["mean"], min(judges) if judges else None,
-                                      floor=cfg.strength_floor, judge_floor=cfg.judge_strength_floor)
-        out[arm] = {"by": by, "verdict": verdict}
+        judges = {k: by[k]["mean"] for k in by if k != TRAINING_JUDGE}
+        weakest = min(judges, key=judges.get) if judges else None
+        verdict = ST.strength_verdict(by[TRAINING_JUDGE]["mean"], judges[weakest] if judges else None,
+                                      floor=cfg.strength_floor, judge_floor=cfg.judge_strength_floor,
+                                      judge_spans=spans.get(weakest))
+        out[arm] = {"by": by, "verdict": verdict, "weakest_judge": weakest}
     return out
 
 
@@ -136,13 +143,22 @@ def gate(strength: dict, labels: dict[str, str], attribute: str, cfg: EvaluateCo
     parts = []
     for arm in failing:
         by = strength[arm]["by"]
+        by_r = by[TRAINING_JUDGE]["mean"]
         judges = {k: v["mean"] for k, v in by.items() if k != TRAINING_JUDGE}
         if strength[arm]["verdict"] == ST.NOT_EDITING:
-            parts.append(f"{labels[arm]} is NOT EDITING {attribute} (strength by R {by[TRAINING_JUDGE]['mean']:.3f} "
+            parts.append(f"{labels[arm]} is NOT EDITING {attribute} (strength by R {by_r:.3f} "
                          f"< floor {cfg.strength_floor:g})")
+        elif strength[arm]["verdict"] == ST.UNCONFIRMED:
+            k = strength[arm]["weakest_judge"]
+            span = strength["natural_span"][k]
+            parts.append(f"{labels[arm]}'s edit of {attribute} is UNCONFIRMED (strength by R {by_r:.3f} passes; by "
+                         f"the held-out judge {k} {judges[k]:.3f} < {cfg.judge_strength_floor:g}, but on the unedited "
+                         f"faces that judge separates R's top and bottom quarter by only {span['judge']:.3f} (R: "
+                         f"{span['regressor']:.3f}), so it cannot reach its floor here; per unit of R the edit moves "
+                         f"it {judges[k] / by_r:.2f}, natural variation {span['judge'] / span['regressor']:.2f})")
         else:
             judged = ", ".join(f"{k} {v:.3f}" for k, v in judges.items())
-            parts.append(f"{labels[arm]} is FOOLING R on {attribute} (strength by R {by[TRAINING_JUDGE]['mean']:.3f} "
+            parts.append(f"{labels[arm]} is FOOLING R on {attribute} (strength by R {by_r:.3f} "
                          f"passes, but by the independent judge {judged} < {cfg.judge_strength_floor:g})")
     return {"comparable": False, "why": "; ".join(parts)}
 

@@ -96,7 +96,7 @@ def verdict(what: str, scope: str, hfld_label: str, base: dict, hfld: dict, comp
 
 def verdict_text(v: str) -> str:
     """A strength verdict as report text: the failing ones in capitals."""
-    return v.upper() if v in (ST.NOT_EDITING, ST.FOOLING_R) else v
+    return v.upper() if v in ST.FAILING else v
 
 
 def strength_statement(a: str, strength: dict, labels: dict, floors: tuple[float, float]) -> str:
@@ -168,6 +168,9 @@ def gate_reason(attribute: str, why: str) -> str:
     if "FOOLING R" in why:
         out += (f" A T that moves R but not an independent judge may exploit R's blind spots instead of changing "
                 f"{attribute}, so its drift cannot be read as the effect of an edit.")
+    if "UNCONFIRMED" in why:
+        out += (f" Only R, the network T was trained against, sees this edit; the held-out judge neither "
+                f"confirms nor contradicts it, so its drift is not stated as the effect of an edit of {attribute}.")
     return out
 
 
@@ -318,7 +321,11 @@ def strength_blocks(numbers: dict, label: dict) -> list:
     blocks: list = [Heading(2, "Edit strength (alpha = 1)"),
                     Para(f"Floors: {fmt(numbers['strength_floor'], 2)} by the training regressor R (below: not "
                          f"editing), {fmt(numbers['judge_strength_floor'], 2)} by a held-out attribute judge (below, "
-                         "with R passing: fooling R). Per seed: the strength by R of each of the arm's T's.")]
+                         "with R passing: fooling R; UNCONFIRMED instead when that judge cannot reach its floor on "
+                         "this generator's faces -- its natural span, the difference of its means over the quarter "
+                         "of unedited faces R scores highest and the quarter R scores lowest, is below the floor -- "
+                         "and the edit moves it at least half as much per unit of R as that natural variation does). "
+                         "Per seed: the strength by R of each of the arm's T's.")]
     for a, st in numbers["strength"].items():
         scorers = list(st["scorers"])
         headers = ["method"] + [f"by {st['scorers'][k]['label']}" for k in scorers] + ["per seed (R)", "verdict"]
@@ -326,6 +333,11 @@ def strength_blocks(numbers: dict, label: dict) -> list:
                 + [", ".join(fmt(v) for v in st[m]["by"][scorers[0]]["per_seed"]), verdict_text(st[m]["verdict"])]
                 for m in METHODS]
         blocks += [Heading(3, f"{a}"), Table(headers, rows)]
+        spans = st.get("natural_span", {})
+        if spans:
+            blocks.append(Para("Natural span on the unedited faces (R's top quarter minus its bottom quarter): "
+                               + "; ".join(f"R {fmt(v['regressor'])}, {st['scorers'][k]['label']} {fmt(v['judge'])}"
+                                           for k, v in spans.items()) + "."))
     return blocks
 
 

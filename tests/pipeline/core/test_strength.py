@@ -51,3 +51,27 @@ def test_level_position_and_matched_values_by_hand():
     assert math.isnan(S.value_at_level([0, -0.2, -0.4], [0, 1, 2], 0.5))
     with pytest.raises(ValueError, match="3 strengths but 2 values"):
         S.value_at_level([0, 1, 2], [0, 1], 0.5)
+
+
+def test_natural_spans_are_the_top_minus_bottom_quarter_as_ranked_by_R():
+    r = np.array([0.1, 0.9, 0.2, 0.8, 0.5, 0.4, 0.6, 0.3])
+    j = np.array([0.0, 1.0, 0.0, 0.5, 9.0, 9.0, 9.0, 9.0])      # the middle faces must not count
+    r_span, j_span = S.natural_spans(r, j)                          # quarter of 8 faces: 2 each side
+    assert r_span == pytest.approx((0.9 + 0.8) / 2 - (0.1 + 0.2) / 2)
+    assert j_span == pytest.approx((1.0 + 0.5) / 2 - 0.0)
+    assert all(np.isnan(S.natural_spans(r[:3], j[:3])))
+    with pytest.raises(ValueError, match="natural_spans"):
+        S.natural_spans(r, j[:5])
+
+
+@pytest.mark.parametrize("by_r, by_judge, spans, verdict", [
+    (0.62, 0.15, (0.54, 0.10), S.UNCONFIRMED),   # the starter's case: judge range 0.10 < 0.4, 0.24 vs 0.19 per R
+    (0.62, 0.02, (0.54, 0.10), S.FOOLING_R),     # moves the judge far less per R than natural faces do
+    (0.62, 0.15, (0.54, 0.60), S.FOOLING_R),     # the judge CAN reach its floor on natural faces
+    (0.62, 0.15, (float("nan"), float("nan")), S.FOOLING_R),
+    (0.62, 0.45, (0.54, 0.10), S.EDITING),       # above the floor: editing, whatever the span
+    (0.30, 0.15, (0.54, 0.10), S.NOT_EDITING),
+])
+def test_an_insensitive_judge_makes_an_edit_unconfirmed_not_fooling(by_r, by_judge, spans, verdict):
+    assert S.strength_verdict(by_r, by_judge, judge_spans=spans) == verdict
+    assert verdict in S.PASSING or verdict in S.FAILING

@@ -279,3 +279,28 @@ def test_config_checks_and_a_list_of_T_files(toy, tmp_path):
     res = run_evaluate(c, bundle=toy, print_fn=quiet)
     assert res.metrics["seeds_per_arm"] == {"baseline": 2, "hfld": 1}
     assert res.metrics["matched"]["Male"]["by"] == "training" and res.metrics["matched"]["Male"]["grid"] == [0.0, 1.0]
+
+
+class WeakJudge(ToyJudge):
+    """Reads R's Male channel but with a slope so small that its answers stay near 0.5 on every face."""
+
+    def forward(self, image):
+        return torch.sigmoid(0.5 * channel_means(image)[:, :1])
+
+
+def test_an_insensitive_judge_leaves_an_edit_unconfirmed_and_still_fooled_R_is_caught(toy, tmp_path):
+    """A judge that cannot reach its floor even between R's most and least Male natural faces cannot
+    call a real edit "fooling R" (it is UNCONFIRMED); a T that moves only R's blind spot still is."""
+    weak = ModelBundle(**{**toy.__dict__, "attribute_judges": {"toy-judge": WeakJudge()}})
+    res = run_evaluate(cfg(tmp_path), bundle=weak, baseline=T(CLEAN), hfld=T(FOOLS_R), print_fn=quiet)
+    st = res.metrics["strength"]["Male"]
+    span = st["natural_span"]["toy-judge"]
+    assert span["regressor"] > 0.5 and 0 < span["judge"] < 0.4
+    assert st["baseline"]["verdict"] == "unconfirmed (held-out judge insensitive)"
+    assert 0 < st["baseline"]["by"]["toy-judge"]["mean"] < 0.4 <= st["baseline"]["by"]["training"]["mean"]
+    assert st["hfld"]["verdict"] == "fooling R"
+    assert "UNCONFIRMED" in res.statements[0] and "FOOLING R" in res.statements[0]
+    gate = next(s for s in res.statements if s.startswith("No drift reduction is stated for Male"))
+    assert "UNCONFIRMED" in gate and "separates R's top and bottom quarter by only" in gate
+    assert not any("reduced" in s for s in res.statements)
+    assert "Natural span on the unedited faces" in res.report_md.read_text()
