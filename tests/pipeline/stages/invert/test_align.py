@@ -19,7 +19,7 @@ from pipeline.core.config import ConfigError
 from pipeline.presets.registry import AlignmentSpec
 from pipeline.stages.invert import align as align_module
 from pipeline.stages.invert.align import (agrees, align_faces, apply_affine, centre_square_matrix, decode_image, detect,
-                                          ffhq_matrix, framing_matrix, framing_parameters, nearest_framed,
+                                          ffhq_matrix, framing_matrix, framing_parameters, keep_or_move, nearest_framed,
                                           relative_framing, relative_to_centre_square, similarity_matrix,
                                           template_matrix, three_point_groups, three_points, to_tensor, to_uint8,
                                           warp)
@@ -288,3 +288,21 @@ def test_the_stored_starter_template_matches_the_generator(starter, detector):
     stored = np.asarray(STARTER_ALIGNMENT.framing_spread)
     assert np.all(np.abs(centre - np.asarray(STARTER_ALIGNMENT.framing_centre)) < 0.6 * stored), centre
     assert np.all(np.abs(np.log(spread / stored)) < np.log(1.6)), spread
+
+
+def test_a_face_either_reading_finds_framed_is_kept_when_the_readings_disagree():
+    """keep_or_move: the detector's warp is out of range, but the landmark model's (refused, because
+    the two disagree) says the photo is framed like the generator's faces: only resized. Without a
+    second reading, or when both are out of range, the face is moved as before."""
+    centre, spread = (0.05, 1.0, 0.0, 0.01), (0.1, 5.0, 0.02, 0.03)
+    spec = spec_with_framing(centre, spread)
+    base = centre_square_matrix(64, 64, 64)
+    detector_reading = framing_matrix(base, (0.05, 31.0, 0.0, 0.01), 64)     # a 30 degree turn: out of range
+    landmark_reading = framing_matrix(base, centre, 64)                       # in range
+    crop, kept = keep_or_move(detector_reading, 64, 64, 64, spec, 2.5, refused=landmark_reading)
+    assert kept and np.array_equal(crop, base)
+    moved, kept = keep_or_move(detector_reading, 64, 64, 64, spec, 2.5)
+    assert not kept and np.array_equal(moved, nearest_framed(detector_reading, 64, 64, 64, spec, 2.5)[0])
+    also_out = framing_matrix(base, (0.05, -40.0, 0.0, 0.01), 64)
+    crop, kept = keep_or_move(detector_reading, 64, 64, 64, spec, 2.5, refused=also_out)
+    assert not kept and np.array_equal(crop, moved)       # the detector's reading decides how it is moved
