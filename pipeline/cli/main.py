@@ -57,8 +57,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def enable_crash_traces() -> None:
+    """A crash in native code (a segmentation fault) prints every thread's Python stack to stderr.
+    One `make demo` run (2026-12-02) ended with a segmentation fault AFTER it had written and printed
+    everything; a rerun of the same command exited 0 and nothing said where it happened. Costs nothing
+    until a crash."""
+    import faulthandler
+    if not faulthandler.is_enabled() and sys.stderr is not None:
+        try:
+            faulthandler.enable(file=sys.stderr, all_threads=True)
+        except (AttributeError, ValueError, OSError):   # stderr without a file descriptor (embedded use)
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline.core.signals import interrupt_exit_status, interrupt_handlers
+    enable_crash_traces()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -78,7 +78,7 @@ class InvertStage:
         images = [to_tensor(pixels[i], self.device) for i in readable]
         aligned = align_faces(images, self.job.alignment, self.resolution, detector=self.detector,
                               landmarks=self.landmarks, min_score=self.job.cfg.align.min_score,
-                              keep_framed=framed_tolerance(self.job.cfg.align))
+                              keep_framed=keep_framed_sigmas(self.job.cfg.align))
         found = [readable[k] for k, m in enumerate(aligned.matrices) if m is not None]
         for k, i in enumerate(readable):
             face, matrix = aligned.faces[k], aligned.matrices[k]
@@ -114,6 +114,6 @@ class InvertStage:
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def framed_tolerance(align) -> float | None:
+def keep_framed_sigmas(align) -> float | None:
     """AlignConfig -> align_faces' keep_framed: keep_sigmas, or None (always warp to the template)."""
     return align.keep_sigmas if align.keep_framed else None

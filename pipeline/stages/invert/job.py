@@ -128,7 +128,7 @@ def invert_facts(bundle: ModelBundle, cfg: InvertConfig, heldout: str) -> Invert
             raise ConfigError(f"projection.optimize_noise: the {cfg.model.preset!r} generator has no noise inputs")
         noise_shapes = [list(n.shape[-2:]) for n in g.make_noise("const", 1)]
     # the same choice as the Projector's (project.expression_judge): in the inversion loop, not held out
-    found = expression_judge(bundle) if cfg.projection.losses.expression > 0 else None
+    found = expression_judge(bundle, cfg.projection.losses.expression)
     return InvertFacts(
         generator_id=bundle.generator_id or "unknown", latent_space=space, n_latent=int(g.n_latent),
         w_dim=int(g.w_dim), resolution=int(g.resolution), noise_shapes=noise_shapes,

@@ -94,8 +94,9 @@ def normalise_noise_(noise: list[torch.Tensor]) -> None:
             n *= n.square().mean(dim=(1, 2, 3), keepdim=True).rsqrt()
 
 
-def expression_judge(bundle: ModelBundle) -> tuple[str, torch.nn.Module] | None:
-    """(key, net) of the expression net losses.expression uses, or None when the bundle has none.
+def expression_judge(bundle: ModelBundle, weight: float) -> tuple[str, torch.nn.Module] | None:
+    """(key, net) of the expression net losses.expression (`weight`) uses, or None when the term is off
+    (weight 0) or the bundle has no such net.
 
     The first of the bundle's emotion judges that has the expression-net protocol
     (`expression_features(image) -> [B, F]`, its penultimate features, and `expression_probs(features)
@@ -108,6 +109,8 @@ def expression_judge(bundle: ModelBundle) -> tuple[str, torch.nn.Module] | None:
     does not change that: invert fits latents to photos and never sees T; the job's manifest
     (`expression_term`) records that the net is in the inversion loop.
     """
+    if weight <= 0:
+        return None
     for key, model in bundle.judges.items():
         if model is bundle.emotion:
             continue
@@ -170,7 +173,7 @@ class Projector:
         self.identity = bundle.identity.eval().requires_grad_(False) if bundle.identity is not None else None
         self.landmarks = bundle.landmarks.eval().requires_grad_(False)
         self.shared_descriptor = shares_descriptor(bundle)
-        found = expression_judge(bundle) if cfg.losses.expression > 0 else None
+        found = expression_judge(bundle, cfg.losses.expression)
         self.expression_name = found[0] if found else ""      # "" = no expression term
         self.expression = found[1].eval().requires_grad_(False) if found else None
         self.device = self.g.mean_latent.device

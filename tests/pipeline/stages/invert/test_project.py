@@ -220,10 +220,10 @@ def test_without_an_expression_net_the_term_is_skipped():
     bundle = build_bundle(ModelConfig(preset="tiny"), "cpu")
     _, images = known_faces(bundle, 2, seed=23)
     baseline = expression_projector(bundle, 0.0).project(images, [1, 2])
-    assert expression_judge(bundle)[0] == "tiny-judge"
+    assert expression_judge(bundle, 1.0)[0] == "tiny-judge" and expression_judge(bundle, 0.0) is None
     for judges in ({}, {"same-as-emotion": bundle.emotion}, {"plain": nn.Identity()}):
         bundle.judges = judges
-        assert expression_judge(bundle) is None
+        assert expression_judge(bundle, 1.0) is None
         projector = expression_projector(bundle, 5.0)
         assert projector.expression is None and projector.weights["expression"] == 0.0
         torch.testing.assert_close(projector.project(images, [1, 2]).wplus, baseline.wplus, rtol=0, atol=0)
