@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -124,7 +125,7 @@ def seed_sqlite_store(db: Path) -> bool:
         db.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=db.parent) as tmp:
             copy = Path(tmp) / db.name
-            copy.write_bytes(template.read_bytes())
+            shutil.copyfile(template, copy)
             with sqlite3.connect(copy) as conn:
                 conn.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
                              ((db.parent / "mlartifacts" / "0").resolve().as_uri(),))

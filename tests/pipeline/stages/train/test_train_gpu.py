@@ -87,6 +87,16 @@ LOSS_RTOL = {"fp32": 1e-4, "bf16": 2e-2}
 UPDATE_RTOL = {"fp32": 1e-3, "bf16": 5e-2}
 
 
+@pytest.fixture
+def strict_fp32(monkeypatch):
+    """fp32 without TF32 and with cuDNN's deterministic algorithms (no autotuner), for the comparisons
+    below: two runs then differ only by rounding, not by a different algorithm choice."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+
+
 @pytest.fixture(scope="module")
 def preset_bundles(request):
     """preset -> (config preset name, bundle on cuda), built once per module (ffhq256: random weights)."""
@@ -138,17 +148,13 @@ def train_steps(bundle, preset: str, cuda_graph: bool, precision: str, steps: in
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("preset", ["tiny", "starter", "ffhq256"])
-def test_every_preset_trains_the_same_eager_and_graphed(preset_bundles, preset, precision, monkeypatch):
+def test_every_preset_trains_the_same_eager_and_graphed(preset_bundles, preset, precision, strict_fp32):
     """Failed on the starter preset (a host-to-device copy in face-api's forward killed the capture).
     Both runs have the passes on parallel streams (the default).
 
     fp32 means fp32 here: TF32 convolutions and cuDNN's autotuner picking other algorithms between
     the two runs moved the starter's landmark loss (a mean of differences of near-equal landmark
     coordinates) by 0.2% on an H200, which is rounding, not a capture fault."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     bundle = preset_bundles(preset)
     t0_e, t_e, losses_e = train_steps(bundle, preset, False, precision)
     t0_g, t_g, losses_g = train_steps(bundle, preset, True, precision)
@@ -169,13 +175,9 @@ def test_every_preset_trains_the_same_eager_and_graphed(preset_bundles, preset, 
 
 
 @pytest.mark.parametrize("preset", ["tiny", "starter", "ffhq256"])
-def test_concurrent_passes_train_like_serial_passes(preset_bundles, preset, monkeypatch):
+def test_concurrent_passes_train_like_serial_passes(preset_bundles, preset, strict_fp32):
     """The step's passes on parallel CUDA streams (the default) give the losses and T of the same
     graphed step run one pass after another (fp32, deterministic cuDNN: only rounding may differ)."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     bundle = preset_bundles(preset)
     t0_s, t_s, losses_s = train_steps(bundle, preset, True, "fp32", concurrent=False)
     t0_c, t_c, losses_c = train_steps(bundle, preset, True, "fp32", concurrent=True)
