@@ -40,6 +40,7 @@ from benchmarks.timing import sync, timed  # noqa: E402
 
 from pipeline.presets import ModelBundle  # noqa: E402
 from pipeline.stages.invert.config import ProjectionConfig  # noqa: E402
+from pipeline.core.compiled import compile_seconds  # noqa: E402
 from pipeline.stages.invert.project import Projector, shares_descriptor  # noqa: E402
 
 STEPS_PER_FACE = 200
@@ -136,11 +137,13 @@ def time_projection(bundle: ModelBundle, device: torch.device, batch: int, preci
     return out
 
 
-def set_fast_path(bundle: ModelBundle, mode: str) -> None:
-    """As the stage sets it up: the generator's fast path, and NHWC conv weights in the loss networks."""
-    from pipeline.presets import apply_fast_path, channels_last_convs
+def set_fast_path(bundle: ModelBundle, mode: str, compile_losses: bool = True) -> None:
+    """As the stage sets it up: the generator's fast path, and the loss networks' (NHWC conv weights;
+    with "compiled" their forward compiled too, unless compile_losses is False)."""
+    from pipeline.presets import ModelConfig, apply_fast_path, fast_measuring_networks
     apply_fast_path(mode, bundle.generator)
-    channels_last_convs(mode, bundle.perceptual, bundle.landmarks, getattr(bundle.identity, "model", None))
+    fast_measuring_networks(ModelConfig(preset="tiny", fast_path=mode, compile_measuring=compile_losses),
+                            bundle.perceptual, bundle.landmarks, getattr(bundle.identity, "model", bundle.identity))
 
 
 def step_parts(bundle: ModelBundle, device: torch.device, batch: int, precision: str, calls: int = 10) -> list[str]:
@@ -194,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fast-paths", nargs="+", default=["compiled"], choices=["off", "eager", "compiled"],
                    help="model.fast_path of the generator (off = the reference modules; the stage's default: "
                         "compiled); with a fast path on, the loss networks' conv weights are NHWC as in the stage")
+    p.add_argument("--loss-nets", nargs="+", default=["compiled"], choices=["eager", "compiled"],
+                   help="with a fast path on: the loss networks' forward torch.compile'd (the stage's default with "
+                        "model.fast_path compiled) or eager (NHWC weights only)")
     p.add_argument("--profile", action="store_true",
                    help="also time each part of a step alone (G and each loss network, forward + backward)")
     p.add_argument("--smoke", action="store_true", help="tiny preset on this machine's CPU (seconds)")
@@ -211,34 +217,41 @@ def main(argv: list[str] | None = None) -> int:
     stacks = [("smoke", bundle_smoke)] if args.smoke else \
         [(r, make_64 if r == 64 else bundle_256) for r in args.resolutions]
     for key, make in stacks:
-        torch.manual_seed(0)
-        bundle, description = make()
-        bundle = bundle.to(device)
-        print(f"\n[{key}] {description}")
+        print(f"\n[{key}]", end=" ")
+        described = False
         batches = args.batch or ([4] if args.smoke else [DEFAULT_BATCH[key]])
         for fast in (["off"] if args.smoke else args.fast_paths):
-            set_fast_path(bundle, fast)
-            for precision in (["fp32"] if args.smoke else args.precisions):
-                if precision == "tf32" and device.type == "cuda":
-                    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-                else:
-                    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-                for batch in batches:
-                    steps = min(args.timed_steps, 4) if args.smoke else args.timed_steps
-                    r = time_projection(bundle, device, batch, precision, steps, args.full)
-                    r.update({"resolution": key, "stack": description, "fast_path": fast})
-                    results.append(r)
-                    extra = f", full 200 steps {r['full_200_steps_s']:.1f} s" if "full_200_steps_s" in r else ""
-                    mem = f", peak {r['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in r else ""
-                    print(f"  {fast:>8} {precision:>5} batch {batch:>4}: {1000 * r['seconds_per_step']:8.1f} ms/step + "
-                          f"{r['fixed_seconds']:.2f} s fixed -> {r['faces_per_s']:8.2f} faces/s{extra}{mem}",
-                          flush=True)
-                    if args.profile:
-                        for line in step_parts(bundle, device, batch, precision):
-                            print(line, flush=True)
-        del bundle
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+            for loss_nets in (["eager"] if args.smoke or fast == "off" else args.loss_nets):
+                torch.manual_seed(0)
+                bundle, description = make()            # a fresh bundle: compiled wrappers stay on a network
+                bundle = bundle.to(device)
+                if not described:
+                    print(description)
+                    described = True
+                set_fast_path(bundle, fast, compile_losses=loss_nets == "compiled")
+                label = fast if fast == "off" else f"{fast}/{loss_nets}"
+                for precision in (["fp32"] if args.smoke else args.precisions):
+                    tf32 = precision == "tf32" and device.type == "cuda"
+                    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+                    for batch in batches:
+                        steps = min(args.timed_steps, 4) if args.smoke else args.timed_steps
+                        r = time_projection(bundle, device, batch, precision, steps, args.full)
+                        r.update({"resolution": key, "fast_path": fast, "loss_nets": loss_nets})
+                        results.append(r)
+                        extra = f", full 200 steps {r['full_200_steps_s']:.1f} s" if "full_200_steps_s" in r else ""
+                        mem = f", peak {r['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in r else ""
+                        print(f"  {label:>17} {precision:>5} batch {batch:>4}: {1000 * r['seconds_per_step']:8.1f} ms/step"
+                              f" + {r['fixed_seconds']:.2f} s fixed -> {r['faces_per_s']:8.2f} faces/s{extra}{mem}",
+                              flush=True)
+                        if args.profile:
+                            for line in step_parts(bundle, device, batch, precision):
+                                print(line, flush=True)
+                compiled_s = compile_seconds(bundle.perceptual, bundle.landmarks, bundle.identity)
+                if compiled_s:
+                    print(f"  ({label}: the loss networks' first compiled calls took {compiled_s:.0f} s)", flush=True)
+                del bundle
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
     if args.json:
         Path(args.json).write_text(json.dumps({"environment": env, "results": results}, indent=1))
         print(f"\nwrote {args.json}")

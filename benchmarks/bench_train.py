@@ -73,6 +73,7 @@ class Row:
     batch_per_gpu: int
     fast_path: str = "off"      # model.fast_path: off | eager | compiled
     streams: str = "on"         # concurrent_passes: on (independent passes on parallel CUDA streams) | off
+    loss_nets: str = "compiled"  # model.compile_measuring (with fast path compiled): compiled | eager
     warmup_s: float | None = None
     iters_per_s: float | None = None
     samples_per_s: float | None = None
@@ -87,8 +88,10 @@ class Row:
     @property
     def setting(self) -> str:
         """precision of the judges (and of G/D with the fast path off) + the G/D fast path (+ "/serial"
-        when the step's passes run one after another)."""
-        return f"{self.precision}/{self.fast_path}" + ("" if self.streams == "on" else "/serial")
+        when the step's passes run one after another; + "/eager-judges" when the fast path is compiled but
+        the judges' forward is not)."""
+        judges = "/eager-judges" if self.fast_path == "compiled" and self.loss_nets == "eager" else ""
+        return f"{self.precision}/{self.fast_path}" + judges + ("" if self.streams == "on" else "/serial")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,12 +125,13 @@ CUDA_GRAPH = True  # set from --no-cuda-graph
 
 
 def make_config(precision: str, batch: int, device: torch.device, attributes: tuple[str, ...],
-                fast_path: str = "off", streams: str = "on"):
+                fast_path: str = "off", streams: str = "on", loss_nets: str = "compiled"):
     """The paper's training settings (all four losses, Adam 1e-4) at one per-GPU batch."""
     from pipeline.core.config import from_dict
     from pipeline.stages.train import TrainConfig
     return from_dict(TrainConfig, {
-        "model": {"preset": "tiny", "fast_path": fast_path}, "attributes": list(attributes), "batch_size": batch,
+        "model": {"preset": "tiny", "fast_path": fast_path, "compile_measuring": loss_nets == "compiled"},
+        "attributes": list(attributes), "batch_size": batch,
         "precision": precision, "device": str(device), "iterations": 10**9, "work_dir": "/nonexistent",
         "tracking": {"enabled": False}, "cuda_graph": CUDA_GRAPH, "concurrent_passes": streams == "on",
     }, "bench")
@@ -198,13 +202,16 @@ def bench_one_device(args, device: torch.device) -> list[Row]:
     for resolution in args.resolutions:
         bundle = build(args, resolution, device)
         res = bundle.generator.resolution
-        for fast, precision, streams in [(f, p, c) for f in args.fast_paths for p in args.precisions
-                                         for c in args.streams]:
+        # eager judges first: a compiled judge's forward stays wrapped on the shared bundle
+        order = sorted(args.loss_nets, key=["eager", "compiled"].index)
+        settings = [(f, p, c, j) for j in order for f in args.fast_paths for p in args.precisions
+                    for c in args.streams if f == "compiled" or j == order[0]]   # judges compile only there
+        for fast, precision, streams, loss_nets in settings:
             for batch in args.batches:
-                row = Row(res, precision, 1, batch, fast, streams)
+                row = Row(res, precision, 1, batch, fast, streams, loss_nets)
                 state = None
                 try:
-                    cfg = make_config(precision, batch, device, bundle.default_attributes, fast, streams)
+                    cfg = make_config(precision, batch, device, bundle.default_attributes, fast, streams, loss_nets)
                     state = setup_training(cfg, bundle, device)
                     per_iter, peak, row.warmup_s = time_iterations(cfg, bundle, state, 0, 1, args.warmup, args.steps)
                     row.iters_per_s, row.samples_per_s = 1 / per_iter, batch / per_iter
@@ -537,6 +544,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=10, help="timed iterations per configuration")
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations first (cuDNN autotuning)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls in fp32 (default: PyTorch's, off)")
+    p.add_argument("--loss-nets", nargs="+", choices=["eager", "compiled"], default=["compiled"],
+                   help="with --fast-paths compiled: the judges' forward torch.compile'd (model.compile_measuring, "
+                        "the default) and/or eager (NHWC weights only)")
     p.add_argument("--streams", nargs="+", choices=["on", "off"], default=["on"],
                    help="concurrent_passes of the step (on: independent passes on parallel CUDA streams, the "
                         "default; off: one after another, shown as '/serial')")

@@ -140,11 +140,15 @@ class ModelConfig:
       the T step 2x the reference (docs/performance.md); "eager" = the same without torch.compile
       (slower than the reference: only for debugging); "off" = the reference modules in the stage's
       `precision` (bit-for-bit the pre-fast-path behaviour; no compile time).
+    compile_measuring: with fast_path "compiled", also torch.compile the forward of the frozen networks
+      that judge G's images in the loss (perceptual, landmarks, identity, regressor) on CUDA; eager on
+      the CPU and after a compile failure (pipeline/core/compiled.py). Same function up to rounding.
     """
     preset: str = "starter"
     weights: dict[str, str] = field(default_factory=dict, metadata=PATH)
     cache_dir: str = field(default="", metadata=PATH)
     fast_path: Literal["compiled", "eager", "off"] = "compiled"
+    compile_measuring: bool = True
 
     def __post_init__(self):
         require(self.preset in PRESETS, "model.preset", self.preset, f"is not a preset; choose one of {sorted(PRESETS)}")
@@ -292,6 +296,16 @@ def channels_last_convs(mode: str, *networks: nn.Module | None) -> None:
         for m in (net.modules() if net is not None else ()):
             if isinstance(m, nn.Conv2d) and m.weight.dim() == 4:
                 m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
+
+
+def fast_measuring_networks(cfg: ModelConfig, *networks: nn.Module | None) -> None:
+    """The fast path of the frozen networks that judge G's images (perceptual, landmarks, identity,
+    regressor): NHWC conv weights (`channels_last_convs`) unless cfg.fast_path is "off", and with
+    "compiled" and cfg.compile_measuring their forward torch.compile'd on CUDA inputs
+    (pipeline/core/compiled.py; eager on the CPU and after a compile failure)."""
+    from pipeline.core.compiled import compile_networks  # noqa: PLC0415 (torch._dynamo only when used)
+    channels_last_convs(cfg.fast_path, *networks)
+    compile_networks(cfg.fast_path == "compiled" and cfg.compile_measuring, *networks)
 
 
 def build_bundle(cfg: ModelConfig, device: torch.device | str = "cpu") -> ModelBundle:

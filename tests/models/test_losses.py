@@ -22,6 +22,25 @@ def test_perceptual_loss_is_mean_of_layer_mse():
     assert perceptual_loss(a, b).item() == pytest.approx((1.0 + 9.0) / 2)
 
 
+def test_perceptual_loss_ignores_memory_layout_and_keeps_float32_accumulation():
+    """F(x) NCHW against F(x') NHWC (what compiled and eager networks can return): the value and the
+    gradient of the float32 MSE; bf16 features give a float32 loss within bf16 rounding of it."""
+    gen = torch.Generator().manual_seed(0)
+    a = [torch.randn(2, 8, 6, 6, generator=gen), torch.randn(2, 4, 3, 3, generator=gen)]
+    b = [torch.randn(2, 8, 6, 6, generator=gen).contiguous(memory_format=torch.channels_last).requires_grad_(True),
+         torch.randn(2, 4, 3, 3, generator=gen).requires_grad_(True)]
+    want = torch.stack([torch.nn.functional.mse_loss(y, x) for x, y in zip(a, b)]).mean()
+    want_grads = torch.autograd.grad(want, b)
+    got = perceptual_loss(a, b)
+    got_grads = torch.autograd.grad(got, b)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-8)
+    low = perceptual_loss([x.bfloat16() for x in a], [y.detach().bfloat16() for y in b])
+    assert low.dtype == torch.float32
+    assert low.item() == pytest.approx(want.item(), rel=2e-2)
+
+
 def test_adversarial_loss_by_hand():
     logits = torch.tensor([[0.0], [2.0]])
     expected = (math.log(2) + math.log(1 + math.exp(-2))) / 2

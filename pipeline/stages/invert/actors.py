@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pipeline.presets import fast_measuring_networks
 from pipeline.stages.generate import ImageConfig, encode_image, object_array, pack_chunks, setup_torch, split_chunks
 from pipeline.stages.invert.align import align_faces, decode_image, to_tensor, to_uint8
 from pipeline.stages.invert.job import InvertJob
@@ -39,6 +40,9 @@ class InvertStage:
         self.job, cfg = job, job.cfg
         self.device = setup_torch(job.device, cfg.precision, cfg.resources.torch_threads)
         bundle = job.bundle_factory("cpu").to(self.device)
+        # the loss networks on the fast path too (NHWC; compiled on CUDA, see ModelConfig.compile_measuring)
+        fast_measuring_networks(cfg.model, bundle.perceptual, bundle.landmarks,
+                                getattr(bundle.identity, "model", bundle.identity))
         self.projector = Projector(bundle, cfg.projection, precision=cfg.precision, w_std_seed=cfg.seed)
         self.detector = None
         if job.alignment.method != "none":

@@ -216,7 +216,9 @@ class InvertConfig:
     store_images: store the aligned crop and the reconstruction (PNG); false stores neither (for data
       about real people: the latents and measurements remain).
     latent_dtype: float16 (half the size) or float32 for the stored latent.
-    batch_faces: faces optimised together (one chunk; each face has its own latent).
+    batch_faces: faces optimised together (one chunk; each face has its own latent). 0 = auto
+      (`chunk_faces`): 16 on the CPU; on CUDA by the generator's resolution, 256 up to 64 px, 64 up to
+      256 px, 16 above (faces/s per GPU grows with the batch: benchmarks/bench_invert.py).
     shard_rows: input rows per parquet file.
     seed: seeds the per-face noise of the projection (derive_seed(seed, INVERT, row)).
     output_dir: "" = <work_dir>/<name>.
@@ -229,7 +231,7 @@ class InvertConfig:
     png_compress_level: int = 6
     latent_dtype: Literal["float16", "float32"] = "float16"
     seed: int = 0
-    batch_faces: int = 16
+    batch_faces: int = 0
     shard_rows: int = 1024
     resources: InvertResources = field(default_factory=InvertResources)
     device: str = "auto"
@@ -241,7 +243,7 @@ class InvertConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self):
-        require(self.batch_faces >= 1, "batch_faces", self.batch_faces, "must be >= 1")
+        require(self.batch_faces >= 0, "batch_faces", self.batch_faces, "must be >= 1 (or 0 = auto)")
         require(self.shard_rows >= 1, "shard_rows", self.shard_rows, "must be >= 1")
         require(0 <= self.png_compress_level <= 9, "png_compress_level", self.png_compress_level, "must be in 0..9")
         require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", self.device,
@@ -254,6 +256,22 @@ class InvertConfig:
     @property
     def out_dir(self) -> Path:
         return Path(self.output_dir or Path(self.work_dir) / self.name).expanduser().resolve()
+
+
+AUTO_BATCH_CPU = 16
+AUTO_BATCH_CUDA = ((64, 256), (256, 64))     # (up to this resolution, faces per chunk); above: 16
+
+
+def chunk_faces(cfg: InvertConfig, resolution: int, cuda_visible: bool) -> int:
+    """cfg.batch_faces, or for 0 (auto) the chunk size for where the job runs: device "cpu" (or
+    "auto" with no CUDA device visible to the driver) -> 16, CUDA -> by resolution (AUTO_BATCH_CUDA).
+    On a cluster whose driver has no GPU, "auto" device resolves as CPU here: set batch_faces."""
+    if cfg.batch_faces:
+        return cfg.batch_faces
+    on_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and cuda_visible)
+    if not on_cuda:
+        return AUTO_BATCH_CPU
+    return next((b for limit, b in AUTO_BATCH_CUDA if resolution <= limit), AUTO_BATCH_CPU)
 
 
 # Fields that do not change a single output byte.

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from pipeline.core.config import ConfigError, to_dict
 from pipeline.core.io import refuse_different_job
 from pipeline.core.paths import check_writable_dir
@@ -15,7 +17,7 @@ from pipeline.presets import PRESETS, ModelBundle, build_bundle
 from pipeline.presets.registry import AlignmentSpec
 from pipeline.stages.generate import INVERTED_FORMAT, Plan
 from pipeline.stages.invert.align import three_point_groups
-from pipeline.stages.invert.config import InvertConfig, job_config
+from pipeline.stages.invert.config import InvertConfig, chunk_faces, job_config
 from pipeline.stages.invert.project import expression_judge, latent_space
 from pipeline.stages.invert.sources import Source, check_unique_ids, open_source
 
@@ -162,7 +164,7 @@ def prepare(cfg: InvertConfig, bundle_factory: BundleFactory | None = None) -> I
     del bundle
     out_dir = cfg.out_dir
     check_writable_dir("output_dir", out_dir)
-    plan = Plan(source.n_rows, 1, cfg.shard_rows, cfg.batch_faces)
+    plan = Plan(source.n_rows, 1, cfg.shard_rows, chunk_faces(cfg, facts.resolution, torch.cuda.is_available()))
     job = InvertJob(cfg, plan, source, facts, alignment, factory, "auto", out_dir)
     check_same_job(job)
     return job

@@ -82,7 +82,7 @@ def start(job: InvertJob, records: dict[int, dict], todo: list[int], run: Tracke
     stale = remove_stale_temps(out, out / "_meta")
     print_fn(f"[invert] {job.source.describe()} -> {plan.n_shards} shards in {out}")
     print_fn(f"[invert] preset {cfg.model.preset}: {f.latent_space} latents [{f.n_latent}, {f.w_dim}] at {f.resolution} "
-             f"px; alignment {job.alignment.method}; {cfg.projection.steps} steps, {cfg.batch_faces} faces per batch; "
+             f"px; alignment {job.alignment.method}; {cfg.projection.steps} steps, {plan.batch_sources} faces per batch; "
              f"quality by {f.heldout_identity} (identity), {f.emotion_judge} (emotion); device {job.device}"
              + ("" if f.identity_term else "; no identity term (the preset has no identity model)")
              + (f"; expression term: {f.expression_term} (in the loss)" if f.expression_term else

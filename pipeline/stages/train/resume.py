@@ -13,7 +13,7 @@ forced resume, the step it happened at, the previous config and the changed valu
 Fields that cannot change the numbers are not compared (RESUME_IGNORED): how long to train
 (`iterations`: extending a run is what resume is for), logging and checkpoint cadence, where files
 and runs go (`work_dir`, `run_name`, `resume`, `tracking`), where it computes (`device`, `scaling`,
-`cuda_graph`, `concurrent_passes`, `model.cache_dir`) -- except that the global batch (batch_size x workers) is compared,
+`cuda_graph`, `concurrent_passes`, `model.cache_dir`, `model.compile_measuring`) -- except that the global batch (batch_size x workers) is compared,
 since every sample is drawn from its global id and another global batch draws other samples.
 """
 
@@ -30,7 +30,8 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 DIRECTIONS_FILE = "directions.safetensors"
 
 RESUME_IGNORED = ("iterations", "log_every", "checkpoint_every", "work_dir", "run_name", "resume", "resume_force",
-                  "tracking", "scaling", "device", "cuda_graph", "concurrent_passes", "model.cache_dir")
+                  "tracking", "scaling", "device", "cuda_graph", "concurrent_passes", "model.cache_dir",
+                  "model.compile_measuring")
 GLOBAL_BATCH = "global batch (batch_size x workers)"
 
 

@@ -19,7 +19,7 @@ from pipeline.core.config import ConfigError
 from pipeline.core.sampling import latents_from_z, sample_noise
 from pipeline.core.seeding import Stream, rng_for
 from pipeline.core.streams import StreamSet
-from pipeline.presets import ModelBundle, apply_fast_path, channels_last_convs
+from pipeline.presets import ModelBundle, apply_fast_path, fast_measuring_networks
 from pipeline.stages.train.config import NonFiniteLoss, Precision, TrainConfig
 
 
@@ -92,7 +92,7 @@ def setup_training(cfg: TrainConfig, bundle: ModelBundle, device: torch.device,
     """
     apply_fast_path(cfg.model.fast_path, bundle.generator, bundle.discriminator)
     if device.type == "cuda":
-        channels_last_convs(cfg.model.fast_path, bundle.regressor, bundle.landmarks, bundle.perceptual)
+        fast_measuring_networks(cfg.model, bundle.regressor, bundle.landmarks, bundle.perceptual)
     attributes = resolve_attributes(cfg, bundle)
     objective = build_objective(cfg, bundle, attributes).to(device)
     directions = new_directions(cfg, bundle.generator, len(attributes)).to(device)

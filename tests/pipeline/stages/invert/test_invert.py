@@ -374,3 +374,18 @@ def test_bad_inputs_are_refused_before_any_work(tmp_path, input_parquet, trackin
     with pytest.raises(ConfigError, match="clash"):
         prepare(cfg(**{"input.path": str(tmp_path / "clash.parquet")}))
     assert not (tmp_path / "out").exists()
+
+
+def test_auto_batch_faces_follows_device_and_resolution():
+    from pipeline.stages.invert.config import chunk_faces
+    auto = InvertConfig()
+    assert auto.batch_faces == 0
+    assert chunk_faces(auto, 64, cuda_visible=False) == 16                    # auto device, no GPU
+    assert chunk_faces(auto, 64, cuda_visible=True) == 256
+    assert chunk_faces(auto, 256, cuda_visible=True) == 64
+    assert chunk_faces(auto, 1024, cuda_visible=True) == 16
+    assert chunk_faces(dataclasses.replace(auto, device="cpu"), 64, cuda_visible=True) == 16
+    assert chunk_faces(dataclasses.replace(auto, device="cuda:1"), 32, cuda_visible=False) == 256
+    assert chunk_faces(dataclasses.replace(auto, batch_faces=7), 64, cuda_visible=True) == 7
+    with pytest.raises(ConfigError, match="batch_faces"):
+        InvertConfig(batch_faces=-1)
