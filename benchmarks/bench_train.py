@@ -41,6 +41,7 @@ multicast stays off (NCCL_NVLS_ENABLE=0 and friends) on the shared GPU hosts thi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -74,6 +75,7 @@ class Row:
     fast_path: str = "off"      # model.fast_path: off | eager | compiled
     streams: str = "on"         # concurrent_passes: on (independent passes on parallel CUDA streams) | off
     loss_nets: str = "compiled"  # model.compile_measuring (with fast path compiled): compiled | eager
+    perceptual_mse: str = "layout"  # layout (models.losses today) | float32 (the former float32-copy MSE)
     warmup_s: float | None = None
     iters_per_s: float | None = None
     samples_per_s: float | None = None
@@ -91,7 +93,8 @@ class Row:
         when the step's passes run one after another; + "/eager-judges" when the fast path is compiled but
         the judges' forward is not)."""
         judges = "/eager-judges" if self.fast_path == "compiled" and self.loss_nets == "eager" else ""
-        return f"{self.precision}/{self.fast_path}" + judges + ("" if self.streams == "on" else "/serial")
+        mse = "/f32-mse" if self.perceptual_mse == "float32" else ""
+        return f"{self.precision}/{self.fast_path}" + judges + ("" if self.streams == "on" else "/serial") + mse
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,6 +125,25 @@ def tiny_bundle(device: torch.device):
 
 
 CUDA_GRAPH = True  # set from --no-cuda-graph
+
+
+def float32_copy_perceptual_loss(feats_orig, feats_edit):
+    """The perceptual loss before it was taken in one memory layout without float32 copies (kept here
+    only for the side-by-side --perceptual-mse float32 row)."""
+    import torch.nn.functional as F
+    return torch.stack([F.mse_loss(b.float(), a.float()) for a, b in zip(feats_orig, feats_edit)]).mean()
+
+
+@contextlib.contextmanager
+def perceptual_mse(kind: str):
+    """models.losses.perceptual_loss as shipped ("layout") or the former float32-copy MSE ("float32")."""
+    import models.losses as losses
+    shipped = losses.perceptual_loss
+    losses.perceptual_loss = shipped if kind == "layout" else float32_copy_perceptual_loss
+    try:
+        yield
+    finally:
+        losses.perceptual_loss = shipped
 
 
 def make_config(precision: str, batch: int, device: torch.device, attributes: tuple[str, ...],
@@ -206,14 +228,17 @@ def bench_one_device(args, device: torch.device) -> list[Row]:
         order = sorted(args.loss_nets, key=["eager", "compiled"].index)
         settings = [(f, p, c, j) for j in order for f in args.fast_paths for p in args.precisions
                     for c in args.streams if f == "compiled" or j == order[0]]   # judges compile only there
-        for fast, precision, streams, loss_nets in settings:
+        settings = [(*setting, mse) for setting in settings for mse in args.perceptual_mse]
+        for fast, precision, streams, loss_nets, mse in settings:
             for batch in args.batches:
-                row = Row(res, precision, 1, batch, fast, streams, loss_nets)
+                row = Row(res, precision, 1, batch, fast, streams, loss_nets, mse)
                 state = None
                 try:
                     cfg = make_config(precision, batch, device, bundle.default_attributes, fast, streams, loss_nets)
-                    state = setup_training(cfg, bundle, device)
-                    per_iter, peak, row.warmup_s = time_iterations(cfg, bundle, state, 0, 1, args.warmup, args.steps)
+                    with perceptual_mse(mse):
+                        state = setup_training(cfg, bundle, device)
+                        per_iter, peak, row.warmup_s = time_iterations(cfg, bundle, state, 0, 1, args.warmup,
+                                                                       args.steps)
                     row.iters_per_s, row.samples_per_s = 1 / per_iter, batch / per_iter
                     row.ms_per_iter, row.peak_mem_gib = 1000 * per_iter, peak
                 except RuntimeError as e:
@@ -550,6 +575,9 @@ def parse_args(argv=None):
     p.add_argument("--streams", nargs="+", choices=["on", "off"], default=["on"],
                    help="concurrent_passes of the step (on: independent passes on parallel CUDA streams, the "
                         "default; off: one after another, shown as '/serial')")
+    p.add_argument("--perceptual-mse", nargs="+", choices=["layout", "float32"], default=["layout"],
+                   help="the perceptual loss as shipped (one memory layout, no float32 copies) and/or the former "
+                        "float32-copy MSE, shown as '/f32-mse' (side by side in one process)")
     p.add_argument("--no-cuda-graph", action="store_true", help="eager steps on one GPU (default: CUDA graph)")
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny random networks, gloo for 2 ranks")
     p.add_argument("--json", type=Path, help="also write all rows as JSON here")
