@@ -8,6 +8,8 @@
         --fast-paths off eager compiled --profile            # before/after the StyleGAN2 fast path
     python benchmarks/bench_train.py --resolutions 256 --gpus 1 --batches 4 --precisions bf16 \
         --fast-paths compiled --streams on off               # passes on parallel streams vs in series
+    python benchmarks/bench_train.py --resolutions 256 --gpus 1 --batches 4 --precisions bf16 \
+        --fast-paths compiled --overlap on off               # next batch drawn during the step vs after it
 
 What is timed is exactly one iteration of pipeline/stages/train's loop: draw the batch's latents and
 edit amounts from their global sample ids (sample_batch), then train_step: x = G(w) and x' =
@@ -76,6 +78,7 @@ class Row:
     streams: str = "on"         # concurrent_passes: on (independent passes on parallel CUDA streams) | off
     loss_nets: str = "compiled"  # model.compile_measuring (with fast path compiled): compiled | eager
     perceptual_mse: str = "layout"  # layout (models.losses today) | float32 (the former float32-copy MSE)
+    overlap: str = "on"         # on: the next batch is drawn while the GPU runs the step (train_loop) | off
     warmup_s: float | None = None
     iters_per_s: float | None = None
     samples_per_s: float | None = None
@@ -94,7 +97,9 @@ class Row:
         the judges' forward is not)."""
         judges = "/eager-judges" if self.fast_path == "compiled" and self.loss_nets == "eager" else ""
         mse = "/f32-mse" if self.perceptual_mse == "float32" else ""
-        return f"{self.precision}/{self.fast_path}" + judges + ("" if self.streams == "on" else "/serial") + mse
+        overlap = "" if self.overlap == "on" else "/no-overlap"
+        return (f"{self.precision}/{self.fast_path}" + judges + ("" if self.streams == "on" else "/serial") + mse
+                + overlap)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,15 +140,28 @@ def float32_copy_perceptual_loss(feats_orig, feats_edit):
 
 
 @contextlib.contextmanager
-def perceptual_mse(kind: str):
-    """models.losses.perceptual_loss as shipped ("layout") or the former float32-copy MSE ("float32")."""
-    import models.losses as losses
-    shipped = losses.perceptual_loss
-    losses.perceptual_loss = shipped if kind == "layout" else float32_copy_perceptual_loss
+def patched(module, name: str, replacement):
+    """module.<name> replaced by `replacement` while inside (None: left as shipped)."""
+    shipped = getattr(module, name)
+    if replacement is not None:
+        setattr(module, name, replacement)
     try:
         yield
     finally:
-        losses.perceptual_loss = shipped
+        setattr(module, name, shipped)
+
+
+def perceptual_mse(kind: str):
+    """models.losses.perceptual_loss as shipped ("layout") or the former float32-copy MSE ("float32")."""
+    import models.losses as losses
+    return patched(losses, "perceptual_loss", None if kind == "layout" else float32_copy_perceptual_loss)
+
+
+def batch_overlap(kind: str):
+    """Batches drawn as shipped ("on": asynchronous pinned copies, the next batch drawn during the step;
+    time_iterations' loop) or as before ("off": blocking copies, each batch drawn after the previous step)."""
+    import pipeline.stages.train.step as step_module
+    return patched(step_module, "to_device", None if kind == "on" else lambda t, device: t.to(device))
 
 
 def make_config(precision: str, batch: int, device: torch.device, attributes: tuple[str, ...],
@@ -168,14 +186,14 @@ def build(args, resolution: int, device: torch.device):
 # ---------------------------------------------------------------------------------------------
 
 def time_iterations(cfg, bundle, state, rank: int, world: int, warmup: int, steps: int,
-                    barrier=lambda: None) -> tuple[float, float, float]:
+                    barrier=lambda: None, overlap: str = "on") -> tuple[float, float, float]:
     """(seconds per iteration, peak GiB, warm-up seconds) of sample_batch + the step, as in pipeline.stages.train.loop.train_loop.
 
     The step is pipeline.stages.train.step.make_step's: a replayed CUDA graph on one GPU (unless
     --no-cuda-graph), eager otherwise; warm-up covers the graph's eager steps and its capture.
     """
     from pipeline.core.seeding import global_sample_ids
-    from pipeline.stages.train.step import GraphedTrainStep, make_step, sample_batch
+    from pipeline.stages.train.step import GraphedTrainStep, make_step, sample_batch, step_and_prepare
 
     device = state.device
     n_attr = state.directions.n_attributes
@@ -183,10 +201,17 @@ def time_iterations(cfg, bundle, state, rank: int, world: int, warmup: int, step
     if isinstance(step, GraphedTrainStep):
         warmup = max(warmup, GraphedTrainStep.WARMUP + 2)
 
+    def batch_of(k: int):
+        return sample_batch(cfg, bundle.generator, n_attr, global_sample_ids(k, rank, cfg.batch_size, world), device)
+
+    upcoming = [batch_of(state.step)]
+
     def iteration():
-        ids = global_sample_ids(state.step, rank, cfg.batch_size, world)
-        batch = sample_batch(cfg, bundle.generator, n_attr, ids, device)
-        step(batch)
+        if overlap == "on":        # as train_loop does it
+            following = state.step + 1
+            _, upcoming[0] = step_and_prepare(step, upcoming[0], lambda: batch_of(following))
+        else:
+            step(batch_of(state.step))
 
     t_warm = time.perf_counter()
     for _ in range(warmup):
@@ -228,17 +253,17 @@ def bench_one_device(args, device: torch.device) -> list[Row]:
         order = sorted(args.loss_nets, key=["eager", "compiled"].index)
         settings = [(f, p, c, j) for j in order for f in args.fast_paths for p in args.precisions
                     for c in args.streams if f == "compiled" or j == order[0]]   # judges compile only there
-        settings = [(*setting, mse) for setting in settings for mse in args.perceptual_mse]
-        for fast, precision, streams, loss_nets, mse in settings:
+        settings = [(*setting, mse, o) for setting in settings for mse in args.perceptual_mse for o in args.overlap]
+        for fast, precision, streams, loss_nets, mse, overlap in settings:
             for batch in args.batches:
-                row = Row(res, precision, 1, batch, fast, streams, loss_nets, mse)
+                row = Row(res, precision, 1, batch, fast, streams, loss_nets, mse, overlap)
                 state = None
                 try:
                     cfg = make_config(precision, batch, device, bundle.default_attributes, fast, streams, loss_nets)
-                    with perceptual_mse(mse):
+                    with perceptual_mse(mse), batch_overlap(overlap):
                         state = setup_training(cfg, bundle, device)
                         per_iter, peak, row.warmup_s = time_iterations(cfg, bundle, state, 0, 1, args.warmup,
-                                                                       args.steps)
+                                                                       args.steps, overlap=overlap)
                     row.iters_per_s, row.samples_per_s = 1 / per_iter, batch / per_iter
                     row.ms_per_iter, row.peak_mem_gib = 1000 * per_iter, peak
                 except RuntimeError as e:
@@ -578,6 +603,9 @@ def parse_args(argv=None):
     p.add_argument("--perceptual-mse", nargs="+", choices=["layout", "float32"], default=["layout"],
                    help="the perceptual loss as shipped (one memory layout, no float32 copies) and/or the former "
                         "float32-copy MSE, shown as '/f32-mse' (side by side in one process)")
+    p.add_argument("--overlap", nargs="+", choices=["on", "off"], default=["on"],
+                   help="on (as shipped): the next batch is drawn while the GPU runs the step, with asynchronous "
+                        "pinned copies; off: drawn after the step with blocking copies, shown as '/no-overlap'")
     p.add_argument("--no-cuda-graph", action="store_true", help="eager steps on one GPU (default: CUDA graph)")
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny random networks, gloo for 2 ranks")
     p.add_argument("--json", type=Path, help="also write all rows as JSON here")

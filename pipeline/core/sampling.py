@@ -29,12 +29,22 @@ def latents_from_z(generator: nn.Module, z: torch.Tensor, psi: float) -> torch.T
     return w[:, None, :].expand(-1, generator.n_latent, -1).contiguous()
 
 
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A host tensor on `device`. To a GPU the copy is from pinned memory and asynchronous: a plain
+    .to() waits for the GPU to finish all queued work first, which would stall a loop that draws the
+    next batch while the GPU still runs the current step (pipeline.stages.train.step)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def sample_noise(generator: nn.Module, mode: NoiseMode, rngs: list[torch.Generator], device) -> list | str:
     """Per-sample random noise from each sample's own generator; other modes are passed by name."""
     if mode != "random" or not hasattr(generator, "make_noise"):
         return mode
     shapes = [n.shape[-2:] for n in generator.make_noise("const", 1)]
-    return [torch.cat([torch.randn(1, 1, *hw, generator=r) for r in rngs]).to(device) for hw in shapes]
+    return [to_device(torch.cat([torch.randn(1, 1, *hw, generator=r) for r in rngs]), device) for hw in shapes]
 
 
 @dataclass

@@ -13,9 +13,9 @@ import torch
 
 from pipeline.presets import fast_measuring_networks
 from pipeline.stages.generate import ImageConfig, encode_image, object_array, pack_chunks, setup_torch, split_chunks
-from pipeline.stages.invert.align import align_faces, decode_image, to_tensor, to_uint8
+from pipeline.stages.invert.align import align_faces, decode_image, to_tensor, to_uint8, warp
 from pipeline.stages.invert.job import InvertJob
-from pipeline.stages.invert.project import Projector, face_seeds
+from pipeline.stages.invert.project import Projection, Projector, face_seeds
 from pipeline.stages.invert.quality import QualityJudges
 
 FLOAT_COLUMNS = ("face_score", "psnr", "identity_cosine", "landmark_error", "emotion_tv", "loss_start", "loss_end")
@@ -94,8 +94,12 @@ class InvertStage:
         if not found:
             return out
         crops = to_uint8(aligned.crops)                     # the target is exactly what the file stores
-        target = crops.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        result = self.projector.project(target, face_seeds(self.job.cfg.seed, out["row"][found]))
+        seeds = face_seeds(self.job.cfg.seed, out["row"][found])
+        second = second_framings(aligned, images, self.resolution) if self.job.cfg.align.fit_both else {}
+        crops, result, chosen = project_best_framing(self.projector, crops, seeds, second)
+        found_k = [k for k, m in enumerate(aligned.matrices) if m is not None]
+        for j in chosen:                                   # the plain resize won: its warp is the output's
+            out["align_matrix"][readable[found_k[j]]] = np.asarray(aligned.resized[found_k[j]]).reshape(-1)
         recons = to_uint8(result.images)
         quality = self.judges(crops, recons)
         idx = np.asarray(found)
@@ -116,6 +120,38 @@ class InvertStage:
     def __call__(self, batch: dict) -> dict:
         parts = [self.rows(c) for c in split_chunks(batch)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def second_framings(aligned, images: list[torch.Tensor], size: int) -> dict[int, torch.Tensor]:
+    """{position among the found faces: uint8 crop [R, R, 3] of the plain resize} for every face the
+    alignment moved (Aligned.resized), the other framing align.fit_both tries."""
+    if not aligned.resized:
+        return {}
+    found = [k for k, m in enumerate(aligned.matrices) if m is not None]
+    return {j: to_uint8(warp(images[k], aligned.resized[k], size)[None])[0]
+            for j, k in enumerate(found) if aligned.resized[k] is not None}
+
+
+def project_best_framing(projector: Projector, crops: torch.Tensor, seeds: list[int],
+                         second: dict[int, torch.Tensor]) -> tuple[torch.Tensor, Projection, set[int]]:
+    """Project uint8 crops [B, R, R, 3] and, in the same batch, the second framing of some of them (same
+    seeds); per face keep the framing whose loss ends lower. -> (the kept crops [B, R, R, 3], their
+    Projection, the positions whose second framing won)."""
+    order = sorted(second)
+    candidates = torch.cat([crops, torch.stack([second[j] for j in order])]) if order else crops
+    result = projector.project(candidates.permute(0, 3, 1, 2).float() / 127.5 - 1.0,
+                               seeds + [seeds[j] for j in order])
+    if not order:
+        return crops, result, set()
+    pick = list(range(len(crops)))
+    loss_end = result.loss_end.float().cpu()
+    for n, j in enumerate(order, start=len(crops)):
+        if loss_end[n] < loss_end[j]:
+            pick[j] = n
+    sel = torch.as_tensor(pick, device=result.wplus.device)      # every tensor here is on the projector's device
+    picked = Projection(result.wplus[sel], [n[sel] for n in result.noise] if result.noise is not None else None,
+                        result.images[sel], result.loss_start[sel], result.loss_end[sel], result.history)
+    return candidates[sel.to(candidates.device)], picked, {j for j in order if pick[j] != j}
 
 
 def keep_framed_sigmas(align) -> float | None:

@@ -357,11 +357,14 @@ def three_points(points: torch.Tensor, index) -> torch.Tensor:
 class Aligned:
     """Aligned crops of a batch: crops [B, 3, R, R] in [-1, 1] (for the found faces only), and per
     photo the best face candidate and the warp matrix [2, 3] (None when no candidate reached min_score);
-    kept[i]: the photo was already framed like the generator's faces and was only resized (keep_framed)."""
+    kept[i]: the photo was already framed like the generator's faces and was only resized (keep_framed);
+    resized[i]: for a face keep_framed moved, the plain resize's warp (the other candidate framing,
+    align.fit_both), else None."""
     crops: torch.Tensor
     faces: list[Face]
     matrices: list[np.ndarray | None]
     kept: list[bool] | None = None
+    resized: list[np.ndarray | None] | None = None
 
 
 def first_pass_matrix(spec: AlignmentSpec, points: np.ndarray, size: int) -> np.ndarray:
@@ -421,13 +424,16 @@ def align_faces(images: list[torch.Tensor], spec: AlignmentSpec, size: int, *, d
             faces[i].points = photo_points
             crops[k] = warp(images[i], matrices[i], size)
     kept = [False] * len(images)
+    resized: list[np.ndarray | None] = [None] * len(images)
     if spec.method != "none" and keep_framed is not None and spec.framing_spread is not None:
         for k, i in enumerate(found):
             h, w = images[i].shape[1:]
             matrices[i], kept[i] = keep_or_move(matrices[i], h, w, size, spec, keep_framed, refused.get(i))
             crops[k] = warp(images[i], matrices[i], size)
+            if not kept[i]:
+                resized[i] = centre_square_matrix(h, w, size)
     stacked = torch.stack(crops) if crops else torch.zeros(0, 3, size, size)
-    return Aligned(stacked, faces, matrices, kept)
+    return Aligned(stacked, faces, matrices, kept, resized)
 
 
 # ---------------------------------------------------------------------------------------------

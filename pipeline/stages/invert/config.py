@@ -79,6 +79,12 @@ class AlignConfig:
       identity >= 0.9 on 8% of faces vs 91% without alignment, align.method=none).
     keep_sigmas: the k of keep_framed, in robust spreads (AlignmentSpec.framing_spread) per parameter.
       Overriding method or a template drops the preset's measured framing: keep_framed then has no effect.
+    fit_both: a face keep_framed would move is inverted twice, moved and plainly resized, and the framing
+      whose reconstruction loss ends lower is kept (its crop, warp and latent are the output). The
+      generator's range is what it can reproduce: the framing readings of 64 px faces are noisy enough
+      that 2.5 spreads moved ~30% of the generator's own faces, which then mostly lost their identity,
+      while a photo that really is framed differently reconstructs worse unmoved. Costs one more
+      projection per moved face only.
     """
     method: Literal["preset", "none", "template", "ffhq"] = "preset"
     detector_template: tuple[Point, Point, Point] | None = None
@@ -87,6 +93,7 @@ class AlignConfig:
     min_score: float = 0.5
     keep_framed: bool = True
     keep_sigmas: float = 2.5
+    fit_both: bool = True
 
     def __post_init__(self):
         require(0 <= self.min_score < 1, "align.min_score", self.min_score, "must be in [0, 1)")

@@ -36,7 +36,8 @@ from pipeline.presets.provenance import provenance
 from pipeline.stages.train.config import TrainConfig, TrainResult
 from pipeline.stages.train.resume import (CHECKPOINT_FILE, DIRECTIONS_FILE, ResumePlan, describe_changes,
                                           plan_from_file, resolve_resume)
-from pipeline.stages.train.step import TrainState, make_step, resolve_attributes, sample_batch, setup_training
+from pipeline.stages.train.step import (Batch, TrainState, make_step, resolve_attributes, sample_batch, setup_training,
+                                        step_and_prepare)
 
 __all__ = ["CHECKPOINT_FILE", "DIRECTIONS_FILE", "METRICS_FILE", "check_train_locations", "resolve_resume",
            "train_in_process", "train_loop"]
@@ -150,13 +151,21 @@ def train_loop(cfg: TrainConfig, bundle: ModelBundle, state: TrainState, *, rank
     n_attr = state.directions.n_attributes
     metrics: dict = {}
     step = make_step(state, cfg)
+
+    def batch_of(k: int) -> Batch | None:
+        """The batch of step k + 1 (steps count from 1), None past the last."""
+        if k >= cfg.iterations:
+            return None
+        return sample_batch(cfg, bundle.generator, n_attr, global_sample_ids(k, rank, cfg.batch_size, world_size),
+                            state.device)
+
+    batch = batch_of(state.step)
     while state.step < cfg.iterations:
         # A signal (Ctrl-C, SIGTERM) is raised between iterations, never inside a step or a checkpoint.
         raise_if_interrupted()
         with signals_deferred():
-            ids = global_sample_ids(state.step, rank, cfg.batch_size, world_size)
-            batch = sample_batch(cfg, bundle.generator, n_attr, ids, state.device)
-            metrics = step(batch)
+            following = state.step + 1
+            metrics, batch = step_and_prepare(step, batch, lambda: batch_of(following))
             if on_log and (state.step % cfg.log_every == 0 or state.step == cfg.iterations):
                 on_log(state.step, metrics)
             if on_checkpoint and state.step % cfg.checkpoint_every == 0 and state.step < cfg.iterations:

@@ -16,7 +16,7 @@ from torch import nn
 from models.editing import DirectionMatrix, sample_edits
 from models.losses import EditObjective, LossWeights, assert_frozen
 from pipeline.core.config import ConfigError
-from pipeline.core.sampling import latents_from_z, sample_noise
+from pipeline.core.sampling import latents_from_z, sample_noise, to_device
 from pipeline.core.seeding import Stream, rng_for
 from pipeline.core.streams import StreamSet
 from pipeline.presets import ModelBundle, apply_fast_path, fast_measuring_networks
@@ -112,8 +112,8 @@ def sample_batch(cfg: TrainConfig, generator: nn.Module, n_attributes: int, samp
                  device: torch.device, stream: Stream = Stream.TRAIN) -> Batch:
     """Latents, edit uniforms and noise for the given global sample indices (each from its own seed)."""
     rngs = [rng_for(cfg.seed, stream, i) for i in sample_ids]
-    z = torch.stack([torch.randn(generator.z_dim, generator=r) for r in rngs]).to(device)
-    uniforms = torch.stack([torch.rand(n_attributes, generator=r) for r in rngs]).to(device)
+    z = to_device(torch.stack([torch.randn(generator.z_dim, generator=r) for r in rngs]), device)
+    uniforms = to_device(torch.stack([torch.rand(n_attributes, generator=r) for r in rngs]), device)
     noise = sample_noise(generator, cfg.noise_mode, rngs, device)
     return Batch(latents_from_z(generator, z, cfg.truncation), uniforms, noise)
 
@@ -220,6 +220,12 @@ class GraphedTrainStep:
         self.backup = [t.clone() for t in self.trained_tensors()]
 
     def replay(self, batch: Batch) -> dict[str, float]:
+        self.launch(batch)
+        return self.finish()
+
+    def launch(self, batch: Batch) -> None:
+        """Queue one step on the GPU (inputs copied into the graph's buffers, T backed up, replay);
+        returns at once. finish() waits for it."""
         self.static.wplus.copy_(batch.wplus)
         self.static.uniforms.copy_(batch.uniforms)
         if isinstance(batch.noise, list):
@@ -228,6 +234,9 @@ class GraphedTrainStep:
         for dst, src in zip(self.backup, self.trained_tensors()):
             dst.copy_(src)
         self.graph.replay()
+
+    def finish(self) -> dict[str, float]:
+        """The launched step's loss values (waits for the GPU); a non-finite one restores T and raises."""
         values = terms_to_floats(self.terms)
         if not all(math.isfinite(v) for v in values.values()):
             for dst, src in zip(self.trained_tensors(), self.backup):
@@ -235,6 +244,19 @@ class GraphedTrainStep:
             raise non_finite_error(self.state.step + 1, values)
         self.state.step += 1
         return values
+
+
+def step_and_prepare(step: Callable[[Batch], dict[str, float]], batch: Batch,
+                     prepare: Callable[[], Batch | None]) -> tuple[dict[str, float], Batch | None]:
+    """(step(batch), prepare()) -- with a replayed CUDA graph, prepare() (drawing the next batch) runs
+    while the GPU executes this step, so the GPU does not sit idle while Python draws seeds, copies
+    them over and launches the mapping network (the step itself ends in a sync: its loss values).
+    Same results as calling the two in turn: the next batch depends on its sample ids only."""
+    if isinstance(step, GraphedTrainStep) and step.graph is not None:
+        step.launch(batch)
+        upcoming = prepare()
+        return step.finish(), upcoming
+    return step(batch), prepare()
 
 
 def make_step(state: TrainState, cfg: TrainConfig) -> Callable[[Batch], dict[str, float]]:

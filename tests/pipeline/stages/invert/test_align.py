@@ -180,6 +180,8 @@ def test_a_face_already_framed_is_only_resized_and_a_moved_one_is_moved_to_the_g
     aligned = align_faces([photo, face], DCGAN64_ALIGNMENT, 64, detector=detector, landmarks=starter.landmarks,
                           min_score=0.5, keep_framed=k)
     assert aligned.kept == [False, True]
+    np.testing.assert_allclose(aligned.resized[0], centre_square_matrix(170, 220, 64))   # fit_both's other framing
+    assert aligned.resized[1] is None
     torch.testing.assert_close(aligned.crops[1], face, atol=1e-5, rtol=0)
     np.testing.assert_allclose(aligned.matrices[1], centre_square_matrix(64, 64, 64))
     # without keep_framed: the full warps to the template
@@ -306,3 +308,32 @@ def test_a_face_either_reading_finds_framed_is_kept_when_the_readings_disagree()
     also_out = framing_matrix(base, (0.05, -40.0, 0.0, 0.01), 64)
     crop, kept = keep_or_move(detector_reading, 64, 64, 64, spec, 2.5, refused=also_out)
     assert not kept and np.array_equal(crop, moved)       # the detector's reading decides how it is moved
+
+
+def test_fit_both_keeps_the_framing_the_generator_reproduces_better(starter, detector, fixture_images):
+    """align.fit_both: of a moved face's two framings (moved, plainly resized) the one whose reconstruction
+    loss ends lower is kept: the plain resize for the generator's own face when an over-tight range moved
+    it, the re-framed crop for a face pasted turned 15 degrees and enlarged 1.6x into a photo."""
+    from pipeline.core.sampling import held_out_faces
+    from pipeline.stages.invert.actors import project_best_framing, second_framings
+    from pipeline.stages.invert.config import ProjectionConfig
+    from pipeline.stages.invert.project import Projector
+    face = to_tensor(fixture_images["starter_face_4"], "cpu")
+    lin = similarity(math.radians(-15), 1 / 1.6, (0.0, 0.0))[:, :2]
+    photo_to_face = np.concatenate([lin, (np.array([32.0, 32.0]) - lin @ np.array([110.0, 80.0]))[:, None]], 1)
+    photo = paste(face, photo_to_face, 170, 220)
+    with torch.no_grad():
+        own = starter.generator.synthesis(held_out_faces(starter.generator, [3], seed=11).wplus, "const")[0]
+    own = to_uint8(own[None]).permute(0, 3, 1, 2)[0].float() / 127.5 - 1.0   # as a PNG would store it
+    images = [photo, own]
+    tight = align_faces(images, STARTER_ALIGNMENT, 64, detector=detector, landmarks=starter.landmarks,
+                        min_score=0.5, keep_framed=0.05)          # so tight that both faces are moved
+    assert tight.kept == [False, False]
+    second = second_framings(tight, images, 64)
+    assert sorted(second) == [0, 1] and torch.equal(second[1], to_uint8(own[None])[0])
+    crops = to_uint8(tight.crops)
+    projector = Projector(starter, ProjectionConfig(steps=100, w_std_samples=500))
+    kept, result, chosen = project_best_framing(projector, crops, [1, 2], second)
+    assert chosen == {1}, result.loss_end
+    assert torch.equal(kept[0], crops[0]) and torch.equal(kept[1], second[1])
+    assert kept.shape == crops.shape and result.wplus.shape[0] == result.images.shape[0] == 2

@@ -170,3 +170,48 @@ def test_t_files_record_provenance_and_absolute_paths(tmp_path, monkeypatch):
     assert prov["packages"]["torch"] == torch.__version__ and {"ray", "mlflow", "hfld"} <= set(prov["packages"])
     assert prov["device"].startswith("cpu") and prov["weights"]["tiny"]["licence"].startswith("none")
     assert load_directions(res.run_dir / "checkpoint.safetensors").meta["provenance"] == prov
+
+
+def test_the_loop_trains_step_k_on_the_batch_of_step_k(tmp_path, tiny_bundle):
+    """train_loop draws each next batch ahead (step_and_prepare): T must equal that of plain steps on
+    sample_batch(global ids of step k), one after another."""
+    from pipeline.core.seeding import global_sample_ids
+    from pipeline.stages.train.loop import train_loop
+    from pipeline.stages.train.step import make_step, sample_batch, setup_training
+    cfg = cfg_for(tmp_path)
+    looped = setup_training(cfg, tiny_bundle, torch.device("cpu"))
+    train_loop(cfg, tiny_bundle, looped)
+    plain = setup_training(cfg, tiny_bundle, torch.device("cpu"))
+    step, n_attr = make_step(plain, cfg), plain.directions.n_attributes
+    for k in range(cfg.iterations):
+        step(sample_batch(cfg, tiny_bundle.generator, n_attr, global_sample_ids(k, 0, cfg.batch_size, 1), plain.device))
+    assert looped.step == plain.step == cfg.iterations
+    assert torch.equal(looped.directions.T, plain.directions.T)
+    assert not torch.equal(plain.directions.T, setup_training(cfg, tiny_bundle, torch.device("cpu")).directions.T)
+
+
+def test_step_and_prepare_draws_the_next_batch_while_a_graphed_step_runs():
+    """With a replayed graph the order is launch, prepare, finish (the GPU works while Python draws);
+    any other step runs before prepare."""
+    from pipeline.stages.train.step import GraphedTrainStep, step_and_prepare
+    calls = []
+
+    class RecordingGraphStep(GraphedTrainStep):
+        graph = "captured"
+
+        def __init__(self):
+            pass
+
+        def launch(self, batch):
+            calls.append(("launch", batch))
+
+        def finish(self):
+            calls.append("finish")
+            return {"total": 1.0}
+
+    values, upcoming = step_and_prepare(RecordingGraphStep(), "b1", lambda: calls.append("prepare") or "b2")
+    assert (values, upcoming) == ({"total": 1.0}, "b2") and calls == [("launch", "b1"), "prepare", "finish"]
+    calls.clear()
+    values, upcoming = step_and_prepare(lambda b: calls.append(("step", b)) or {"total": 2.0}, "b1",
+                                        lambda: calls.append("prepare") or None)
+    assert (values, upcoming) == ({"total": 2.0}, None) and calls == [("step", "b1"), "prepare"]

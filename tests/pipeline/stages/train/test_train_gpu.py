@@ -7,12 +7,12 @@ from pipeline.core.config import from_dict
 from pipeline.core.seeding import global_sample_ids
 from pipeline.presets import ModelConfig, build_bundle
 from pipeline.stages.train import NonFiniteLoss, TrainConfig
-from pipeline.stages.train.step import GraphedTrainStep, make_step, sample_batch, setup_training
+from pipeline.stages.train.step import GraphedTrainStep, make_step, sample_batch, setup_training, step_and_prepare
 
 pytestmark = pytest.mark.gpu
 
 
-def run_steps(cuda_graph: bool, steps: int, poison_at: int | None = None):
+def run_steps(cuda_graph: bool, steps: int, poison_at: int | None = None, draw_ahead: bool = False):
     cfg = from_dict(TrainConfig, {"model": {"preset": "tiny"}, "device": "cuda", "batch_size": 4,
                                   "cuda_graph": cuda_graph, "noise_mode": "random",
                                   "tracking": {"enabled": False}})
@@ -20,6 +20,12 @@ def run_steps(cuda_graph: bool, steps: int, poison_at: int | None = None):
     state = setup_training(cfg, bundle, torch.device("cuda"))
     step = make_step(state, cfg)
     assert isinstance(step, GraphedTrainStep) == cuda_graph
+    if draw_ahead:      # as train_loop does: batch k + 1 drawn (pinned, asynchronous copies) during step k
+        batch = sample_batch(cfg, bundle.generator, 2, global_sample_ids(0, 0, 4, 1), state.device)
+        for k in range(steps):
+            _, batch = step_and_prepare(step, batch, lambda k=k: sample_batch(
+                cfg, bundle.generator, 2, global_sample_ids(k + 1, 0, 4, 1), state.device))
+        return state
     for k in range(steps):
         batch = sample_batch(cfg, bundle.generator, 2, global_sample_ids(k, 0, 4, 1), state.device)
         if poison_at is not None and k == poison_at:
@@ -35,6 +41,12 @@ def test_cuda_graph_step_equals_eager_step():
     eager, graphed = run_steps(False, 8), run_steps(True, 8)
     assert graphed.step == eager.step == 8
     assert torch.allclose(graphed.directions.T, eager.directions.T, atol=1e-6, rtol=1e-5)
+
+
+def test_graphed_steps_with_each_next_batch_drawn_ahead_equal_plain_graphed_steps():
+    ahead, plain = run_steps(True, 8, draw_ahead=True), run_steps(True, 8)
+    assert ahead.step == plain.step == 8
+    assert torch.allclose(ahead.directions.T, plain.directions.T, atol=1e-6, rtol=1e-5)
 
 
 def test_cuda_graph_step_keeps_T_on_nan():
