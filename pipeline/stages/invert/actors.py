@@ -83,7 +83,8 @@ class InvertStage:
         aligned = align_faces(images, self.job.alignment, self.resolution, detector=self.detector,
                               landmarks=self.landmarks, min_score=self.job.cfg.align.min_score,
                               keep_framed=keep_framed_sigmas(self.job.cfg.align))
-        found = [readable[k] for k, m in enumerate(aligned.matrices) if m is not None]
+        found_k = [k for k, m in enumerate(aligned.matrices) if m is not None]    # positions in `images`
+        found = [readable[k] for k in found_k]
         for k, i in enumerate(readable):
             face, matrix = aligned.faces[k], aligned.matrices[k]
             out["status"][i] = "no_face" if matrix is None else "ok"
@@ -95,9 +96,8 @@ class InvertStage:
             return out
         crops = to_uint8(aligned.crops)                     # the target is exactly what the file stores
         seeds = face_seeds(self.job.cfg.seed, out["row"][found])
-        second = second_framings(aligned, images, self.resolution) if self.job.cfg.align.fit_both else {}
+        second = second_framings(aligned, images, found_k, self.resolution) if self.job.cfg.align.fit_both else {}
         crops, result, chosen = project_best_framing(self.projector, crops, seeds, second)
-        found_k = [k for k, m in enumerate(aligned.matrices) if m is not None]
         for j in chosen:                                   # the plain resize won: its warp is the output's
             out["align_matrix"][readable[found_k[j]]] = np.asarray(aligned.resized[found_k[j]]).reshape(-1)
         recons = to_uint8(result.images)
@@ -122,12 +122,11 @@ class InvertStage:
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def second_framings(aligned, images: list[torch.Tensor], size: int) -> dict[int, torch.Tensor]:
-    """{position among the found faces: uint8 crop [R, R, 3] of the plain resize} for every face the
-    alignment moved (Aligned.resized), the other framing align.fit_both tries."""
+def second_framings(aligned, images: list[torch.Tensor], found: list[int], size: int) -> dict[int, torch.Tensor]:
+    """{position j among the found faces (images[found[j]]): uint8 crop [R, R, 3] of the plain resize} for
+    every face the alignment moved (Aligned.resized), the other framing align.fit_both tries."""
     if not aligned.resized:
         return {}
-    found = [k for k, m in enumerate(aligned.matrices) if m is not None]
     return {j: to_uint8(warp(images[k], aligned.resized[k], size)[None])[0]
             for j, k in enumerate(found) if aligned.resized[k] is not None}
 

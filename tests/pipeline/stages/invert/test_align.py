@@ -329,7 +329,7 @@ def test_fit_both_keeps_the_framing_the_generator_reproduces_better(starter, det
     tight = align_faces(images, STARTER_ALIGNMENT, 64, detector=detector, landmarks=starter.landmarks,
                         min_score=0.5, keep_framed=0.05)          # so tight that both faces are moved
     assert tight.kept == [False, False]
-    second = second_framings(tight, images, 64)
+    second = second_framings(tight, images, [0, 1], 64)
     assert sorted(second) == [0, 1] and torch.equal(second[1], to_uint8(own[None])[0])
     crops = to_uint8(tight.crops)
     projector = Projector(starter, ProjectionConfig(steps=100, w_std_samples=500))
