@@ -77,7 +77,7 @@ class Row:
     fast_path: str = "off"      # model.fast_path: off | eager | compiled
     streams: str = "on"         # concurrent_passes: on (independent passes on parallel CUDA streams) | off
     loss_nets: str = "compiled"  # model.compile_measuring (with fast path compiled): compiled | eager
-    perceptual_mse: str = "layout"  # layout (models.losses today) | float32 (the former float32-copy MSE)
+    perceptual_mse: str = "layout"  # layout (shipped: 1-D views) | 4d (on the 4-D maps) | float32 (former copies)
     overlap: str = "on"         # on: the next batch is drawn while the GPU runs the step (train_loop) | off
     warmup_s: float | None = None
     iters_per_s: float | None = None
@@ -96,7 +96,7 @@ class Row:
         when the step's passes run one after another; + "/eager-judges" when the fast path is compiled but
         the judges' forward is not)."""
         judges = "/eager-judges" if self.fast_path == "compiled" and self.loss_nets == "eager" else ""
-        mse = "/f32-mse" if self.perceptual_mse == "float32" else ""
+        mse = {"layout": "", "4d": "/4d-mse", "float32": "/f32-mse"}[self.perceptual_mse]
         overlap = "" if self.overlap == "on" else "/no-overlap"
         return (f"{self.precision}/{self.fast_path}" + judges + ("" if self.streams == "on" else "/serial") + mse
                 + overlap)
@@ -132,13 +132,6 @@ def tiny_bundle(device: torch.device):
 CUDA_GRAPH = True  # set from --no-cuda-graph
 
 
-def float32_copy_perceptual_loss(feats_orig, feats_edit):
-    """The perceptual loss before it was taken in one memory layout without float32 copies (kept here
-    only for the side-by-side --perceptual-mse float32 row)."""
-    import torch.nn.functional as F
-    return torch.stack([F.mse_loss(b.float(), a.float()) for a, b in zip(feats_orig, feats_edit)]).mean()
-
-
 @contextlib.contextmanager
 def patched(module, name: str, replacement):
     """module.<name> replaced by `replacement` while inside (None: left as shipped)."""
@@ -152,9 +145,12 @@ def patched(module, name: str, replacement):
 
 
 def perceptual_mse(kind: str):
-    """models.losses.perceptual_loss as shipped ("layout") or the former float32-copy MSE ("float32")."""
+    """models.losses.perceptual_loss as shipped ("layout": one memory layout, 1-D views, no float32
+    copies), or one of its predecessors (benchmarks/bench_perceptual_loss.py): "4d" (the same on the
+    4-D maps) or "float32" (float32 copies, F.mse_loss)."""
     import models.losses as losses
-    return patched(losses, "perceptual_loss", None if kind == "layout" else float32_copy_perceptual_loss)
+    from benchmarks.bench_perceptual_loss import float32_copy_loss, four_d_loss
+    return patched(losses, "perceptual_loss", {"layout": None, "4d": four_d_loss, "float32": float32_copy_loss}[kind])
 
 
 def batch_overlap(kind: str):
@@ -600,9 +596,10 @@ def parse_args(argv=None):
     p.add_argument("--streams", nargs="+", choices=["on", "off"], default=["on"],
                    help="concurrent_passes of the step (on: independent passes on parallel CUDA streams, the "
                         "default; off: one after another, shown as '/serial')")
-    p.add_argument("--perceptual-mse", nargs="+", choices=["layout", "float32"], default=["layout"],
-                   help="the perceptual loss as shipped (one memory layout, no float32 copies) and/or the former "
-                        "float32-copy MSE, shown as '/f32-mse' (side by side in one process)")
+    p.add_argument("--perceptual-mse", nargs="+", choices=["layout", "4d", "float32"], default=["layout"],
+                   help="the perceptual loss as shipped (1-D views in one memory layout, no float32 copies) and/or "
+                        "its predecessors: on the 4-D maps ('/4d-mse') or with float32 copies ('/f32-mse'), side "
+                        "by side in one process")
     p.add_argument("--overlap", nargs="+", choices=["on", "off"], default=["on"],
                    help="on (as shipped): the next batch is drawn while the GPU runs the step, with asynchronous "
                         "pinned copies; off: drawn after the step with blocking copies, shown as '/no-overlap'")

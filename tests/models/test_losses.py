@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from models.editing import DirectionMatrix
-from models.losses import (EditObjective, LossWeights, adversarial_loss, group_point_index, landmark_loss,
-                           perceptual_loss, regressor_loss)
+from models.losses import (EditObjective, LossWeights, adversarial_loss, flat_in_memory_order, group_point_index,
+                           landmark_loss, memory_order, perceptual_loss, regressor_loss)
 
 
 def test_regressor_loss_by_hand():
@@ -22,12 +22,22 @@ def test_perceptual_loss_is_mean_of_layer_mse():
     assert perceptual_loss(a, b).item() == pytest.approx((1.0 + 9.0) / 2)
 
 
-def test_perceptual_loss_ignores_memory_layout_and_keeps_float32_accumulation():
-    """F(x) NCHW against F(x') NHWC (what compiled and eager networks can return): the value and the
-    gradient of the float32 MSE; bf16 features give a float32 loss within bf16 rounding of it."""
+NHWC = torch.channels_last
+
+
+@pytest.mark.parametrize("layout_x, layout_edit", [("NCHW", "NHWC"), ("NHWC", "NCHW"), ("NHWC", "NHWC"),
+                                                   ("NCHW", "NCHW")])
+def test_perceptual_loss_ignores_memory_layout_and_keeps_float32_accumulation(layout_x, layout_edit):
+    """F(x) and F(x') in either layout (what compiled and eager networks can return): the value and the
+    gradient of the float32 MSE, the gradient in F(x')'s own layout; bf16 features give a float32 loss
+    within bf16 rounding of it."""
     gen = torch.Generator().manual_seed(0)
-    a = [torch.randn(2, 8, 6, 6, generator=gen), torch.randn(2, 4, 3, 3, generator=gen)]
-    b = [torch.randn(2, 8, 6, 6, generator=gen).contiguous(memory_format=torch.channels_last).requires_grad_(True),
+
+    def laid_out(t, layout):
+        return t.contiguous(memory_format=NHWC) if layout == "NHWC" else t
+
+    a = [laid_out(torch.randn(2, 8, 6, 6, generator=gen), layout_x), torch.randn(2, 4, 3, 3, generator=gen)]
+    b = [laid_out(torch.randn(2, 8, 6, 6, generator=gen), layout_edit).requires_grad_(True),
          torch.randn(2, 4, 3, 3, generator=gen).requires_grad_(True)]
     want = torch.stack([torch.nn.functional.mse_loss(y, x) for x, y in zip(a, b)]).mean()
     want_grads = torch.autograd.grad(want, b)
@@ -36,9 +46,22 @@ def test_perceptual_loss_ignores_memory_layout_and_keeps_float32_accumulation():
     torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
     for g, w in zip(got_grads, want_grads):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-8)
+    assert got_grads[0].stride() == b[0].stride()
     low = perceptual_loss([x.bfloat16() for x in a], [y.detach().bfloat16() for y in b])
     assert low.dtype == torch.float32
     assert low.item() == pytest.approx(want.item(), rel=2e-2)
+
+
+def test_an_nhwc_map_is_compared_through_a_view_without_a_copy():
+    """The 1-D views the perceptual loss compares: no copy of a map already in the memory order."""
+    nhwc = torch.randn(2, 8, 5, 7).contiguous(memory_format=NHWC)
+    order = memory_order(nhwc)
+    assert order == (0, 2, 3, 1)
+    flat = flat_in_memory_order(nhwc, order)
+    assert flat.data_ptr() == nhwc.data_ptr() and flat.shape == (2 * 8 * 5 * 7,)
+    nchw = nhwc.contiguous()
+    assert memory_order(nchw) == (0, 1, 2, 3) and flat_in_memory_order(nchw, (0, 1, 2, 3)).data_ptr() == nchw.data_ptr()
+    torch.testing.assert_close(flat_in_memory_order(nchw, order), flat)     # a copy into the same order
 
 
 def test_adversarial_loss_by_hand():

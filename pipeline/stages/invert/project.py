@@ -208,17 +208,24 @@ class Projector:
 
     # -- targets and losses ---------------------------------------------------------------------
 
+    def judged(self, image: torch.Tensor) -> dict:
+        """What the loss networks make of images [B, 3, R, R]: "features" (the perceptual layers), "points"
+        [B, P, 2], "identity" [B, D] (when the preset has an identity model) and "expression" (the
+        expression net's comparison form, `expression_target`; with the term on), in self.dtype.
+        One function for the targets and for every step, so both sides are measured alike."""
+        with self.autocast():
+            features = [f.to(self.dtype) for f in self.perceptual(image)]
+            out = {"features": features, "points": self.landmarks(image).to(self.dtype)}
+            if self.identity is not None:
+                out["identity"] = features[-1] if self.shared_descriptor else self.identity(image).to(self.dtype)
+            if self.expression is not None:
+                out["expression"] = self.expression_target(image)
+        return out
+
     @torch.no_grad()
     def targets(self, target: torch.Tensor) -> dict:
         """What the loss compares against, computed once per batch."""
-        with self.autocast():
-            features = [f.to(self.dtype) for f in self.perceptual(target)]
-            out = {"image": target, "features": features, "points": self.landmarks(target).to(self.dtype)}
-            if self.identity is not None:
-                out["identity"] = features[-1] if self.shared_descriptor else self.identity(target).to(self.dtype)
-            if self.expression is not None:
-                out["expression"] = self.expression_target(target)
-        return out
+        return {"image": target} | self.judged(target)
 
     def expression_target(self, image: torch.Tensor) -> torch.Tensor:
         """What the expression term compares: the net's penultimate features [B, F] ("features") or its
@@ -228,32 +235,26 @@ class Projector:
             return features.to(self.dtype)
         return self.expression.expression_probs(features).to(self.dtype).clamp_min(1e-12).log()
 
-    def expression_term(self, image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per face [B]: mean squared feature difference, or KL(p(target) || p(image)) in nats."""
-        mine = self.expression_target(image)
+    def expression_term(self, mine: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per face [B], from two `expression_target` outputs: mean squared feature difference, or
+        KL(p(target) || p(image)) in nats."""
         if self.cfg.losses.expression_kind == "features":
             return (mine - target).square().mean(dim=1)
         return (target.exp() * (target - mine)).sum(dim=1)
 
     def terms(self, image: torch.Tensor, tgt: dict, wplus: torch.Tensor, noise) -> dict[str, torch.Tensor]:
         """Per-face loss terms [B] of generated images [B, 3, R, R] against the targets."""
-        with self.autocast():
-            features = [f.to(self.dtype) for f in self.perceptual(image)]
-            points = self.landmarks(image).to(self.dtype)
-            ident = None
-            if self.identity is not None:
-                ident = features[-1] if self.shared_descriptor else self.identity(image).to(self.dtype)
-            expression = self.expression_term(image, tgt["expression"]) if self.expression is not None else None
+        mine = self.judged(image)
         diff = image.to(self.dtype) - tgt["image"].to(self.dtype)
         pixel = diff.abs() if self.cfg.losses.pixel_kind == "l1" else diff.square()
         out = {"pixel": pixel.mean(dim=(1, 2, 3)),
                "perceptual": torch.stack([(a - b).square().flatten(1).mean(1)
-                                          for a, b in zip(features, tgt["features"])]).mean(0),
-               "landmark": (points - tgt["points"]).abs().mean(dim=(1, 2))}
-        if ident is not None:
-            out["identity"] = 1.0 - F.cosine_similarity(ident, tgt["identity"], dim=1)
-        if expression is not None:
-            out["expression"] = expression
+                                          for a, b in zip(mine["features"], tgt["features"])]).mean(0),
+               "landmark": (mine["points"] - tgt["points"]).abs().mean(dim=(1, 2))}
+        if "identity" in mine:
+            out["identity"] = 1.0 - F.cosine_similarity(mine["identity"], tgt["identity"], dim=1)
+        if "expression" in mine:
+            out["expression"] = self.expression_term(mine["expression"], tgt["expression"])
         if self.noise_maps and isinstance(noise, list):
             out["noise"] = noise_regularisation(noise)
         if self.space == "z":
