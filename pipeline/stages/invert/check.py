@@ -11,6 +11,9 @@ PNG files with a CSV of ids and the training emotion judge's label, and the real
     landmark error    preset landmark model, inter-ocular units (in the loss; reported for drift)
     emotion agreement the emotion judge's label on the aligned input vs the reconstruction, and on
                       the generated face as written vs the reconstruction
+    ... by margin     (an extra, not a target) the agreement among faces whose input label the judge
+                      decided by a top-2 probability margin >= 0.05 / 0.1 / 0.2, and the median margin
+                      where the label held and where it changed: are the misses the judge's near-ties?
     latent recovery   mean over latent layers of |w_hat - w| / w_std (w_std: spread of mapped latents,
                       so the mean latent, where the optimisation starts, scores about 1)
 
@@ -43,6 +46,7 @@ from pipeline.stages.invert.project import Projector
 from pipeline.stages.invert.stage import run_invert
 
 IDENTITY_TARGET, SHARE_TARGET, AGREEMENT_TARGET = 0.9, 0.9, 0.9
+MARGINS = (0.05, 0.1, 0.2)      # top-2 probability margins of the emotion judge on the input (an extra)
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,25 @@ def summarise(values: np.ndarray) -> dict:
             "p90": float(np.quantile(v, 0.9)), "n": int(len(v))} if len(v) else {"n": 0}
 
 
+def top2_margins(probs: np.ndarray) -> np.ndarray:
+    """[N] gap between the judge's two most probable emotions, from its probabilities [N, K]."""
+    ranked = np.sort(probs, axis=1)
+    return ranked[:, -1] - ranked[:, -2]
+
+
+def agreement_by_margin(margins: np.ndarray, agree: np.ndarray) -> dict:
+    """Emotion agreement among the faces whose input label the judge decided by at least each margin,
+    and the median margin where the label held and where it changed: near-ties (a small margin on
+    the input) change label under any small reconstruction error, so this says whether the misses
+    are the judge's boundary cases or lost expressions."""
+    def median(x):
+        return float(np.median(x)) if len(x) else None
+    return {"by_min_margin": [{"min_margin": th, "faces": int((margins >= th).sum()),
+                               "agreement": float(agree[margins >= th].mean()) if (margins >= th).any() else None}
+                              for th in MARGINS],
+            "median_margin_agreed": median(margins[agree]), "median_margin_changed": median(margins[~agree])}
+
+
 def check_metrics(table, truth: np.ndarray, w_avg: np.ndarray, w_std: float, n_latent: int, w_dim: int) -> dict:
     cols = table.to_pydict()
     ok = np.array([s == "ok" for s in cols["status"]])
@@ -124,6 +147,8 @@ def check_metrics(table, truth: np.ndarray, w_avg: np.ndarray, w_std: float, n_l
     ident = np.asarray([v for v, k in zip(cols["identity_cosine"], ok) if k], np.float64)
     agree = np.asarray([v for v, k in zip(cols["emotion_agreement"], ok) if k], bool)
     written = np.asarray([a == b for a, b, k in zip(cols["emotion_label"], cols["reconstruction_emotion_label"], ok) if k])
+    probs = [p for p, k in zip(cols["source_emotion"], ok) if k]
+    margins = top2_margins(np.asarray(probs, np.float64)) if probs else np.zeros(0)
     share = float((ident >= IDENTITY_TARGET).mean()) if len(ident) else 0.0
     agreement = float(agree.mean()) if len(agree) else 0.0
     return {
@@ -133,6 +158,7 @@ def check_metrics(table, truth: np.ndarray, w_avg: np.ndarray, w_std: float, n_l
         "landmark_error": summarise(np.asarray([v for v, k in zip(cols["landmark_error"], ok) if k])),
         "emotion_agreement_aligned": agreement,
         "emotion_agreement_generated": float(written.mean()) if len(written) else 0.0,
+        "emotion_agreement_by_input_margin": agreement_by_margin(margins, agree),
         "psnr": summarise(np.asarray([v for v, k in zip(cols["psnr"], ok) if k])),
         "latent_error": summarise(err), "latent_error_at_start": summarise(start),
         "targets": {"identity": f">= {IDENTITY_TARGET} for >= {SHARE_TARGET:.0%} of faces",
@@ -165,7 +191,19 @@ def markdown(cfg: InvertCheckConfig, m: dict, facts, alignment: str) -> str:
         f"(target {t['identity']}: {'met' if t['identity_met'] else 'NOT met'})",
         f"- emotion agreement, aligned input vs reconstruction: {m['emotion_agreement_aligned']:.1%} "
         f"(target {t['emotion']}: {'met' if t['emotion_met'] else 'NOT met'})",
-        f"- emotion agreement, generated face as written vs reconstruction: {m['emotion_agreement_generated']:.1%}", ""])
+        f"- emotion agreement, generated face as written vs reconstruction: {m['emotion_agreement_generated']:.1%}",
+        margin_line(m["emotion_agreement_by_input_margin"]), ""])
+
+
+def margin_line(by: dict) -> str:
+    """The report's line on agreement by the judge's top-2 margin on the input (an extra, not a target)."""
+    if by["median_margin_changed"] is None:
+        return "- (extra) no face changed its emotion label"
+    parts = [f"{b['agreement']:.1%} of {b['faces']} with margin >= {b['min_margin']:g}" for b in by["by_min_margin"]
+             if b["agreement"] is not None]
+    return (f"- (extra, not the target) the judge's top-2 probability margin on the input: median "
+            f"{by['median_margin_changed']:.3f} where the label changed, {by['median_margin_agreed'] or 0:.3f} where it "
+            f"held; agreement " + ("; ".join(parts) if parts else "-"))
 
 
 def run_invert_check(cfg: InvertCheckConfig, *, tracker: Tracker | None = None, print_fn=print) -> InvertCheckResult:
@@ -186,7 +224,8 @@ def run_invert_check(cfg: InvertCheckConfig, *, tracker: Tracker | None = None, 
         run_invert(inv, tracker=run, job=job, print_fn=print_fn)
         table = pq.read_table(sorted((out / "inverted").glob("part-*.parquet")),
                               columns=["source_index", "status", "wplus", "identity_cosine", "landmark_error",
-                                       "emotion_agreement", "emotion_label", "reconstruction_emotion_label", "psnr"])
+                                       "emotion_agreement", "emotion_label", "reconstruction_emotion_label", "psnr",
+                                       "source_emotion"])
         bundle = build_bundle(cfg.invert.model, "cpu")
         projector = Projector(bundle, cfg.invert.projection, w_std_seed=cfg.invert.seed)
         f = job.facts

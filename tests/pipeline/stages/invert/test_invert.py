@@ -389,3 +389,21 @@ def test_auto_batch_faces_follows_device_and_resolution():
     assert chunk_faces(dataclasses.replace(auto, batch_faces=7), 64, cuda_visible=True) == 7
     with pytest.raises(ConfigError, match="batch_faces"):
         InvertConfig(batch_faces=-1)
+
+
+def test_invert_check_runs_end_to_end_and_reports_agreement_by_the_judges_margin(ray_local, tmp_path):
+    """`hfld invert-check` on the tiny preset: generated faces in, the real path (Ray Data) through, the
+    report with its targets and the agreement-by-margin extra out."""
+    from pipeline.stages.invert import InvertCheckConfig
+    from pipeline.stages.invert.check import run_invert_check
+    cfg = from_dict(InvertCheckConfig, {"n_faces": 4, "seed": 2, "output_dir": str(tmp_path / "check"), "invert": {
+        "model": {"preset": "tiny"}, "align": {"method": "none"}, "projection": {"steps": 6, "w_std_samples": 200},
+        "batch_faces": 2, "device": "cpu", "tracking": {"enabled": False}, "resources": {"cpus_per_actor": 0.25}}})
+    result = run_invert_check(cfg, print_fn=lambda *a, **k: None)
+    m = json.loads(result.report_json.read_text())
+    assert m["faces"] == 4 and m["found"] == 4
+    by = m["emotion_agreement_by_input_margin"]
+    assert [b["min_margin"] for b in by["by_min_margin"]] == [0.05, 0.1, 0.2]
+    assert by["median_margin_agreed"] is not None or by["median_margin_changed"] is not None
+    report = result.report_md.read_text()
+    assert "emotion agreement, aligned input vs reconstruction" in report and "(extra" in report
