@@ -201,9 +201,10 @@ def margin_line(by: dict) -> str:
         return "- (extra) no face changed its emotion label"
     parts = [f"{b['agreement']:.1%} of {b['faces']} with margin >= {b['min_margin']:g}" for b in by["by_min_margin"]
              if b["agreement"] is not None]
+    held = "-" if by["median_margin_agreed"] is None else f"{by['median_margin_agreed']:.3f}"
     return (f"- (extra, not the target) the judge's top-2 probability margin on the input: median "
-            f"{by['median_margin_changed']:.3f} where the label changed, {by['median_margin_agreed'] or 0:.3f} where it "
-            f"held; agreement " + ("; ".join(parts) if parts else "-"))
+            f"{by['median_margin_changed']:.3f} where the label changed, {held} where it held; agreement "
+            + ("; ".join(parts) if parts else "-"))
 
 
 def run_invert_check(cfg: InvertCheckConfig, *, tracker: Tracker | None = None, print_fn=print) -> InvertCheckResult:

@@ -55,6 +55,7 @@ def test_agreement_by_the_judges_margin_on_the_input():
     line = margin_line(by)
     assert "0.015 where the label changed" in line and "100.0% of 2 with margin >= 0.05" in line
     assert margin_line(agreement_by_margin(margins, np.ones(4, bool))) == "- (extra) no face changed its emotion label"
+    assert ", - where it held" in margin_line(agreement_by_margin(margins, np.zeros(4, bool)))
 
 
 def test_the_check_makes_its_own_input():
