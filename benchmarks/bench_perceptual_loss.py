@@ -37,7 +37,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from benchmarks.timing import timed  # noqa: E402
-from models.losses import perceptual_loss  # noqa: E402
+from models.losses import memory_order, perceptual_loss  # noqa: E402
 
 
 def float32_copy_loss(feats_orig, feats_edit):
@@ -53,7 +53,7 @@ def four_d_loss(feats_orig, feats_edit):
         dtype = torch.promote_types(a.dtype, b.dtype)
         a = a.to(dtype)
         if a.stride() != b.stride():
-            nhwc = b.dim() == 4 and b.is_contiguous(memory_format=torch.channels_last) and not b.is_contiguous()
+            nhwc = memory_order(b) == (0, 2, 3, 1)
             a = a.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
         diff = b.to(dtype) - a
         terms.append((diff * diff).sum(dtype=torch.float32) / diff.numel())
@@ -61,8 +61,7 @@ def four_d_loss(feats_orig, feats_edit):
 
 
 def layout(t: torch.Tensor) -> str:
-    kind = ("NCHW" if t.is_contiguous() else "NHWC" if t.dim() == 4 and t.is_contiguous(
-        memory_format=torch.channels_last) else "other")
+    kind = "NCHW" if t.is_contiguous() else "NHWC" if memory_order(t) == (0, 2, 3, 1) else "other"
     return f"{str(t.dtype).replace('torch.', ''):>8} {str(list(t.shape)):>22} {kind:>5} strides {t.stride()}"
 
 

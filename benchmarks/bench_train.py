@@ -153,11 +153,17 @@ def perceptual_mse(kind: str):
     return patched(losses, "perceptual_loss", {"layout": None, "4d": four_d_loss, "float32": float32_copy_loss}[kind])
 
 
+@contextlib.contextmanager
 def batch_overlap(kind: str):
     """Batches drawn as shipped ("on": asynchronous pinned copies, the next batch drawn during the step;
-    time_iterations' loop) or as before ("off": blocking copies, each batch drawn after the previous step)."""
+    time_iterations' loop) or as before ("off": blocking copies, each batch drawn after the previous step).
+    Both users of pipeline.core.sampling.to_device are patched: sample_batch (z, edit uniforms) and
+    sample_noise (random noise maps)."""
+    import pipeline.core.sampling as sampling_module
     import pipeline.stages.train.step as step_module
-    return patched(step_module, "to_device", None if kind == "on" else lambda t, device: t.to(device))
+    blocking = None if kind == "on" else (lambda t, device: t.to(device))
+    with patched(step_module, "to_device", blocking), patched(sampling_module, "to_device", blocking):
+        yield
 
 
 def make_config(precision: str, batch: int, device: torch.device, attributes: tuple[str, ...],
