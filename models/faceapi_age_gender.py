@@ -102,7 +102,17 @@ class Conv2dSame(nn.Conv2d):
                          groups=groups, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(pad_same(x, self.kernel_size[0], self.stride[0]))
+        return self.conv_same(x, self.weight, self.bias)
+
+    def conv_same(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """This layer's 'same' convolution with the given weight [out, in / groups, k, k] and bias [out]."""
+        k, s = self.kernel_size[0], self.stride[0]
+        top, bottom = same_padding(x.shape[-2], k, s)
+        left, right = same_padding(x.shape[-1], k, s)
+        if top == bottom and left == right:
+            # symmetric (odd kernel, stride 1): the convolution pads itself, without a padded copy of x
+            return F.conv2d(x, weight, bias, s, (top, left), self.dilation, self.groups)
+        return F.conv2d(F.pad(x, (left, right, top, bottom)), weight, bias, s, 0, self.dilation, self.groups)
 
 
 def max_pool_same(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:

@@ -38,8 +38,10 @@ BLOCKS: tuple[tuple[int, int], ...] = (
 )
 
 
-def relu6(x: torch.Tensor) -> torch.Tensor:
-    return x.clamp(0.0, 6.0)
+def relu6_(x: torch.Tensor) -> torch.Tensor:
+    """ReLU6 in place: only ever applied to a convolution's fresh output, which no backward needs
+    (a convolution's backward reads its input and weight), so no copy of a large map is made."""
+    return x.clamp_(0.0, 6.0)
 
 
 class DepthwiseSeparable(nn.Module):
@@ -53,8 +55,11 @@ class DepthwiseSeparable(nn.Module):
         self.pointwise = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.depthwise(x) * self.dw_scale.view(1, -1, 1, 1) + self.dw_offset.view(1, -1, 1, 1)
-        return relu6(self.pointwise(relu6(x)))
+        # depthwise(x) * scale + offset == a depthwise conv with its kernels scaled and offset as bias:
+        # one pass over the map instead of three
+        weight = self.depthwise.weight * self.dw_scale.view(-1, 1, 1, 1)
+        x = relu6_(self.depthwise.conv_same(x, weight, self.dw_offset))
+        return relu6_(self.pointwise(x))
 
 
 class FaceResNet(nn.Module):
@@ -72,7 +77,7 @@ class FaceResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if x.dim() != 4 or tuple(x.shape[1:]) != (3, FACERES_INPUT_SIZE, FACERES_INPUT_SIZE):
             raise ValueError(f"FaceResNet takes x [B, 3, 224, 224] RGB in 0..255, got {list(x.shape)}")
-        features = self.blocks(relu6(self.stem(x)))  # [B, 1024, 7, 7]
+        features = self.blocks(relu6_(self.stem(x)))  # [B, 1024, 7, 7]
         descriptor = features.mean(dim=(2, 3))
         hidden = F.relu(self.feats(descriptor))
         gender = torch.sigmoid(self.gender(hidden))[:, 0]

@@ -146,9 +146,8 @@ class Scorers:
         self.landmarks = bundle.landmarks.to(device).eval()
         self.regressor = bundle.regressor.to(device).eval()
         self.judges = {name: bundle.judges[name].to(device).eval() for name in job.cfg.judges}
-        if device.type == "cuda":
-            channels_last_convs(job.cfg.model.fast_path, self.emotion, self.landmarks, self.regressor,
-                                *self.judges.values())
+        channels_last_convs(job.cfg.model.fast_path, self.emotion, self.landmarks, self.regressor,
+                            *self.judges.values())     # (a factory other than build_bundle may skip it)
         self.keys = ("emotion", "landmarks", "attributes", *(f"judge_{k}" for k in self.judges))
         del bundle
         self.measure = graphed(self._measure, device, job.cfg.resources.cuda_graph)

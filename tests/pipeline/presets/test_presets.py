@@ -172,3 +172,28 @@ def test_starter_declares_its_held_out_judges(starter):
         images = sample_faces(starter, 2, seed=0)
         assert starter.landmark_judges["mediapipe-facemesh"](images).shape == (2, 468, 2)
         assert starter.attribute_judges["hse-faceres"](images).shape == (2, 2)
+
+
+def conv_weights(net: torch.nn.Module) -> list[torch.Tensor]:
+    return [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def test_measuring_networks_get_nhwc_conv_weights_on_every_device_unless_fast_path_is_off(starter_cache):
+    """build_bundle stores the judges' conv weights NHWC (oneDNN and cuDNN both run them faster,
+    benchmarks/bench_cpu_judges.py); fast_path "off" keeps the reference layout; same outputs."""
+    nhwc = build_bundle(ModelConfig(preset="starter", cache_dir=str(starter_cache.parent)), "cpu")
+    ref = build_bundle(ModelConfig(preset="starter", cache_dir=str(starter_cache.parent), fast_path="off"), "cpu")
+    nets = nhwc.measuring_networks()
+    assert len(nets) == len({id(n) for n in nets}) >= 7                 # every judge once
+    assert nhwc.attribute_judges["hse-faceres"] in nets and nhwc.generator not in nets
+    for net in nets:
+        assert all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_weights(net)), type(net).__name__
+    # a [C, 1, k, k] or 1x1 weight is both layouts at once; the full 3x3 convolutions show the change
+    assert sum(not w.is_contiguous() for net in nets for w in conv_weights(net)) >= 10
+    assert all(w.is_contiguous() for net in ref.measuring_networks() for w in conv_weights(net))
+    image = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        for a, b in zip(nets, ref.measuring_networks()):
+            out_a, out_b = a(image), b(image)
+            out_a, out_b = (out_a, out_b) if torch.is_tensor(out_a) else (out_a[0], out_b[0])
+            torch.testing.assert_close(out_a, out_b, rtol=1e-4, atol=1e-4, msg=type(a).__name__)
