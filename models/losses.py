@@ -72,6 +72,18 @@ def perceptual_loss(feats_orig: Sequence[torch.Tensor], feats_edit: Sequence[tor
     return torch.stack(terms).mean()
 
 
+def mean_square_per_sample(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean of (b - a)^2 over all but dim 0: a, b [B, ...] -> [B] in their common dtype
+    (squares summed with float32 accumulation). Compared as [B, N] views in b's memory order, like
+    perceptual_loss and for the same reason: `.flatten(1)` of an NHWC map is a copy, and the 4-D
+    broadcasts of its backward run in PyTorch's slow strided kernel."""
+    assert a.shape == b.shape and a.dim() >= 2, f"need two equal [B, ...] tensors, got {list(a.shape)}, {list(b.shape)}"
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    order = memory_order(b)
+    diff = flat_in_memory_order(b.to(dtype), order, rows=b.shape[0]) - flat_in_memory_order(a.to(dtype), order, rows=a.shape[0])
+    return ((diff * diff).sum(dim=1, dtype=torch.float32) / diff.shape[1]).to(dtype)
+
+
 def memory_order(t: torch.Tensor) -> tuple[int, ...]:
     """The dimension order in which t's elements lie in memory: (0, 2, 3, 1) for an NHWC map, else
     the logical order."""
@@ -79,9 +91,10 @@ def memory_order(t: torch.Tensor) -> tuple[int, ...]:
     return (0, 2, 3, 1) if nhwc else tuple(range(t.dim()))
 
 
-def flat_in_memory_order(t: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
-    """t's elements as a 1-D tensor in `order` (a view when t is laid out that way, else a copy)."""
-    return t.permute(order).reshape(-1)
+def flat_in_memory_order(t: torch.Tensor, order: tuple[int, ...], rows: int | None = None) -> torch.Tensor:
+    """t's elements in `order` as a 1-D tensor, or as [rows, N] (a view when t is laid out that way,
+    else a copy)."""
+    return t.permute(order).reshape(-1) if rows is None else t.permute(order).reshape(rows, -1)
 
 
 def adversarial_loss(logits_edit: torch.Tensor) -> torch.Tensor:

@@ -147,3 +147,23 @@ def test_regressor_loss_gradient_is_finite_at_exact_0_and_1():
 def test_regressor_loss_is_nan_for_nan_predictions():
     loss = regressor_loss(torch.tensor([[float("nan"), 0.5]]), torch.tensor([[0.5, 0.5]]), torch.zeros(1, 2))
     assert torch.isnan(loss)
+
+
+@pytest.mark.parametrize("layouts", [(NHWC, NHWC), (NHWC, torch.contiguous_format), (torch.contiguous_format, NHWC),
+                                     (torch.contiguous_format, torch.contiguous_format)])
+def test_mean_square_per_sample_equals_the_flattened_mean_in_value_and_gradient(layouts):
+    from models.losses import mean_square_per_sample
+    g = torch.Generator().manual_seed(3)
+    a0, b0 = torch.randn(3, 5, 4, 6, generator=g), torch.randn(3, 5, 4, 6, generator=g)
+    a = a0.clone().contiguous(memory_format=layouts[0]).requires_grad_(True)
+    b = b0.clone().contiguous(memory_format=layouts[1]).requires_grad_(True)
+    out = mean_square_per_sample(a, b)
+    a_ref, b_ref = a0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
+    ref = (b_ref - a_ref).square().flatten(1).mean(1)
+    torch.testing.assert_close(out, ref)
+    weights = torch.tensor([1.0, -2.0, 0.5])
+    (out * weights).sum().backward()
+    (ref * weights).sum().backward()
+    torch.testing.assert_close(a.grad, a_ref.grad)
+    torch.testing.assert_close(b.grad, b_ref.grad)
+    assert out.shape == (3,) and out.dtype == torch.float32

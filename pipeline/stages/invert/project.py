@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.losses import mean_square_per_sample
 from pipeline.core.config import ConfigError
 from pipeline.core.seeding import Stream, derive_seed
 from pipeline.presets import ModelBundle
@@ -248,7 +249,7 @@ class Projector:
         diff = image.to(self.dtype) - tgt["image"].to(self.dtype)
         pixel = diff.abs() if self.cfg.losses.pixel_kind == "l1" else diff.square()
         out = {"pixel": pixel.mean(dim=(1, 2, 3)),
-               "perceptual": torch.stack([(a - b).square().flatten(1).mean(1)
+               "perceptual": torch.stack([mean_square_per_sample(b, a)
                                           for a, b in zip(mine["features"], tgt["features"])]).mean(0),
                "landmark": (mine["points"] - tgt["points"]).abs().mean(dim=(1, 2))}
         if "identity" in mine:

@@ -186,14 +186,21 @@ def test_measuring_networks_get_nhwc_conv_weights_on_every_device_unless_fast_pa
     nets = nhwc.measuring_networks()
     assert len(nets) == len({id(n) for n in nets}) >= 7                 # every judge once
     assert nhwc.attribute_judges["hse-faceres"] in nets and nhwc.generator not in nets
+    assert not any(p.requires_grad for net in nets for p in net.parameters())   # frozen judges
     for net in nets:
         assert all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_weights(net)), type(net).__name__
     # a [C, 1, k, k] or 1x1 weight is both layouts at once; the full 3x3 convolutions show the change
     assert sum(not w.is_contiguous() for net in nets for w in conv_weights(net)) >= 10
     assert all(w.is_contiguous() for net in ref.measuring_networks() for w in conv_weights(net))
     image = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    with torch.no_grad():
-        for a, b in zip(nets, ref.measuring_networks()):
-            out_a, out_b = a(image), b(image)
-            out_a, out_b = (out_a, out_b) if torch.is_tensor(out_a) else (out_a[0], out_b[0])
-            torch.testing.assert_close(out_a, out_b, rtol=1e-4, atol=1e-4, msg=type(a).__name__)
+    for a, b in zip(nets, ref.measuring_networks()):      # outputs, and gradients to the image (T's path)
+        x_a, x_b = image.clone().requires_grad_(True), image.clone().requires_grad_(True)
+        out_a, out_b = a(x_a), b(x_b)
+        out_a, out_b = (out_a, out_b) if torch.is_tensor(out_a) else (out_a[0], out_b[0])
+        torch.testing.assert_close(out_a, out_b, rtol=1e-4, atol=1e-4, msg=type(a).__name__)
+        weights = torch.randn(out_a.shape, generator=torch.Generator().manual_seed(1))
+        (out_a * weights).sum().backward()
+        (out_b * weights).sum().backward()
+        # relative to the gradient's norm: float rounding can flip a max-pool's winner, which moves a
+        # few elements' gradient (the face-api descriptor: 4e-3 of its norm)
+        assert (x_a.grad - x_b.grad).norm() <= 1e-2 * x_b.grad.norm(), type(a).__name__
