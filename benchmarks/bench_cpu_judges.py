@@ -73,7 +73,7 @@ def train_config(fast_path: str, steps: int, batch: int, work_dir: str):
                                    "checkpoint_every": 10 ** 6}, "bench")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=32, help="faces per judge call (evaluate's batch_size)")
     ap.add_argument("--train-batch", type=int, default=8, help="T-step batch (the demo recipe's)")
@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=2, help="timed judge calls per round")
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -106,7 +106,6 @@ def main() -> None:
 
     judge_ms = {m: {r: [] for r in rows} for m in LAYOUTS}
     step_s = {m: [] for m in LAYOUTS}
-    bundles_for_steps = {m: build_bundle(ModelConfig(preset="starter", fast_path=m), "cpu") for m in LAYOUTS}
     for rnd in range(args.rounds):
         for m in LAYOUTS:
             with torch.no_grad():
@@ -114,7 +113,7 @@ def main() -> None:
                     net = nets[m][r]
                     judge_ms[m][r].append(1e3 * time_call(lambda: net(image), args.repeats))
             if args.steps:
-                step_s[m].append(time_t_steps(m, bundles_for_steps[m], args, train_step))
+                step_s[m].append(time_t_steps(m, bundles[m], args, train_step))
         print(f"round {rnd + 1}/{args.rounds} done", flush=True)
 
     print(f"\nCPU ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
@@ -130,6 +129,7 @@ def main() -> None:
         cells = " ".join(f"{1e3 * med[m]:10.1f} ms ({1e3 * min(step_s[m]):7.1f})".rjust(24) for m in LAYOUTS)
         print(f"{'T step (demo recipe, all four losses)':40s} {args.train_batch:5d} {cells}  "
               f"{med['off'] / med['compiled']:5.2f}x")
+    return 0
 
 
 def time_t_steps(fast_path: str, bundle, args, train_step) -> float:
@@ -150,4 +150,4 @@ def time_t_steps(fast_path: str, bundle, args, train_step) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
