@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.threads} threads, starter preset; median of {args.rounds} interleaved rounds (min)")
     print(f"{'network':40s} {'batch':>5s} " + " ".join(f"{LABEL[m]:>24s}" for m in LAYOUTS) + "  speed-up")
     total = {m: [sum(judge_ms[m][r][i] for r in rows) for i in range(args.rounds)] for m in LAYOUTS}
-    for r, series in [*((r, {m: judge_ms[m][r] for m in LAYOUTS}) for r in rows), ("all judges (one evaluate edit)", total)]:
+    series_by_row = [*((r, {m: judge_ms[m][r] for m in LAYOUTS}) for r in rows), ("all judges (one evaluate edit)", total)]
+    for r, series in series_by_row:
         med = {m: statistics.median(series[m]) for m in LAYOUTS}
         cells = " ".join(f"{med[m]:10.1f} ms ({min(series[m]):7.1f})".rjust(24) for m in LAYOUTS)
         print(f"{r:40s} {args.batch:5d} {cells}  {med['off'] / med['compiled']:5.2f}x")

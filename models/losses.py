@@ -80,7 +80,8 @@ def mean_square_per_sample(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     assert a.shape == b.shape and a.dim() >= 2, f"need two equal [B, ...] tensors, got {list(a.shape)}, {list(b.shape)}"
     dtype = torch.promote_types(a.dtype, b.dtype)
     order = memory_order(b)
-    diff = flat_in_memory_order(b.to(dtype), order, rows=b.shape[0]) - flat_in_memory_order(a.to(dtype), order, rows=a.shape[0])
+    rows = b.shape[0]
+    diff = flat_in_memory_order(b.to(dtype), order, rows) - flat_in_memory_order(a.to(dtype), order, rows)
     return ((diff * diff).sum(dim=1, dtype=torch.float32) / diff.shape[1]).to(dtype)
 
 

@@ -300,8 +300,8 @@ def channels_last_convs(mode: str, *networks: nn.Module | None) -> None:
     measuring networks NHWC: cuDNN then runs their convolutions in its tensor-core layout and keeps
     the activations NHWC, instead of transposing around each convolution. On the CPU oneDNN gains
     the same way (the starter's judges at batch 32 on 2 cores: up to 2x, 1.5x all together;
-    benchmarks/results_cpu_judges_cpu.txt). Same function (float rounding aside); only nn.Conv2d weights change layout, as nothing else
-    in those networks views them."""
+    benchmarks/results_cpu_judges_cpu.txt). Same function (float rounding aside); only nn.Conv2d
+    weights change layout, as nothing else in those networks views them."""
     if mode == "off":
         return
     for net in networks:
