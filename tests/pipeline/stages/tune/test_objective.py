@@ -143,7 +143,8 @@ def test_components_equal_the_metrics_computed_by_hand(starter, held_out):
     assert parts.emotion_tv_pp == pytest.approx(float(np.mean(tv)), rel=1e-5)
     assert parts.landmark_drift == pytest.approx(float(np.mean(lm)), rel=1e-5)
     # strength = mean R(x' | must-exist) - mean R(x' | non-exist), extremes in (low, high) order
-    assert parts.strength_by_attribute["Young"] == pytest.approx(float(young[1].mean() - young[0].mean()), abs=1e-6)
+    # abs 1e-5: float32 rounding (the objective and this check batch the judges differently; oneDNN NHWC)
+    assert parts.strength_by_attribute["Young"] == pytest.approx(float(young[1].mean() - young[0].mean()), abs=1e-5)
     assert parts.strength == parts.strength_by_attribute["Young"]
     assert parts.emotion_abs_pp["happy"] == pytest.approx(float(np.mean(absd, axis=(0, 1))[3]), rel=1e-5)
     assert parts.emotion_tv_pp > 0.01   # the random T really edits (the comparison is not 0 == 0)
