@@ -329,10 +329,11 @@ def build_bundle(cfg: ModelConfig, device: torch.device | str = "cpu") -> ModelB
         bundle.default_attributes = preset.default_attributes
     apply_fast_path(cfg.fast_path, bundle.generator, bundle.discriminator)
     bundle = bundle.to(torch.device(device))
-    for net in bundle.measuring_networks():
+    judges = bundle.measuring_networks()
+    for net in judges:
         # pretrained judges: losses differentiate w.r.t. the image only. Also what keeps NHWC safe on
         # the CPU: torch 2.14.1's oneDNN corrupts the heap computing a *weight* gradient of a 1x1
         # stride-2 conv on an NHWC map (mini-Xception's first shortcut: [3, 8, 60, 60] -> abort).
         net.requires_grad_(False)
-    channels_last_convs(cfg.fast_path, *bundle.measuring_networks())
+    channels_last_convs(cfg.fast_path, *judges)
     return bundle
