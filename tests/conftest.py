@@ -29,6 +29,17 @@ import torch  # noqa: E402
 # Two cores are shared by pytest, Ray workers and helper processes: one intra-op thread avoids the
 # oversubscription that made tiny CPU models ~30x slower under contention.
 torch.set_num_threads(1)
+SUITE_THREADS = 1
+
+
+@pytest.fixture(autouse=True)
+def suite_thread_count():
+    """Every test starts with the suite's thread count. Some tests call benchmark `main()`s in process, and
+    those set their own (`--threads`); left behind, a 2-thread in-process run no longer matches a 1-CPU Ray
+    worker bit for bit (CI failure of the GAN stage's Ray-vs-in-process test, 2026-12-03)."""
+    torch.set_num_threads(SUITE_THREADS)
+    yield
+    torch.set_num_threads(SUITE_THREADS)
 
 
 FIXTURES = REPO / "tests" / "fixtures"

@@ -61,6 +61,8 @@ def checkpoint_weights(run_dir):
 
 @pytest.mark.slow
 def test_ray_train_one_worker_equals_in_process_and_two_workers_run(tmp_path, ray_local):
+    # bit-identity needs the same intra-op thread count: the worker uses cpus_per_worker (1) threads
+    assert torch.get_num_threads() == 1, "in-process run must use the 1-CPU worker's thread count"
     local = run_gan(tiny_config(tmp_path, "run_name=local", "total_kimg=0.016"), **QUIET)
     one = run_gan(tiny_config(tmp_path, "run_name=ray1", "total_kimg=0.016", "scaling.num_workers=1"), **QUIET)
     a, b = checkpoint_weights(local.run_dir), checkpoint_weights(one.run_dir)
