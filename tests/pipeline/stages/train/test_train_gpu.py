@@ -97,6 +97,14 @@ GRAPH_STEPS = GraphedTrainStep.WARMUP + 2
 # steps (T_k - T_0, each element moves about lr per Adam step) within UPDATE_RTOL of its norm.
 LOSS_RTOL = {"fp32": 1e-4, "bf16": 2e-2}
 UPDATE_RTOL = {"fp32": 1e-3, "bf16": 5e-2}
+# Except the landmark term in bf16. It is mean |H(x) - H(x')| over coordinates in [0, 1] that the landmark
+# net returns in bf16 under autocast, whose ulp is 2^-9 = 2.0e-3 on [0.5, 1) and 2^-10 on [0.25, 0.5): the term (~1e-3
+# for a T at init) is itself about one ulp, so a relative tolerance on it counts ulp flips. Seen on an
+# H200 (starter, step 5, 2026-12-03): 0.0011668 graphed vs 0.0011157 eager, 4.6% relative, i.e. ~1 ulp on
+# ~2.6% of the coordinates. Bound instead: one ulp on up to 10% of them. A capture fault (a stale input
+# buffer: other faces) moves landmarks by face-to-face distances, O(1e-2) in this term, and the T update
+# bound below is still checked.
+LOSS_ATOL = {("bf16", "landmark"): 0.1 * 2.0 ** -9}
 
 
 @pytest.fixture
@@ -171,17 +179,21 @@ def test_every_preset_trains_the_same_eager_and_graphed(preset_bundles, preset, 
     t0_e, t_e, losses_e = train_steps(bundle, preset, False, precision)
     t0_g, t_g, losses_g = train_steps(bundle, preset, True, precision)
     assert torch.equal(t0_e, t0_g)  # same seeded init
-    worst = 0.0
+    worst, worst_abs = 0.0, 0.0
     for k, (le, lg) in enumerate(zip(losses_e, losses_g), start=1):
         for term in le:
+            atol = LOSS_ATOL.get((precision, term))
             rel = abs(lg[term] - le[term]) / max(abs(le[term]), 1e-12)
-            worst = max(worst, rel if abs(le[term]) > 1e-12 else 0.0)
-            assert lg[term] == pytest.approx(le[term], rel=LOSS_RTOL[precision], abs=1e-8), \
+            worst = max(worst, rel if abs(le[term]) > 1e-12 and atol is None else 0.0)
+            worst_abs = max(worst_abs, abs(lg[term] - le[term]) if atol is not None else 0.0)
+            tolerance = dict(rel=0.0, abs=atol) if atol is not None else dict(rel=LOSS_RTOL[precision], abs=1e-8)
+            assert lg[term] == pytest.approx(le[term], **tolerance), \
                 f"{preset} {precision} step {k} ({'graphed' if k > GraphedTrainStep.WARMUP else 'warm-up'}) {term}"
     update_e, update_g = t_e - t0_e, t_g - t0_g
     update_rel = float((update_g - update_e).norm() / update_e.norm())
     print(f"\n[{preset} {precision}] {GRAPH_STEPS} steps: max loss rel. diff {worst:.3g} "
-          f"(tol {LOSS_RTOL[precision]:g}); T update rel. diff {update_rel:.3g} (tol {UPDATE_RTOL[precision]:g})")
+          f"(tol {LOSS_RTOL[precision]:g}; abs-bounded terms {worst_abs:.3g}); "
+          f"T update rel. diff {update_rel:.3g} (tol {UPDATE_RTOL[precision]:g})")
     assert update_e.norm() > 0
     assert update_rel <= UPDATE_RTOL[precision], f"{preset} {precision}: T update differs by {update_rel:.3g}"
 
