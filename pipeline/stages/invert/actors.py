@@ -35,9 +35,10 @@ def read_chunks(batch: dict, source, chunks: np.ndarray) -> dict:
 class InvertStage:
     """Inverting actor: chunk (rows, image bytes) -> one output row per input row."""
 
-    def __init__(self, job: InvertJob):
+    def __init__(self, job: InvertJob, counter=None):
         from pipeline.presets.faces import build_face_detector, build_heldout_identity
         self.job, cfg = job, job.cfg
+        self.counter = counter          # a progress.RowCounter handle (or None): told of every finished chunk
         self.device = setup_torch(job.device, cfg.precision, cfg.resources.torch_threads)
         bundle = job.bundle_factory("cpu").to(self.device)
         # the loss networks on the fast path too (NHWC; compiled on CUDA, see ModelConfig.compile_measuring)
@@ -118,7 +119,11 @@ class InvertStage:
         return out
 
     def __call__(self, batch: dict) -> dict:
-        parts = [self.rows(c) for c in split_chunks(batch)]
+        parts = []
+        for chunk in split_chunks(batch):
+            parts.append(self.rows(chunk))
+            if self.counter is not None:
+                self.counter.add.remote(len(chunk["rows"]))       # fire and forget: progress only
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 

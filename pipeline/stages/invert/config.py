@@ -226,7 +226,9 @@ class InvertConfig:
     batch_faces: faces optimised together (one chunk; each face has its own latent). 0 = auto
       (`chunk_faces`): 16 on the CPU; on CUDA by the generator's resolution, 256 up to 64 px, 64 up to
       256 px, 16 above (faces/s per GPU grows with the batch: benchmarks/bench_invert.py).
-    shard_rows: input rows per parquet file.
+    shard_rows: input rows per parquet file (the unit of output and of resume).
+    progress_every_s: seconds between progress lines while a shard is being worked on (rows of finished
+      chunks; a CPU shard of 1,024 rows takes hours); 0 = shard lines only.
     seed: seeds the per-face noise of the projection (derive_seed(seed, INVERT, row)).
     output_dir: "" = <work_dir>/<name>.
     """
@@ -240,6 +242,7 @@ class InvertConfig:
     seed: int = 0
     batch_faces: int = 0
     shard_rows: int = 1024
+    progress_every_s: float = 30.0
     resources: InvertResources = field(default_factory=InvertResources)
     device: str = "auto"
     precision: Precision = "fp32"
@@ -252,6 +255,8 @@ class InvertConfig:
     def __post_init__(self):
         require(self.batch_faces >= 0, "batch_faces", self.batch_faces, "must be >= 1 (or 0 = auto)")
         require(self.shard_rows >= 1, "shard_rows", self.shard_rows, "must be >= 1")
+        require(math.isfinite(self.progress_every_s) and self.progress_every_s >= 0, "progress_every_s",
+                self.progress_every_s, "must be a finite number of seconds >= 0 (0 = shard lines only)")
         require(0 <= self.png_compress_level <= 9, "png_compress_level", self.png_compress_level, "must be in 0..9")
         require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", self.device,
                 "must be auto, cpu or cuda")
@@ -282,7 +287,8 @@ def chunk_faces(cfg: InvertConfig, resolution: int, cuda_visible: bool) -> int:
 
 
 # Fields that do not change a single output byte.
-NON_OUTPUT_FIELDS = ("resources", "output_dir", "work_dir", "run_name", "verify_existing", "tracking")
+NON_OUTPUT_FIELDS = ("resources", "output_dir", "work_dir", "run_name", "verify_existing", "tracking",
+                     "progress_every_s")
 
 
 def job_config(cfg: InvertConfig) -> dict:

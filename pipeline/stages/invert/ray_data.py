@@ -3,7 +3,8 @@
     range(chunks) -> read tasks (the chunk's image bytes; CPU)
       -> inverting actors (decode, detect, align, project, measure, PNG; GPU when there is one)
       -> one shard-writer actor (labels read from the input, parquet written atomically)
-The driver sees one small row per written shard (progress with ETA).
+The driver sees one small row per written shard (progress with ETA) and, between shard lines, a
+heartbeat of the rows the actors have finished (pipeline/infra/progress.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.core.config import ConfigError
 from pipeline.core.signals import raise_if_interrupted
+from pipeline.infra.progress import Heartbeat, RowCounter, format_eta, ray_counter_reader
 from pipeline.infra.ray_session import quiet_ray_data
 from pipeline.stages.invert.actors import InvertStage, read_chunks
 from pipeline.stages.invert.config import InvertConfig
@@ -46,7 +48,7 @@ def resolve_invert_device(cfg: InvertConfig) -> str:
     return device
 
 
-def build_dataset(job: InvertJob, todo: list[int]):
+def build_dataset(job: InvertJob, todo: list[int], counter=None):
     res = job.cfg.resources
     chunks = job.plan.chunks(todo)
     actor = {"num_cpus": res.cpus_per_actor}
@@ -54,7 +56,7 @@ def build_dataset(job: InvertJob, todo: list[int]):
     ds = ray.data.from_numpy([part for part in np.array_split(np.arange(len(chunks)), n_blocks) if len(part)])
     ds = ds.map_batches(read_chunks, batch_size=1, num_cpus=res.cpus_per_actor,
                         fn_kwargs={"source": job.source, "chunks": chunks})
-    ds = ds.map_batches(InvertStage, fn_constructor_args=(job,), batch_size=1,
+    ds = ds.map_batches(InvertStage, fn_constructor_args=(job, counter), batch_size=1,
                         compute=ActorPoolStrategy(size=res.actors),
                         num_gpus=res.gpus_per_actor if job.device == "cuda" else 0, **actor)
     placement = {}
@@ -65,28 +67,39 @@ def build_dataset(job: InvertJob, todo: list[int]):
                           compute=ActorPoolStrategy(size=1), **actor, **placement)
 
 
-def eta(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    h, rest = divmod(seconds, 3600)
-    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
-
-
 def write_missing_shards(job: InvertJob, records: dict[int, dict], todo: list[int], t0: float,
                          print_fn) -> tuple[int, list[tuple[float, int]]]:
-    """Run the Ray Data pipeline; one progress line per written shard."""
+    """Run the Ray Data pipeline; one progress line per written shard, and a heartbeat line every
+    `progress_every_s` seconds in between."""
     quiet_ray_data()
     rows_todo = sum(job.plan.shard_rows(i) for i in todo)
     rows_written, progress, counts = 0, [], {"ok": 0, "no_face": 0, "unreadable": 0}
-    for n, rec in enumerate(build_dataset(job, todo).iter_rows(), start=1):
-        raise_if_interrupted()          # a SIGTERM whose KeyboardInterrupt was lost in a callback
-        shard = int(rec["shard"])
-        records[shard] = json.loads(rec["record"])
-        rows_written += int(rec["rows"])
-        counts = {k: counts[k] + records[shard].get(k, 0) for k in counts}
-        elapsed = time.perf_counter() - t0
-        progress.append((elapsed, rows_written))
-        rate = rows_written / max(elapsed, 1e-9)
-        print_fn(f"[invert] shard {shard} written: {n}/{len(todo)} shards, {rows_written}/{rows_todo} rows "
-                 f"(ok {counts['ok']}, no_face {counts['no_face']}, unreadable {counts['unreadable']}), "
-                 f"{rate:.2f} faces/s, ETA {eta((rows_todo - rows_written) / max(rate, 1e-9))}", flush=True)
+    counter = RowCounter.remote() if job.cfg.progress_every_s > 0 else None
+    try:
+        with Heartbeat(ray_counter_reader(counter) if counter else None, "[invert] inverting", rows_todo,
+                       job.cfg.progress_every_s, print_fn, t0=t0):
+            for n, rec in enumerate(build_dataset(job, todo, counter).iter_rows(), start=1):
+                rows_written = shard_written(job, records, rec, n, len(todo), rows_written, rows_todo, counts,
+                                             progress, t0, print_fn)
+    finally:
+        if counter is not None:
+            ray.kill(counter)
     return rows_written, progress
+
+
+def shard_written(job: InvertJob, records: dict[int, dict], rec: dict, n: int, n_todo: int, rows_written: int,
+                  rows_todo: int, counts: dict, progress: list, t0: float, print_fn) -> int:
+    """Record one written shard (counts and progress updated in place); returns the rows written so far."""
+    raise_if_interrupted()          # a SIGTERM whose KeyboardInterrupt was lost in a callback
+    shard = int(rec["shard"])
+    records[shard] = json.loads(rec["record"])
+    rows_written += int(rec["rows"])
+    for k in counts:
+        counts[k] += records[shard].get(k, 0)
+    elapsed = time.perf_counter() - t0
+    progress.append((elapsed, rows_written))
+    rate = rows_written / max(elapsed, 1e-9)
+    print_fn(f"[invert] shard {shard} written: {n}/{n_todo} shards, {rows_written}/{rows_todo} rows "
+             f"(ok {counts['ok']}, no_face {counts['no_face']}, unreadable {counts['unreadable']}), "
+             f"{rate:.2f} faces/s, ETA {format_eta((rows_todo - rows_written) / max(rate, 1e-9))}", flush=True)
+    return rows_written

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,7 @@ def invert_config(input_path: Path, out: Path, tracking: TrackingConfig, starter
 @pytest.fixture(scope="module")
 def inverted(ray_local, tmp_path_factory, input_parquet, tracking, starter_cache):
     out = tmp_path_factory.mktemp("inverted") / "out"
-    cfg = invert_config(input_parquet, out, tracking, starter_cache)
+    cfg = invert_config(input_parquet, out, tracking, starter_cache, progress_every_s=0.01)
     lines: list[str] = []
     result = run_invert(cfg, print_fn=lambda *a, **k: lines.append(" ".join(map(str, a))))
     return {"cfg": cfg, "result": result, "out": out, "lines": lines}
@@ -139,6 +140,13 @@ def test_every_row_gets_a_status_and_the_run_continues(inverted):
     crop = Image.open(io.BytesIO(rows[0]["aligned_image"]["bytes"]))
     assert crop.size == (32, 32) and crop.mode == "RGB"
     assert any("ETA" in line for line in inverted["lines"])
+    # between shard lines, the heartbeat: rows of the chunks the actors finished (counted once each)
+    beats = [tuple(map(int, m.groups())) for line in inverted["lines"]
+             if (m := re.match(r"\[invert\] inverting: (\d+)/(\d+) rows in finished chunks", line))]
+    assert beats, inverted["lines"]
+    assert all(total == inverted["result"].rows_written for _, total in beats)
+    done = [d for d, _ in beats]
+    assert done == sorted(set(done)) and 0 < done[-1] <= inverted["result"].rows_written
 
 
 def test_labels_survive_byte_for_byte(inverted, input_parquet):
