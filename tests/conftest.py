@@ -28,8 +28,8 @@ import torch  # noqa: E402
 
 # Two cores are shared by pytest, Ray workers and helper processes: one intra-op thread avoids the
 # oversubscription that made tiny CPU models ~30x slower under contention.
-torch.set_num_threads(1)
 SUITE_THREADS = 1
+torch.set_num_threads(SUITE_THREADS)
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,8 @@ sat silent for 43 min on its one 200-row shard. Chunks (batch_faces rows) finish
 
     counter = RowCounter.remote()                 # pass the handle to the actors
     counter.add.remote(len(rows))                 # in an actor, after a chunk (fire and forget)
-    with Heartbeat(counter, "[invert] projecting", total=rows_todo, every_s=30, print_fn=print):
+    with Heartbeat(ray_counter_reader(counter), "[invert] inverting", total=rows_todo, every_s=30,
+                   print_fn=print):
         ... iterate the dataset ...
 """
 
@@ -17,6 +18,8 @@ import threading
 import time
 
 import ray
+
+from pipeline.core.durations import format_duration
 
 
 @ray.remote(num_cpus=0)
@@ -33,15 +36,9 @@ class RowCounter:
         return self.rows
 
 
-def format_eta(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    h, rest = divmod(seconds, 3600)
-    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
-
-
 def progress_line(label: str, done: int, total: int, elapsed: float) -> str:
     rate = done / max(elapsed, 1e-9)
-    eta = f"ETA {format_eta((total - done) / rate)}" if done else "ETA unknown (no chunk finished yet)"
+    eta = f"ETA {format_duration((total - done) / rate)}" if done else "ETA unknown (no chunk finished yet)"
     return f"{label}: {done}/{total} rows in finished chunks, {rate:.2f} rows/s, {eta}"
 
 

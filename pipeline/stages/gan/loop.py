@@ -32,6 +32,7 @@ import torch
 import yaml
 
 from pipeline.core.config import ConfigError, to_dict
+from pipeline.core.durations import format_duration
 from pipeline.core.io import atomic_output, atomic_write_bytes, json_safe
 from pipeline.core.sampling import resolve_device
 from pipeline.core.seeding import Stream
@@ -108,12 +109,6 @@ def command_line(cfg: GanConfig) -> str:
     return cfg.export.command or " ".join(shlex.quote(a) for a in sys.argv)
 
 
-def fmt_duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    h, rem = divmod(seconds, 3600)
-    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
-
-
 class Progress:
     """kimg/s over training time (hooks excluded), ETA to total_kimg, and one readable line."""
 
@@ -130,7 +125,7 @@ class Progress:
         terms = " ".join(f"{k} {metrics[k]:.4g}" for k in ("loss_d", "loss_g", "r1", "pl", "real_score", "fake_score")
                          if k in metrics)
         self.print(f"[gan] kimg {state.kimg:.1f}/{self.cfg.total_kimg:g} step {state.step} | {terms} | "
-                   f"{rate:.2f} kimg/s | eta {fmt_duration(eta)}", flush=True)
+                   f"{rate:.2f} kimg/s | eta {format_duration(eta)}", flush=True)
         return {"kimg_per_s": rate, "eta_s": eta}
 
 
@@ -366,7 +361,7 @@ def final_products(cfg: GanConfig, state: GanState, source: DataSource, quality:
             "data_source": {"config": to_dict(cfg.data), "description": source.description, "report": source.report},
             "training": {"kimg": state.kimg, "steps": state.step, "global_batch": cfg.batch_size * state.world_size,
                          "workers": state.world_size, "train_seconds": record.train_seconds,
-                         "train_time": fmt_duration(record.train_seconds), "gpu": gpu_name(state.device),
+                         "train_time": format_duration(record.train_seconds), "gpu": gpu_name(state.device),
                          "precision": cfg.precision, "invocations": record.invocations,
                          "hyperparameters": {k: getattr(cfg, k) for k in (
                              "batch_size", "lr", "betas", "r1_gamma", "r1_every", "pl_weight", "pl_every",
@@ -544,7 +539,7 @@ def run_training(cfg: GanConfig, ctx: WorkerContext, *, resume: Checkpoint | Non
     sample_grid(state.G_ema, cfg, device, run_dir / "samples" / f"kimg-{state.kimg:010.3f}.png")
     weights, card_path, summary = final_products(cfg, state, source, quality, record, run_dir, tracker, say)
     write_checkpoint(state)                  # with the final FD entry, reported to Ray as the last checkpoint
-    say(f"[gan] done: kimg {state.kimg:.1f}, {state.step} steps, {fmt_duration(record.train_seconds)} of "
+    say(f"[gan] done: kimg {state.kimg:.1f}, {state.step} steps, {format_duration(record.train_seconds)} of "
         f"training in all; outputs in {run_dir}", flush=True)
     return GanResult(run_dir, weights, card_path, state.kimg, state.step, summary, history)
 

@@ -20,7 +20,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.core.config import ConfigError
 from pipeline.core.signals import raise_if_interrupted
-from pipeline.infra.progress import Heartbeat, RowCounter, format_eta, ray_counter_reader
+from pipeline.core.durations import format_duration
+from pipeline.infra.progress import Heartbeat, RowCounter, ray_counter_reader
 from pipeline.infra.ray_session import quiet_ray_data
 from pipeline.stages.invert.actors import InvertStage, read_chunks
 from pipeline.stages.invert.config import InvertConfig
@@ -79,27 +80,19 @@ def write_missing_shards(job: InvertJob, records: dict[int, dict], todo: list[in
         with Heartbeat(ray_counter_reader(counter) if counter else None, "[invert] inverting", rows_todo,
                        job.cfg.progress_every_s, print_fn, t0=t0):
             for n, rec in enumerate(build_dataset(job, todo, counter).iter_rows(), start=1):
-                rows_written = shard_written(job, records, rec, n, len(todo), rows_written, rows_todo, counts,
-                                             progress, t0, print_fn)
+                raise_if_interrupted()          # a SIGTERM whose KeyboardInterrupt was lost in a callback
+                shard = int(rec["shard"])
+                records[shard] = json.loads(rec["record"])
+                rows_written += int(rec["rows"])
+                counts = {k: counts[k] + records[shard].get(k, 0) for k in counts}
+                elapsed = time.perf_counter() - t0
+                progress.append((elapsed, rows_written))
+                rate = rows_written / max(elapsed, 1e-9)
+                left = format_duration((rows_todo - rows_written) / max(rate, 1e-9))
+                print_fn(f"[invert] shard {shard} written: {n}/{len(todo)} shards, {rows_written}/{rows_todo} rows "
+                         f"(ok {counts['ok']}, no_face {counts['no_face']}, unreadable {counts['unreadable']}), "
+                         f"{rate:.2f} faces/s, ETA {left}", flush=True)
     finally:
         if counter is not None:
             ray.kill(counter)
     return rows_written, progress
-
-
-def shard_written(job: InvertJob, records: dict[int, dict], rec: dict, n: int, n_todo: int, rows_written: int,
-                  rows_todo: int, counts: dict, progress: list, t0: float, print_fn) -> int:
-    """Record one written shard (counts and progress updated in place); returns the rows written so far."""
-    raise_if_interrupted()          # a SIGTERM whose KeyboardInterrupt was lost in a callback
-    shard = int(rec["shard"])
-    records[shard] = json.loads(rec["record"])
-    rows_written += int(rec["rows"])
-    for k in counts:
-        counts[k] += records[shard].get(k, 0)
-    elapsed = time.perf_counter() - t0
-    progress.append((elapsed, rows_written))
-    rate = rows_written / max(elapsed, 1e-9)
-    print_fn(f"[invert] shard {shard} written: {n}/{n_todo} shards, {rows_written}/{rows_todo} rows "
-             f"(ok {counts['ok']}, no_face {counts['no_face']}, unreadable {counts['unreadable']}), "
-             f"{rate:.2f} faces/s, ETA {format_eta((rows_todo - rows_written) / max(rate, 1e-9))}", flush=True)
-    return rows_written

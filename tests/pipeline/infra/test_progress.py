@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from pipeline.infra.progress import Heartbeat, RowCounter, format_eta, progress_line, ray_counter_reader
+from pipeline.core.durations import format_duration
+from pipeline.infra.progress import Heartbeat, RowCounter, progress_line, ray_counter_reader
 
 
 class Script:
@@ -53,7 +54,8 @@ def test_zero_interval_starts_no_thread():
 
 
 def test_line_and_eta_format():
-    assert format_eta(59.6) == "1m00s" and format_eta(3 * 3600 + 61) == "3h01m" and format_eta(-5) == "0m00s"
+    assert format_duration(59.6) == "1m00s" and format_duration(3 * 3600 + 61) == "3h01m"
+    assert format_duration(-5) == "0m00s"
     assert progress_line("[invert] inverting", 0, 200, 30.0).endswith("ETA unknown (no chunk finished yet)")
     line = progress_line("[invert] inverting", 50, 200, 100.0)
     assert line == "[invert] inverting: 50/200 rows in finished chunks, 0.50 rows/s, ETA 5m00s"
