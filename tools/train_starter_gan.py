@@ -4,6 +4,8 @@
     python tools/train_starter_gan.py --cache .gancache --out $OUT --minutes 9
     python tools/train_starter_gan.py --cache .gancache --out $OUT --minutes 9 --resume .gancache/ckpt
     python tools/train_starter_gan.py ... --set batch_size=256 --set lr=0.002      (any GanConfig key)
+    python tools/train_starter_gan.py ... --set init_weights=zoo/stylegan2_starter64.safetensors \
+        --set 'arch.channels={4: 128, 8: 128, 16: 64, 32: 32, 64: 16}'    (train the shipped starter on)
 
 What it does, in this process (no Ray, no MLflow: the GPU machine has neither):
   1. checks the starter files it needs under --cache (DCGAN weights, face-api recognition and 68-point

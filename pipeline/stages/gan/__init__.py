@@ -18,6 +18,7 @@ from pipeline.core.paths import check_output_locations
 from pipeline.infra.tracking import Tracker, stage_run
 from pipeline.stages.gan.config import (ArchitectureConfig, DataConfig, ExportConfig, GanConfig, GanResult,
                                         QualityConfig)
+from pipeline.stages.gan.export import check_init_weights
 from pipeline.stages.gan.loop import resolve_resume, train_in_process
 from pipeline.stages.gan.quality import QualityJudges, frechet_distance
 from pipeline.stages.gan.step import build_networks, parameter_count
@@ -35,6 +36,7 @@ def run_gan(cfg: GanConfig, *, tracker: Tracker | None = None, print_fn=print, t
     on_step(state): called after every step (in-process only; tests inject faults with it).
     """
     check_output_locations({"work_dir": cfg.work_dir}, {"scaling.storage_path": cfg.scaling.storage_path})
+    check_init_weights(cfg.init_weights)
     if cfg.scaling.num_workers == 0:
         resolve_resume(cfg)  # a bad run_name/resume fails before an MLflow run is created
         with stage_run(cfg.tracking, tracker, work_dir=cfg.work_dir, run_name=cfg.name, stage="gan",

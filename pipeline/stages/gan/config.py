@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.core.config import require
-from pipeline.core.paths import default_work_dir
+from pipeline.core.paths import PATH, default_work_dir
 from pipeline.infra.tracking import DEFAULT_MODEL_NAME, TrackingConfig
 from pipeline.presets import PRESETS, ModelConfig
 from pipeline.stages.train import ScalingConfig
@@ -199,6 +199,12 @@ class GanConfig:
     channels_last: NHWC memory format on CUDA (faster convolutions with bf16).
     resume: "" (fresh), "auto" (this run's latest checkpoint, if any) or a checkpoint folder (a
       run dir, its checkpoints/ folder, or one step-... folder).
+    init_weights: a gan-stage export (`<name>.safetensors` with its card beside it) to start from
+      instead of random weights: G and G_ema take its G_ema, D its D, w_avg its tracked average;
+      optimisers, counters and histories start fresh, and the card of this run records where the
+      weights came from. Why: an export (like the shipped starter, zoo/) keeps no trainer state, so
+      continuing its training needs this. Used only when no checkpoint is restored (with resume=auto
+      the later invocations of a time-boxed run continue their own checkpoints). "" = random init.
     """
     arch: ArchitectureConfig = field(default_factory=ArchitectureConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -230,6 +236,7 @@ class GanConfig:
     work_dir: str = field(default_factory=default_work_dir)
     run_name: str = ""
     resume: str = ""
+    init_weights: str = field(default="", metadata=PATH)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     tracking: TrackingConfig = field(default_factory=default_gan_tracking)
 

@@ -65,3 +65,34 @@ def export_weights(G_ema: nn.Module, D: nn.Module, path: Path, *, dtype: str = "
     card_path = path.with_suffix(".json")
     atomic_write_bytes(card_path, json.dumps(json_safe(full), indent=1, default=str).encode())
     return path, card_path, full
+
+
+def check_init_weights(path: str) -> None:
+    """Fail before any run starts when `init_weights` names no file (its card is checked when loaded)."""
+    if path and not Path(path).expanduser().is_file():
+        raise ConfigError(f"init_weights: no file at {path}; give a gan-stage export (<name>.safetensors with "
+                          "its card <name>.json beside it), e.g. zoo/stylegan2_starter64.safetensors")
+
+
+def init_from_export(G: nn.Module, G_ema: nn.Module, D: nn.Module, path: str, arch_card: dict) -> dict:
+    """Load an export's G_ema into G and G_ema, its D into D and its w_avg into both generators (strict
+    keys and shapes; the export's architecture must be `arch_card`, this run's). Returns what the new
+    card records about where the weights came from."""
+    from models.load.stylegan2 import load_hfld_gan
+
+    check_init_weights(path)
+    weights, card = load_hfld_gan(Path(path).expanduser())
+    saved = json.loads(json.dumps(card.get("architecture", {})))
+    mine = json.loads(json.dumps(arch_card))
+    differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+    if differ:
+        raise ConfigError(f"init_weights: {path} has another architecture than this run's arch ("
+                          + "; ".join(f"{k}: file {saved.get(k)!r}, arch {mine.get(k)!r}" for k in differ) + ")")
+    with torch.no_grad():
+        for target in (G, G_ema):
+            target.load_state_dict(weights.generator.state_dict(), strict=True)
+            target.w_avg.copy_(weights.generator.w_avg)
+        D.load_state_dict(weights.discriminator.state_dict(), strict=True)
+    training = card.get("training", {})
+    return {"path": str(path), "weights_sha256": card.get("weights_sha256"), "kimg": training.get("kimg"),
+            "fd_face": card.get("fd_face"), "run_name": card.get("run_name")}

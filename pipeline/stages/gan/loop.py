@@ -43,7 +43,7 @@ from pipeline.stages.gan.checkpoint import (Checkpoint, find_checkpoint, read_ch
                                             save_checkpoint)
 from pipeline.stages.gan.config import GanConfig, GanResult
 from pipeline.stages.gan.data import DataSource, open_source
-from pipeline.stages.gan.export import export_weights
+from pipeline.stages.gan.export import export_weights, init_from_export
 from pipeline.stages.gan.step import GanState, parameter_count, setup_gan, train_step
 from pipeline.stages.train import NonFiniteLoss
 
@@ -59,17 +59,21 @@ WEIGHTS_ARTIFACT = "gan_weights"
 
 @dataclass
 class RunRecord:
-    """What survives resumes (stored in each checkpoint's manifest): timing, FD history, invocations."""
+    """What survives resumes (stored in each checkpoint's manifest): timing, FD history, invocations, and
+    the export the run started from (init_weights; None: random init)."""
     train_seconds: float = 0.0              # wall time spent in training steps, all invocations
     fd_history: list[dict] = field(default_factory=list)
     invocations: list[dict] = field(default_factory=list)
+    init_from: dict | None = None
 
     def to_dict(self) -> dict:
-        return {"train_seconds": self.train_seconds, "fd_history": self.fd_history, "invocations": self.invocations}
+        return {"train_seconds": self.train_seconds, "fd_history": self.fd_history, "invocations": self.invocations,
+                "init_from": self.init_from}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunRecord":
-        return cls(float(d.get("train_seconds", 0.0)), list(d.get("fd_history", [])), list(d.get("invocations", [])))
+        return cls(float(d.get("train_seconds", 0.0)), list(d.get("fd_history", [])), list(d.get("invocations", [])),
+                   d.get("init_from"))
 
 
 def resolve_resume(cfg: GanConfig) -> Path | None:
@@ -363,6 +367,7 @@ def final_products(cfg: GanConfig, state: GanState, source: DataSource, quality:
                          "workers": state.world_size, "train_seconds": record.train_seconds,
                          "train_time": format_duration(record.train_seconds), "gpu": gpu_name(state.device),
                          "precision": cfg.precision, "invocations": record.invocations,
+                         "init_from": record.init_from,     # kimg above counts from these weights
                          "hyperparameters": {k: getattr(cfg, k) for k in (
                              "batch_size", "lr", "betas", "r1_gamma", "r1_every", "pl_weight", "pl_every",
                              "style_mixing", "ema_kimg", "ema_rampup", "w_avg_beta", "seed")},
@@ -441,7 +446,12 @@ def run_training(cfg: GanConfig, ctx: WorkerContext, *, resume: Checkpoint | Non
         check_compatible(cfg, resume.manifest, str(resume.folder), say)
         restore_state(state, resume)
         record = RunRecord.from_dict(resume.extra.get("record", {}))
-        say(f"[gan] resumed from {resume.folder} at kimg {state.kimg:.1f} (step {state.step})", flush=True)
+        say(f"[gan] resumed from {resume.folder} at kimg {state.kimg:.1f} (step {state.step})"
+            + (" (init_weights is not used: the checkpoint has the weights)" if cfg.init_weights else ""), flush=True)
+    elif cfg.init_weights:
+        record.init_from = init_from_export(state.G, state.G_ema, state.D, cfg.init_weights, cfg.arch.as_card())
+        say(f"[gan] weights from {cfg.init_weights} (trained {record.init_from['kimg']} kimg, FD_face "
+            f"{record.init_from['fd_face']}); optimisers and counters start fresh", flush=True)
     if on_start is not None:
         on_start(state)
     run_dir = cfg.run_dir

@@ -89,3 +89,66 @@ def test_default_architecture_fits_the_shipping_cap():
     assert arch.n_latent == G.n_latent == 10 and G.w_dim == 256
     assert max(arch.channel_table().values()) <= 128
     assert n * 2 / 1e6 <= 15.0                               # fp16 bytes, under the 15 MB cap
+
+
+def test_init_from_export_loads_g_ema_into_both_generators_and_d(tmp_path, trained):
+    """init_weights: a fresh state takes the export's G_ema (G and G_ema), D and w_avg exactly (fp32 export)."""
+    from pipeline.stages.gan.export import init_from_export
+
+    cfg, state = trained
+    weights, _, card = export_weights(state.G_ema, state.D, tmp_path / "g.safetensors", dtype="fp32",
+                                      card={"architecture": cfg.arch.as_card(), "fd_face": 0.5,
+                                            "training": {"kimg": 12.5}, "run_name": "first"})
+    fresh = setup_gan(tiny_config(tmp_path, resolution=32, seed=7), torch.device("cpu"))
+    assert not torch.equal(fresh.G.w_avg, state.G_ema.w_avg)                # really another start
+    got = init_from_export(fresh.G, fresh.G_ema, fresh.D, str(weights), cfg.arch.as_card())
+    for target in (fresh.G, fresh.G_ema):
+        for (k, a), b in zip(state.G_ema.state_dict().items(), target.state_dict().values()):
+            assert torch.equal(a, b), k
+        assert torch.equal(target.w_avg, state.G_ema.w_avg)
+    for (k, a), b in zip(state.D.state_dict().items(), fresh.D.state_dict().values()):
+        assert torch.equal(a, b), k
+    # the optimisers still point at the live parameters (loaded in place, not replaced)
+    assert fresh.opt_g.param_groups[0]["params"][0] is next(fresh.G.parameters())
+    assert got == {"path": str(weights), "weights_sha256": card["weights_sha256"], "kimg": 12.5, "fd_face": 0.5,
+                   "run_name": "first"}
+
+
+def test_init_weights_refuses_a_missing_file_and_another_architecture(tmp_path, trained):
+    from pipeline.stages.gan import run_gan
+    from pipeline.stages.gan.export import init_from_export
+
+    cfg, state = trained
+    with pytest.raises(ConfigError, match="init_weights: no file at"):
+        run_gan(tiny_config(tmp_path, f"init_weights={tmp_path / 'none.safetensors'}"))
+    assert not (tmp_path / "work").exists()                                 # refused before any output
+    weights, _, _ = export_weights(state.G_ema, state.D, tmp_path / "g.safetensors", dtype="fp16",
+                                   card={"architecture": cfg.arch.as_card()})
+    other = tiny_config(tmp_path, resolution=16)
+    fresh = setup_gan(other, torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"init_weights: .* another architecture .*resolution: file 32, arch 16"):
+        init_from_export(fresh.G, fresh.G_ema, fresh.D, str(weights), other.arch.as_card())
+
+
+def test_a_run_from_init_weights_trains_on_and_its_card_says_where_it_started(tmp_path, trained):
+    from pipeline.stages.gan import run_gan
+
+    cfg, state = trained
+    weights, _, card = export_weights(state.G_ema, state.D, tmp_path / "g.safetensors", dtype="fp16",
+                                      card={"architecture": cfg.arch.as_card(), "training": {"kimg": 3.0}})
+    lines = []
+    result = run_gan(tiny_config(tmp_path, f"init_weights={weights}", "total_kimg=0.008", resolution=32),
+                     print_fn=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert any(line.startswith(f"[gan] weights from {weights} (trained 3.0 kimg") for line in lines)
+    new_card = json.loads(result.card_path.read_text())
+    assert new_card["training"]["init_from"]["weights_sha256"] == card["weights_sha256"]
+    assert new_card["training"]["kimg"] == pytest.approx(0.008)             # counted from the loaded weights
+    # resume=auto continues its own checkpoint (kimg goes on from 0.008), not the init file's weights again
+    lines.clear()
+    again = run_gan(tiny_config(tmp_path, f"init_weights={weights}", "resume=auto", "total_kimg=0.016", resolution=32),
+                    print_fn=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert any("resumed from" in line and "init_weights is not used" in line for line in lines)
+    assert not any(line.startswith("[gan] weights from") for line in lines)
+    again_card = json.loads(again.card_path.read_text())
+    assert again_card["training"]["kimg"] == pytest.approx(0.016)
+    assert again_card["training"]["init_from"]["weights_sha256"] == card["weights_sha256"]   # kept in the record
