@@ -8,6 +8,7 @@ the lazy-regularisation correction, G_ema with a 10 kimg half-life.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -82,6 +83,13 @@ class ArchitectureConfig:
         return {"resolution": self.resolution, "w_dim": self.w_dim, "z_dim": self.w_dim, "n_mlp": self.n_mlp,
                 "n_latent": self.n_latent, "channels": {str(k): v for k, v in self.channel_table().items()},
                 "lr_mlp": self.lr_mlp, "conv_clamp": self.conv_clamp}
+
+    def differences(self, saved: dict) -> list[str]:
+        """Where an architecture recorded in a checkpoint or card (`as_card()` form, as read from JSON)
+        differs from this one: ["key: saved X, this run Y", ...]; [] when they are the same."""
+        mine = json.loads(json.dumps(self.as_card()))          # JSON-normalised, like what was saved
+        return [f"{k}: saved {saved.get(k)!r}, this run {mine.get(k)!r}"
+                for k in sorted(set(saved) | set(mine)) if saved.get(k) != mine.get(k)]
 
 
 def resolutions(resolution: int) -> list[int]:

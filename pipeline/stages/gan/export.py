@@ -74,20 +74,17 @@ def check_init_weights(path: str) -> None:
                           "its card <name>.json beside it), e.g. zoo/stylegan2_starter64.safetensors")
 
 
-def init_from_export(G: nn.Module, G_ema: nn.Module, D: nn.Module, path: str, arch_card: dict) -> dict:
+def init_from_export(G: nn.Module, G_ema: nn.Module, D: nn.Module, path: str, arch) -> dict:
     """Load an export's G_ema into G and G_ema, its D into D and its w_avg into both generators (strict
-    keys and shapes; the export's architecture must be `arch_card`, this run's). Returns what the new
-    card records about where the weights came from."""
+    keys and shapes; the export's architecture must be `arch`, this run's ArchitectureConfig). Returns
+    what the new card records about where the weights came from."""
     from models.load.stylegan2 import load_hfld_gan
 
     check_init_weights(path)
     weights, card = load_hfld_gan(Path(path).expanduser())
-    saved = json.loads(json.dumps(card.get("architecture", {})))
-    mine = json.loads(json.dumps(arch_card))
-    differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+    differ = arch.differences(card.get("architecture", {}))
     if differ:
-        raise ConfigError(f"init_weights: {path} has another architecture than this run's arch ("
-                          + "; ".join(f"{k}: file {saved.get(k)!r}, arch {mine.get(k)!r}" for k in differ) + ")")
+        raise ConfigError(f"init_weights: {path} has another architecture than this run's arch ({'; '.join(differ)})")
     with torch.no_grad():
         for target in (G, G_ema):
             target.load_state_dict(weights.generator.state_dict(), strict=True)

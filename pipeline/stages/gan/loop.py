@@ -94,9 +94,8 @@ def resolve_resume(cfg: GanConfig) -> Path | None:
 
 def check_compatible(cfg: GanConfig, manifest: dict, source: str, say=print) -> None:
     saved = manifest.get("extra", {}).get("architecture")
-    mine = json.loads(json.dumps(cfg.arch.as_card()))        # the effective architecture, JSON-normalised
-    if saved and saved != mine:
-        raise ConfigError(f"resume: {source} was trained with arch {saved}, this run has {mine}")
+    if saved and cfg.arch.differences(saved):
+        raise ConfigError(f"resume: {source} was trained with arch {saved}, this run has {cfg.arch.as_card()}")
     saved_batch = manifest.get("extra", {}).get("global_batch")
     if saved_batch and saved_batch != cfg.batch_size * manifest.get("world_size", 1):
         say(f"[gan] note: the checkpoint used global batch {saved_batch}; from here on the run draws other "
@@ -449,7 +448,7 @@ def run_training(cfg: GanConfig, ctx: WorkerContext, *, resume: Checkpoint | Non
         say(f"[gan] resumed from {resume.folder} at kimg {state.kimg:.1f} (step {state.step})"
             + (" (init_weights is not used: the checkpoint has the weights)" if cfg.init_weights else ""), flush=True)
     elif cfg.init_weights:
-        record.init_from = init_from_export(state.G, state.G_ema, state.D, cfg.init_weights, cfg.arch.as_card())
+        record.init_from = init_from_export(state.G, state.G_ema, state.D, cfg.init_weights, cfg.arch)
         say(f"[gan] weights from {cfg.init_weights} (trained {record.init_from['kimg']} kimg, FD_face "
             f"{record.init_from['fd_face']}); optimisers and counters start fresh", flush=True)
     if on_start is not None:

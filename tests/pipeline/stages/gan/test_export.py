@@ -101,7 +101,7 @@ def test_init_from_export_loads_g_ema_into_both_generators_and_d(tmp_path, train
                                             "training": {"kimg": 12.5}, "run_name": "first"})
     fresh = setup_gan(tiny_config(tmp_path, resolution=32, seed=7), torch.device("cpu"))
     assert not torch.equal(fresh.G.w_avg, state.G_ema.w_avg)                # really another start
-    got = init_from_export(fresh.G, fresh.G_ema, fresh.D, str(weights), cfg.arch.as_card())
+    got = init_from_export(fresh.G, fresh.G_ema, fresh.D, str(weights), cfg.arch)
     for target in (fresh.G, fresh.G_ema):
         for (k, a), b in zip(state.G_ema.state_dict().items(), target.state_dict().values()):
             assert torch.equal(a, b), k
@@ -126,8 +126,8 @@ def test_init_weights_refuses_a_missing_file_and_another_architecture(tmp_path, 
                                    card={"architecture": cfg.arch.as_card()})
     other = tiny_config(tmp_path, resolution=16)
     fresh = setup_gan(other, torch.device("cpu"))
-    with pytest.raises(ConfigError, match=r"init_weights: .* another architecture .*resolution: file 32, arch 16"):
-        init_from_export(fresh.G, fresh.G_ema, fresh.D, str(weights), other.arch.as_card())
+    with pytest.raises(ConfigError, match=r"init_weights: .* another architecture .*resolution: saved 32, this run 16"):
+        init_from_export(fresh.G, fresh.G_ema, fresh.D, str(weights), other.arch)
 
 
 def test_a_run_from_init_weights_trains_on_and_its_card_says_where_it_started(tmp_path, trained):
