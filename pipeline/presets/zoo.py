@@ -198,7 +198,7 @@ PRESETS: dict[str, tuple[Artifact, ...]] = {"starter": STARTER}
 # Weights shipped inside the repository / package (the `zoo` package folder), pinned here by sha256:
 # file name -> sha256. Trained by this project (the card beside each file says how).
 SHIPPED: dict[str, str] = {
-    "stylegan2_starter64.safetensors": "0c95f6491d21f03608a40885f0de1e9f584ea80fcfb5806e54d47ea27cde010a",
+    "stylegan2_starter64.safetensors": "891e9f8ead7f93a3b080b7b44a55878a332ca8db941d694840628d89f7fc0b62",
 }
 
 

@@ -1,6 +1,8 @@
 """The starter presets: real offline networks wired to the role contracts (`starter`, the shipped
 StyleGAN2, and `dcgan64`, its DCGAN teacher)."""
 
+import json
+
 import pytest
 import torch
 
@@ -8,6 +10,7 @@ from models.errors import WeightsError
 from pipeline.core.config import ConfigError
 from pipeline.presets import PRESETS, ModelConfig, build_bundle
 from pipeline.presets.preview import contact_sheet, sample_faces
+from pipeline.presets.starter import total_kimg
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +31,10 @@ def test_starter_roles(starter):
     assert "face-api-expression" in starter.judges and starter.identity is not None
     assert starter.generator_id == "sha256:" + zoo.SHIPPED["stylegan2_starter64.safetensors"]
     assert not any("lambda3" in n for n in starter.notes) and PRESETS["starter"].has_discriminator
+    # the note counts the kimg of the export the shipped run started from (its card counts from 0 again)
+    card = json.loads(zoo.shipped_path("stylegan2_starter64.safetensors").with_suffix(".json").read_text())
+    assert any(f"for {total_kimg(card):.0f} kimg" in n for n in starter.notes), starter.notes
+    assert total_kimg(card) == card["training"]["kimg"] + card["training"]["init_from"]["kimg"]
     assert PRESETS["starter"].n_latent == starter.generator.n_latent
     with torch.no_grad():
         image = starter.generator.synthesis(starter.generator.mean_latent.reshape(1, 1, -1).expand(1, 10, -1))
@@ -54,6 +61,8 @@ def test_shipped_starter_weights_are_pinned_and_load_strictly(tmp_path):
     assert file_sha256(path) == zoo.SHIPPED[path.name] and path.stat().st_size <= 15e6
     weights, card = load_hfld_gan(path, expected_sha256=zoo.SHIPPED[path.name])
     assert card["architecture"]["n_latent"] == 10 and weights.discriminator is not None
+    # issue 15's bar for the shipped model: closer to the teacher than the teacher blurred by 1 px
+    assert card["quality"]["below_blur1"] and card["fd_face"] < card["quality"]["scale"]["blur1"]
     copy = tmp_path / path.name
     shutil.copyfile(path, copy)
     shutil.copyfile(path.with_suffix(".json"), copy.with_suffix(".json"))

@@ -113,13 +113,14 @@ def test_blazeface_finds_starter_faces_and_not_noise(detector, fixture_images):
 
 
 def test_a_border_lets_blazeface_find_tightly_framed_generated_faces(starter, detector, fixture_images, monkeypatch):
-    """Two held-out starter faces of the invert check (seed 0, faces 13 and 16) fill the whole image;
-    BlazeFace scores them below 0.5 without the DETECTOR_MARGIN border and above it with it, while the
-    non-faces stay low."""
+    """Two starter faces of the invert check's stream (seed 0, faces 71 and 93; picked among the first 320
+    for filling the whole image: 0.33 / 0.35 without the border, 0.81 / 0.90 with it, on the 4,557-kimg
+    weights) are scored below 0.45 by BlazeFace without the DETECTOR_MARGIN border and above 0.55 with
+    it, while the non-faces stay low."""
     from pipeline.core.sampling import latents_from_z
     from pipeline.core.seeding import Stream, rng_for
     g = starter.generator
-    z = torch.stack([torch.randn(int(g.z_dim), generator=rng_for(0, Stream.INVERT_CHECK, i)) for i in (13, 16)])
+    z = torch.stack([torch.randn(int(g.z_dim), generator=rng_for(0, Stream.INVERT_CHECK, i)) for i in (71, 93)])
     with torch.no_grad():
         pixels = to_uint8(g.synthesis(latents_from_z(g, z, 1.0), "const"))     # as invert-check writes them
     faces = list(pixels.permute(0, 3, 1, 2).float() / 127.5 - 1.0)
@@ -275,17 +276,19 @@ def test_relative_framing_and_the_refinement_check():
 
 
 def test_the_stored_starter_template_matches_the_generator(starter, detector):
-    """STARTER_ALIGNMENT was measured on 300 faces; 48 fresh faces of another seed agree within a few
-    standard errors. Fails when the starter generator changes: re-measure with `hfld align-template`."""
+    """STARTER_ALIGNMENT was measured on 300 faces; 96 fresh faces of another seed agree within a few
+    standard errors. Fails when the starter generator changes: re-measure with `hfld align-template`.
+    (96, not 48: the 4,557-kimg starter's head turns are heavy-tailed, and the turn spread of 48 faces of
+    seed 99 came out 0.60x that of 300, outside the factor 1.6; 96 faces: 0.81x, 300: 0.85x.)"""
     from pipeline.stages.invert.align import measure_templates
-    found = measure_templates(starter.generator, starter.landmarks, detector, n=48, seed=99, min_score=0.3)
-    assert found["detected"] >= 44
+    found = measure_templates(starter.generator, starter.landmarks, detector, n=96, seed=99, min_score=0.3)
+    assert found["detected"] >= 88
     det = np.asarray(found["detector_template"])
     lm = np.asarray(found["landmark_template"])
     assert np.abs(det - np.asarray(STARTER_ALIGNMENT.detector_template)).max() < 0.03, det
     assert np.abs(lm - np.asarray(STARTER_ALIGNMENT.landmark_template)).max() < 0.015, lm
     # the framing of the generator's faces: the median within 0.6 spreads (the standard error of a
-    # median of 48 is about 0.18 spreads), the spreads within a factor 1.6 (a MAD of 48: about 0.17)
+    # median of 96 is about 0.13 spreads), the spreads within a factor 1.6 (a MAD of 96: about 0.12)
     centre, spread = np.asarray(found["framing_centre"]), np.asarray(found["framing_spread"])
     stored = np.asarray(STARTER_ALIGNMENT.framing_spread)
     assert np.all(np.abs(centre - np.asarray(STARTER_ALIGNMENT.framing_centre)) < 0.6 * stored), centre
