@@ -76,6 +76,9 @@ def _trainer(gpu: bool) -> dict:
 # The baseline recipe that edits (benchmarks/calibrate_starter.py; issue 14). Adam moves T by about lr
 # per step, so the paper's lr 1e-4 needs ~50,000 steps. Strength by R (Male / Young) and by the held-out
 # judge faceres, 48 held-out faces, "target" edit sampling, 2-core CPU, 1 thread:
+# - the StyleGAN2 starter trained on to 4,557 kimg (shipped 2026-12-04), lr 3e-2, batch 8, lambda4 0
+#   (~0.75 s/step): step 50 -> 0.65 / 0.71 by R (0.30 / 0.17 by faceres); step 100 -> 0.67 / 0.76 (0.27 / 0.18);
+#   step 200 -> 0.74 / 0.70. The rows below are the 1,485-kimg weights it replaced.
 # - the StyleGAN2 starter (the default since issue 15), lr 3e-2, batch 8 (~1.0-1.2 s/step):
 #     lambda4 0:    step 50 -> 0.60 / 0.71 by R (0.15 / 0.18 by faceres); step 100 -> 0.64 / 0.79 (0.14 / 0.21)
 #     lambda4 100:  step 50 -> 0.51 / 0.61; step 100 -> 0.55 / 0.74 (faceres 0.10 / 0.16)
