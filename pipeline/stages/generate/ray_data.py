@@ -29,7 +29,9 @@ from pipeline.stages.generate.job import GenerateJob
 from pipeline.stages.generate.plan import plan_latents
 from pipeline.stages.generate.shards import ShardWriter
 
-FAULT_ENV = "HFLD_FAULT_AFTER_SHARDS"  # test hook: the driver exits (status 17) after k committed shards
+# Test hook: HFLD_FAULT_AFTER_SHARDS=k makes the driver exit (status 17) after k committed shards;
+# "k:hold" makes it stop there instead (it sleeps until killed), so a test can SIGKILL it at a known point.
+FAULT_ENV = "HFLD_FAULT_AFTER_SHARDS"
 
 
 def resolve_generate_device(cfg: GenerateConfig) -> str:
@@ -106,9 +108,26 @@ def build_dataset(job: GenerateJob, todo_shards: list[int]):
                           compute=ActorPoolStrategy(size=1), **actor, **placement)
 
 
-def fault_after() -> int | None:
-    value = os.environ.get(FAULT_ENV, "")
-    return int(value) if value.strip() else None
+def fault_after() -> tuple[int, bool] | None:
+    """(k, hold) from HFLD_FAULT_AFTER_SHARDS ("k" or "k:hold"), or None when it is not set."""
+    value = os.environ.get(FAULT_ENV, "").strip()
+    if not value:
+        return None
+    count, _, mode = value.partition(":")
+    if not count.isdigit() or mode not in ("", "hold"):
+        raise ValueError(f"{FAULT_ENV}={value!r}: expected a shard count, optionally followed by ':hold'")
+    return int(count), mode == "hold"
+
+
+def stop_for_test(after: int, hold: bool, print_fn) -> None:
+    """The HFLD_FAULT_AFTER_SHARDS hook: exit abruptly, or hold here until a signal ends the process."""
+    if not hold:
+        print_fn(f"[generate] {FAULT_ENV}={after}: exiting abruptly (test hook)", flush=True)
+        os._exit(17)
+    print_fn(f"[generate] {FAULT_ENV}={after}:hold: holding until killed (test hook)", flush=True)
+    while True:
+        time.sleep(1.0)
+        raise_if_interrupted()
 
 
 def write_missing_shards(job: GenerateJob, records: dict[int, dict], todo: list[int], t0: float,
@@ -116,7 +135,7 @@ def write_missing_shards(job: GenerateJob, records: dict[int, dict], todo: list[
     """Run the Ray Data pipeline; the driver only sees one small row per written shard (progress)."""
     quiet_ray_data()
     rows_todo = sum(job.plan.shard_rows(i) for i in todo)
-    limit = fault_after()
+    fault = fault_after()
     rows_written, progress = 0, []
     for n, rec in enumerate(build_dataset(job, todo).iter_rows(), start=1):
         raise_if_interrupted()          # a SIGTERM whose KeyboardInterrupt was lost in a callback
@@ -127,7 +146,6 @@ def write_missing_shards(job: GenerateJob, records: dict[int, dict], todo: list[
         rate = rows_written / max(progress[-1][0], 1e-9)
         print_fn(f"[generate] shard {shard} written: {n}/{len(todo)} shards, {rows_written}/{rows_todo} rows, "
                  f"{rate:.1f} faces/s | eta {(rows_todo - rows_written) / max(rate, 1e-9):.0f}s", flush=True)
-        if limit is not None and n >= limit:
-            print_fn(f"[generate] {FAULT_ENV}={limit}: exiting abruptly (test hook)", flush=True)
-            os._exit(17)
+        if fault is not None and n >= fault[0]:
+            stop_for_test(*fault, print_fn)
     return rows_written, progress

@@ -12,6 +12,7 @@ and SIGKILL, on real `hfld` processes.
 
 from __future__ import annotations
 
+import codecs
 import os
 import select
 import signal
@@ -25,32 +26,37 @@ import pytest
 from pipeline.core.config import from_dict
 from pipeline.core.directions import load_directions
 from pipeline.core.locks import LOCK_FILE
+from pipeline.stages.generate.ray_data import FAULT_ENV
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 
-def hfld(*args: str, work: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HFLD_WORK_DIR": str(work), "RAY_USAGE_STATS_ENABLED": "0",
+def hfld(*args: str, work: Path, **extra_env: str) -> subprocess.Popen:
+    env = {**os.environ, **extra_env, "PYTHONPATH": str(REPO), "HFLD_WORK_DIR": str(work), "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", *args], env=env, cwd=work,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def wait_for_line(p: subprocess.Popen, needle: str, timeout: float = 180) -> list[str]:
-    lines, deadline = [], time.monotonic() + timeout
+def wait_for_line(p: subprocess.Popen, needle: str, timeout: float = 180) -> str:
+    """The output up to (and maybe a little past) the first line containing needle. Reads the pipe's file
+    descriptor directly: select() cannot see lines already pulled into p.stdout's buffer by a readline, so
+    a burst of lines followed by silence (a process that holds) would hide the last of them."""
+    fd, decoder = p.stdout.fileno(), codecs.getincrementaldecoder("utf-8")(errors="replace")
+    text, deadline = "", time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([p.stdout], [], [], 1.0)
+        ready, _, _ = select.select([fd], [], [], 1.0)
         if ready:
-            line = p.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
                 break
-            lines.append(line)
-            if needle in line:
-                return lines
+            text += decoder.decode(chunk)
+            if needle in text:
+                return text
     p.kill()
-    raise AssertionError(f"no line with {needle!r} within {timeout}s:\n{''.join(lines)[-3000:]}")
+    raise AssertionError(f"no line with {needle!r} within {timeout}s:\n{text[-3000:]}")
 
 
 def descendants(pid: int) -> set[int]:
@@ -203,8 +209,10 @@ def test_generate_stopped_from_outside_leaves_no_ray_process_and_resumes(tmp_pat
 
     # 2. SIGKILL right after the last shard is written, before the manifest: nothing in the process
     # runs any more (the last invocation then has no shard to write and starts no Ray: ~20 s saved).
-    p = hfld(*command, work=work)
-    wait_for_line(p, f"{N_SHARDS}/{N_SHARDS} shards")
+    # The test hook holds the driver there: without it, the manifest and the end of the MLflow run can
+    # come before the kill (it happened on CI).
+    p = hfld(*command, work=work, **{FAULT_ENV: f"{N_SHARDS}:hold"})
+    wait_for_line(p, "holding until killed")
     orphans = descendants(p.pid)
     p.kill()
     p.communicate(timeout=60)

@@ -517,3 +517,18 @@ def test_manifest_and_mlflow_record_provenance(full_run, tracking):
     tags = MlflowClient(tracking.tracking_uri).get_run(full_run["run_id"]).data.tags
     assert tags["provenance.packages.torch"] == torch.__version__
     assert "DigiFace-1M" in tags["provenance.weights.stylegan2_starter64.licence"]
+
+
+@pytest.mark.parametrize("value, expected", [("", None), ("3", (3, False)), (" 20:hold ", (20, True))])
+def test_fault_hook_reads_a_count_and_an_optional_hold(monkeypatch, value, expected):
+    from pipeline.stages.generate.ray_data import fault_after
+    monkeypatch.setenv(FAULT_ENV, value)
+    assert fault_after() == expected
+
+
+@pytest.mark.parametrize("value", ["x", "3:wait", "-1"])
+def test_fault_hook_refuses_what_it_cannot_read(monkeypatch, value):
+    from pipeline.stages.generate.ray_data import fault_after
+    monkeypatch.setenv(FAULT_ENV, value)
+    with pytest.raises(ValueError, match=FAULT_ENV):
+        fault_after()
