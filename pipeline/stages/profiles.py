@@ -94,7 +94,18 @@ def _trainer(gpu: bool) -> dict:
 # FULL_RECIPE has not been re-measured on the StyleGAN2 starter on a GPU (lr 1e-2 x 1,500 steps moves T
 # further than the CPU recipe above, which already edits by R).
 FULL_RECIPE = {"lr": 1e-2, "iterations": 1500, "batch_size": 16}
-DEMO_RECIPE = {"lr": 3e-2, "iterations": 120, "batch_size": 8, "edit_sampling": "target"}
+
+# The sweep's absolute strength floor (tune objective.strength_floor) in both profiles. Issue 14 asks that
+# both arms edit with strength >= 0.6 by R at evaluation. The sweep minimises emotion drift, and a larger
+# lambda4 lowers drift by holding T back, so the chosen trial sits just above whatever floor the sweep
+# uses; and the sweep judges a trial on few faces (the demo: 32, standard error ~0.03). With the default
+# floor 0.5 the demo of 2026-12-04 chose lambda4 87 at 0.614 on 32 faces, which evaluated at 0.590 on 200.
+# The evaluation's "not editing" floor stays 0.5 (pipeline/core/strength.py).
+SWEEP_STRENGTH_FLOOR = 0.65
+# 200 steps, not 120 (2026-12-04): the sweep's baseline and winning trials are the arms' seed-0 T's
+# (pipeline/stages/run.py: they came out byte-identical when trained again), which freed the two
+# trainings' ~4 min; at 120 steps the baseline's Male (~0.66) left too little room above the sweep's floor.
+DEMO_RECIPE = {"lr": 3e-2, "iterations": 200, "batch_size": 8, "edit_sampling": "target"}
 
 
 def preset_of(data: Mapping) -> str:
@@ -113,7 +124,8 @@ def demo_settings(data: Mapping) -> dict:
                  "scheduler": {"max_steps": recipe["iterations"], "eval_every": recipe["iterations"] // 2,
                                "grace_period": recipe["iterations"] // 2},
                  "trial_scaling": _trainer(gpu),
-                 "objective": {"n_samples": 32, "intermediate_samples": 16}},
+                 "objective": {"n_samples": 32, "intermediate_samples": 16,
+                               "strength_floor": SWEEP_STRENGTH_FLOOR}},
         "generate": {"n_sources": 50, "variants": 4},
         "evaluate": {"n_samples": 200 if not gpu else 300, "alphas": [0.5, 1.0, 1.5], "strength_levels": [0.5, 0.7]},
     }
@@ -127,7 +139,8 @@ def full_settings(data: Mapping) -> dict:
         "tune": {"num_samples": 4, "max_concurrent_trials": 1,
                  "scheduler": {"max_steps": FULL_RECIPE["iterations"], "eval_every": 250, "grace_period": 500},
                  "trial_scaling": _trainer(gpu),
-                 "objective": {"n_samples": 128, "intermediate_samples": 32}},
+                 "objective": {"n_samples": 128, "intermediate_samples": 32,
+                               "strength_floor": SWEEP_STRENGTH_FLOOR}},
         "generate": {"n_sources": 250, "variants": 8},
         "evaluate": {"n_samples": 1000, "alphas": [0.25, 0.5, 1.0, 1.5, 2.0], "strength_levels": [0.5, 0.7]},
     }

@@ -14,13 +14,17 @@ otherwise keep their own settings. A section that sets one of those fields to an
 default is refused when the config is loaded (a ConfigError naming the field), never silently
 replaced. The sweep's trials train with the run's `train` recipe (lr, batch, edit sampling; their
 length is tune.scheduler.max_steps), so the sweep selects among T's trained like the final ones.
-Seed k of an arm trains with seed `seed + k`. Re-running the same command continues where it
+Seed k of an arm trains with seed `seed + k`. A trial of the sweep that trained exactly seed 0 of an arm
+(the same result-affecting config, global batch and number of steps: the baseline trial, and the winner
+when it ran to the end) IS that T: it is used as is, not trained again (`reuse_sweep_trials`; on the CPU
+the retrained T came out byte-identical). Re-running the same command continues where it
 stopped: finished trainings are reused (`resume=auto`) and the generate stage writes only its
 missing shards.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.core.config import ConfigError, from_dict, load_config, require, to_dict
+from pipeline.core.directions import read_meta
 from pipeline.core.locks import run_lock
 from pipeline.core.paths import NAME_OR_PATH, PATH, absolute_paths, check_output_locations, default_work_dir
 from pipeline.infra.tracking import Tracker, TrackingConfig, log_provenance, resolve_tracking_uri, stage_run, \
@@ -38,6 +43,7 @@ from pipeline.stages.evaluate import EvaluateConfig, EvaluateResult, run_evaluat
 from pipeline.stages.generate import GenerateConfig, GenerateResult, run_generate
 from pipeline.stages.profiles import DEMO_RECIPE, PROFILES, apply_profile
 from pipeline.stages.train import ScalingConfig, TrainConfig, TrainResult, run_train
+from pipeline.stages.train.resume import config_changes
 from pipeline.stages.tune import ObjectiveConfig, SchedulerConfig, TuneConfig, TuneResult, run_tune
 
 
@@ -75,6 +81,8 @@ class RunConfig:
     use_tune: run the lambda4 / landmark-subset sweep first and train the HFLD T with its winner.
     tune_space: the sweep's search space; "" = the preset's own (Preset.tune_space).
     use_generate: generate the sample dataset with the HFLD T.
+    reuse_sweep_trials: seed 0 of an arm is the sweep's trial of the same config when one ran all
+      train.iterations steps (its T, MLflow run and lineage); false = train every arm's T anew.
     """
     model: ModelConfig = field(default_factory=ModelConfig)
     profile: str = ""
@@ -87,6 +95,7 @@ class RunConfig:
     use_tune: bool = True
     tune_space: str = field(default="", metadata=NAME_OR_PATH)
     use_generate: bool = True
+    reuse_sweep_trials: bool = True
     train: TrainConfig = field(default_factory=default_run_train)
     tune: TuneConfig = field(default_factory=default_run_tune)
     generate: GenerateConfig = field(default_factory=default_run_generate)
@@ -135,20 +144,53 @@ def train_config(cfg: RunConfig, base: TrainConfig, role: str, lambda4: float, k
                    tracking=stage_tracking(cfg), losses=replace(base.losses, landmark=lambda4))
 
 
+def trained_by_sweep(arm: TrainConfig, sweep: TuneResult | None) -> TrainResult | None:
+    """The sweep's trial that trained exactly `arm` (every result-affecting setting, the global batch and
+    arm.iterations steps, no forced config change), as a TrainResult; None when there is none."""
+    if sweep is None:
+        return None
+    for row in sweep.rows:
+        path = Path(row.get("directions") or "")
+        if row.get("status") != "COMPLETED" or not path.is_file():
+            continue
+        meta = read_meta(path)
+        old_batch = meta["config"]["batch_size"] * max(1, int(meta.get("world_size") or 1))
+        if (meta.get("step") == arm.iterations and not meta.get("config_history")
+                and not config_changes(meta["config"], old_batch, arm)):
+            return TrainResult(run_dir=path.parent, directions_path=path, steps=int(meta["step"]),
+                               final_metrics=dict(meta.get("final_metrics") or {}))
+    return None
+
+
 def stage_tracking(cfg: RunConfig) -> TrackingConfig:
     """Every stage records into the run's store (an explicit URI: stages have their own work dirs)."""
     return replace(cfg.tracking, tracking_uri=resolve_tracking_uri(cfg.tracking, cfg.work_dir))
 
 
 def hfld_base_from_sweep(cfg: RunConfig, sweep: TuneResult) -> tuple[TrainConfig, float]:
-    """The sweep's winning choices (landmark groups, attributes, layer mask) on the run's own budget."""
+    """The HFLD arm's choices (landmark groups, attributes, layer mask, lambda4) on the run's own budget:
+    the sweep's best trial, or its best HFLD trial when the baseline scored best (the HFLD arm needs a
+    lambda4 > 0; the report then shows that the baseline had the lower drift); the configured
+    hfld_lambda4 only when no HFLD trial completed."""
     best = load_config(TrainConfig, sweep.best_config_path)
-    lambda4 = best.losses.landmark
-    if lambda4 == 0:  # no trial beat the baseline: still compare against the configured HFLD lambda4
-        return cfg.train, cfg.hfld_lambda4
+    if best.losses.landmark == 0:
+        best = best_hfld_trial(sweep)
+        if best is None:
+            return cfg.train, cfg.hfld_lambda4
     base = replace(cfg.train, landmark_groups=best.landmark_groups, attributes=best.attributes,
                    layer_mask=best.layer_mask)
-    return base, lambda4
+    return base, best.losses.landmark
+
+
+def best_hfld_trial(sweep: TuneResult) -> TrainConfig | None:
+    """The config of the completed lambda4 > 0 trial with the lowest score (feasible ones first: the score
+    puts infeasible trials above 100), or None."""
+    done = [r for r in sweep.rows if r.get("status") == "COMPLETED" and r.get("role") != "baseline"
+            and Path(r.get("directions") or "").is_file() and math.isfinite(float(r.get("score", math.inf)))]
+    if not done:
+        return None
+    row = min(done, key=lambda r: (float(r["score"]), r["trial_id"]))
+    return from_dict(TrainConfig, read_meta(row["directions"])["config"], f"{row['directions']} (config)")
 
 
 class Progress:
@@ -214,16 +256,11 @@ def _run_locked(cfg: RunConfig, lock, tracker: Tracker | None, print_fn) -> RunR
             sweep = run_tune(tune_cfg, tracker=parent, print_fn=print_fn)
             base, lambda4 = hfld_base_from_sweep(cfg, sweep)
             print_fn(f"[run] sweep winner: lambda4 = {lambda4:g}, landmark groups = "
-                     f"{list(base.landmark_groups) or 'all'}")
-        baselines, hflds = [], []
-        for k in range(cfg.seeds):
-            progress.banner(f"train baseline T {k + 1}/{cfg.seeds} (lambda4 = 0, seed {cfg.seed + k}) with Ray Train")
-            baselines.append(progress.train(run_train, train_config(cfg, cfg.train, "baseline", 0.0, k),
-                                            tracker=parent, print_fn=print_fn))
-        for k in range(cfg.seeds):
-            progress.banner(f"train HFLD T {k + 1}/{cfg.seeds} (lambda4 = {lambda4:g}, seed {cfg.seed + k}) with Ray Train")
-            hflds.append(progress.train(run_train, train_config(cfg, base, "hfld", lambda4, k), tracker=parent,
-                                        print_fn=print_fn))
+                     f"{list(base.landmark_groups) or 'all'}"
+                     + ("" if sweep.best.get("role") != "baseline" else
+                        " (the baseline scored best; this is the best HFLD trial)"))
+        baselines = train_arm(cfg, cfg.train, "baseline", 0.0, sweep, progress, parent, print_fn)
+        hflds = train_arm(cfg, base, "HFLD", lambda4, sweep, progress, parent, print_fn)
         dataset = None
         if cfg.use_generate:
             progress.banner("generate labelled augmented faces with the HFLD T (Ray Data)")
@@ -244,6 +281,26 @@ def _run_locked(cfg: RunConfig, lock, tracker: Tracker | None, print_fn) -> RunR
                        resolve_tracking_uri(cfg.tracking, cfg.work_dir), seconds, baselines, hflds)
     print_summary(result, print_fn)
     return result
+
+
+def train_arm(cfg: RunConfig, base: TrainConfig, role: str, lambda4: float, sweep: TuneResult | None,
+              progress: Progress, parent, print_fn) -> list[TrainResult]:
+    """The arm's `seeds` T's: seed 0 from the sweep when a trial trained exactly it, the others trained."""
+    results = []
+    for k in range(cfg.seeds):
+        arm = train_config(cfg, base, role.lower(), lambda4, k)
+        what = f"{role} T {k + 1}/{cfg.seeds} (lambda4 = {lambda4:g}, seed {arm.seed})"
+        reused = trained_by_sweep(arm, sweep) if cfg.reuse_sweep_trials and k == 0 else None
+        if reused is not None:
+            progress.banner(f"{what}: the sweep's trial {reused.run_dir.name} trained this exact config for "
+                            f"{reused.steps} steps; its T is used, not trained again")
+            progress.trainings_left -= 1
+            parent.set_tags({f"{role.lower()}_T_seed{k}": str(reused.directions_path)})
+            results.append(reused)
+            continue
+        progress.banner(f"train {what} with Ray Train")
+        results.append(progress.train(run_train, arm, tracker=parent, print_fn=print_fn))
+    return results
 
 
 def print_summary(r: RunResult, print_fn=print) -> None:
