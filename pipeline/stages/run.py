@@ -32,11 +32,11 @@ from pathlib import Path
 import yaml
 
 from pipeline.core.config import ConfigError, from_dict, load_config, require, to_dict
-from pipeline.core.directions import read_meta
+from pipeline.core.directions import DIRECTIONS_ARTIFACT, read_meta
 from pipeline.core.locks import run_lock
 from pipeline.core.paths import NAME_OR_PATH, PATH, absolute_paths, check_output_locations, default_work_dir
-from pipeline.infra.tracking import Tracker, TrackingConfig, log_provenance, resolve_tracking_uri, stage_run, \
-    tracking_locations
+from pipeline.infra.tracking import MLflowTracker, Tracker, TrackingConfig, log_provenance, resolve_tracking_uri, \
+    stage_run, tracking_locations
 from pipeline.presets import PRESETS, ModelConfig
 from pipeline.presets.provenance import provenance
 from pipeline.stages.evaluate import EvaluateConfig, EvaluateResult, run_evaluate
@@ -296,11 +296,24 @@ def train_arm(cfg: RunConfig, base: TrainConfig, role: str, lambda4: float, swee
                             f"{reused.steps} steps; its T is used, not trained again")
             progress.trainings_left -= 1
             parent.set_tags({f"{role.lower()}_T_seed{k}": str(reused.directions_path)})
+            register_reused(parent, arm, reused, print_fn)
             results.append(reused)
             continue
         progress.banner(f"train {what} with Ray Train")
         results.append(progress.train(run_train, arm, tracker=parent, print_fn=print_fn))
     return results
+
+
+def register_reused(parent, arm: TrainConfig, reused: TrainResult, print_fn) -> None:
+    """A reused trial's T becomes a version of the registered model, as a trained arm's would (its source
+    is the trial's MLflow run, which logged the T as its `directions` artifact)."""
+    run_id = read_meta(reused.directions_path).get("mlflow_run_id")
+    if not (arm.tracking.register_model and run_id and isinstance(parent, MLflowTracker)):
+        return
+    trial = MLflowTracker(parent.client, run_id, parent.tracking_uri, owns_run=False)
+    version = trial.register_model(DIRECTIONS_ARTIFACT, arm.tracking.model_name,
+                                   tags={"run_name": arm.name, "preset": arm.model.preset, "from_sweep": "true"})
+    print_fn(f"[run] registered the trial's T as model {arm.tracking.model_name!r} version {version}")
 
 
 def print_summary(r: RunResult, print_fn=print) -> None:

@@ -75,6 +75,9 @@ def test_run_produces_report_dataset_and_nested_mlflow_runs(ray_local, tmp_path)
     stages = {r.data.tags.get("stage") for r in children}
     assert {"train", "generate", "evaluate", "tune"} <= stages, stages
     assert all(r.info.status == "FINISHED" for r in children)
+    # The reused T is registered like a trained one, its source the trial's run.
+    trial_run = read_meta(reused)["mlflow_run_id"]
+    assert client.search_model_versions(f"run_id = '{trial_run}'"), "the reused trial's T was not registered"
 
 
 def test_a_trial_that_trained_exactly_an_arms_config_is_that_arms_T(tmp_path):
