@@ -15,8 +15,8 @@ default is refused when the config is loaded (a ConfigError naming the field), n
 replaced. The sweep's trials train with the run's `train` recipe (lr, batch, edit sampling; their
 length is tune.scheduler.max_steps), so the sweep selects among T's trained like the final ones.
 Seed k of an arm trains with seed `seed + k`. A trial of the sweep that trained exactly seed 0 of an arm
-(the same result-affecting config, global batch and number of steps: the baseline trial, and the winner
-when it ran to the end) IS that T: it is used as is, not trained again (`reuse_sweep_trials`; on the CPU
+(the same result-affecting config, global batch and number of steps: the baseline trial, and the HFLD
+trial chosen when it ran to the end) IS that T: it is used as is, not trained again (`reuse_sweep_trials`; on the CPU
 the retrained T came out byte-identical). Re-running the same command continues where it
 stopped: finished trainings are reused (`resume=auto`) and the generate stage writes only its
 missing shards.
@@ -309,6 +309,10 @@ def register_reused(parent, arm: TrainConfig, reused: TrainResult, print_fn) -> 
     is the trial's MLflow run, which logged the T as its `directions` artifact)."""
     run_id = read_meta(reused.directions_path).get("mlflow_run_id")
     if not (arm.tracking.register_model and run_id and isinstance(parent, MLflowTracker)):
+        return
+    registered = parent.client.get_run(run_id).data.tags.get("registered_model")
+    if registered:  # a re-run of the same command: registered the first time
+        print_fn(f"[run] the trial's T is registered as model {registered}")
         return
     trial = MLflowTracker(parent.client, run_id, parent.tracking_uri, owns_run=False)
     version = trial.register_model(DIRECTIONS_ARTIFACT, arm.tracking.model_name,

@@ -26,6 +26,8 @@ TINY_BUDGET = {
 def test_run_produces_report_dataset_and_nested_mlflow_runs(ray_local, tmp_path):
     from mlflow.tracking import MlflowClient
 
+    from pipeline.infra.tracking import MLflowTracker
+
     space = tmp_path / "one_subset.yaml"     # the baseline and one trial: the sweep's chain, at a third of the cost
     space.write_text("presets: [tiny]\nlambda4: {distribution: loguniform, low: 0.1, high: 1000}\n"
                      "landmark_subsets: {mouth: [mouth]}\n")
@@ -78,6 +80,12 @@ def test_run_produces_report_dataset_and_nested_mlflow_runs(ray_local, tmp_path)
     # The reused T is registered like a trained one, its source the trial's run.
     trial_run = read_meta(reused)["mlflow_run_id"]
     assert client.search_model_versions(f"run_id = '{trial_run}'"), "the reused trial's T was not registered"
+    # Registered once: the same command again (everything reused) adds no version.
+    from pipeline.stages.run import register_reused
+    versions = len(client.search_model_versions(f"run_id = '{trial_run}'"))
+    register_reused(MLflowTracker(client, result.mlflow_run_id, result.tracking_uri, owns_run=False),
+                    train_config(cfg, cfg.train, "baseline", 0.0), result.baselines[0], lambda *a, **k: None)
+    assert len(client.search_model_versions(f"run_id = '{trial_run}'")) == versions
 
 
 def test_a_trial_that_trained_exactly_an_arms_config_is_that_arms_T(tmp_path):
