@@ -42,8 +42,7 @@ from pipeline.presets.provenance import provenance
 from pipeline.stages.evaluate import EvaluateConfig, EvaluateResult, run_evaluate
 from pipeline.stages.generate import GenerateConfig, GenerateResult, run_generate
 from pipeline.stages.profiles import DEMO_RECIPE, PROFILES, apply_profile
-from pipeline.stages.train import ScalingConfig, TrainConfig, TrainResult, run_train
-from pipeline.stages.train.resume import config_changes
+from pipeline.stages.train import ScalingConfig, TrainConfig, TrainResult, run_train, trained_exactly
 from pipeline.stages.tune import ObjectiveConfig, SchedulerConfig, TuneConfig, TuneResult, run_tune
 
 
@@ -154,9 +153,7 @@ def trained_by_sweep(arm: TrainConfig, sweep: TuneResult | None) -> TrainResult 
         if row.get("status") != "COMPLETED" or not path.is_file():
             continue
         meta = read_meta(path)
-        old_batch = meta["config"]["batch_size"] * max(1, int(meta.get("world_size") or 1))
-        if (meta.get("step") == arm.iterations and not meta.get("config_history")
-                and not config_changes(meta["config"], old_batch, arm)):
+        if trained_exactly(meta, arm):
             return TrainResult(run_dir=path.parent, directions_path=path, steps=int(meta["step"]),
                                final_metrics=dict(meta.get("final_metrics") or {}))
     return None

@@ -23,11 +23,11 @@ from pipeline.presets import ModelBundle
 from pipeline.stages.train.config import (NonFiniteLoss, Precision, RayTrainFailed, ScalingConfig, TrainConfig,
                                           TrainResult)
 from pipeline.stages.train.loop import check_train_locations, train_in_process
-from pipeline.stages.train.resume import plan_from_file
+from pipeline.stages.train.resume import plan_from_file, trained_exactly
 from pipeline.stages.train.step import resolve_attributes
 
 __all__ = ["NonFiniteLoss", "Precision", "RayTrainFailed", "ScalingConfig", "TrainConfig", "TrainResult",
-           "resolve_attributes", "run_train"]
+           "resolve_attributes", "run_train", "trained_exactly"]
 
 
 def run_train(cfg: TrainConfig, *, tracker: Tracker | None = None, bundle: ModelBundle | None = None,

@@ -81,6 +81,14 @@ def config_changes(old_config: dict, old_global_batch: int | None, cfg: TrainCon
     return changes
 
 
+def trained_exactly(meta: dict, cfg: TrainConfig) -> bool:
+    """Whether a T file's metadata says it was trained exactly as `cfg` would train it: every setting that
+    changes results, the global batch, `cfg.iterations` steps, no forced config change on the way."""
+    old_batch = meta["config"]["batch_size"] * max(1, int(meta.get("world_size") or 1))
+    return (meta.get("step") == cfg.iterations and not meta.get("config_history")
+            and not config_changes(meta["config"], old_batch, cfg))
+
+
 def describe_changes(changes: dict[str, list], limit: int = 6) -> str:
     shown = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changes.items())[:limit]]
     return ", ".join(shown) + (f" (+{len(changes) - limit} more)" if len(changes) > limit else "")
