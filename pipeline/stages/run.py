@@ -24,7 +24,6 @@ missing shards.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,7 +42,8 @@ from pipeline.stages.evaluate import EvaluateConfig, EvaluateResult, run_evaluat
 from pipeline.stages.generate import GenerateConfig, GenerateResult, run_generate
 from pipeline.stages.profiles import DEMO_RECIPE, PROFILES, apply_profile
 from pipeline.stages.train import ScalingConfig, TrainConfig, TrainResult, run_train, trained_exactly
-from pipeline.stages.tune import ObjectiveConfig, SchedulerConfig, TuneConfig, TuneResult, run_tune
+from pipeline.stages.tune import ObjectiveConfig, SchedulerConfig, TuneConfig, TuneFailed, TuneResult, pick_best, \
+    run_tune
 
 
 def default_run_train() -> TrainConfig:
@@ -180,13 +180,13 @@ def hfld_base_from_sweep(cfg: RunConfig, sweep: TuneResult) -> tuple[TrainConfig
 
 
 def best_hfld_trial(sweep: TuneResult) -> TrainConfig | None:
-    """The config of the completed lambda4 > 0 trial with the lowest score (feasible ones first: the score
-    puts infeasible trials above 100), or None."""
-    done = [r for r in sweep.rows if r.get("status") == "COMPLETED" and r.get("role") != "baseline"
-            and Path(r.get("directions") or "").is_file() and math.isfinite(float(r.get("score", math.inf)))]
-    if not done:
+    """The config of the sweep's best lambda4 > 0 trial by the sweep's own ranking (pick_best: completed,
+    finite score, lowest first, so feasible before infeasible) among those that left a T file, or None."""
+    hfld_rows = [r for r in sweep.rows if r.get("role") != "baseline" and Path(r.get("directions") or "").is_file()]
+    try:
+        row = pick_best(hfld_rows)
+    except TuneFailed:
         return None
-    row = min(done, key=lambda r: (float(r["score"]), r["trial_id"]))
     return from_dict(TrainConfig, read_meta(row["directions"])["config"], f"{row['directions']} (config)")
 
 

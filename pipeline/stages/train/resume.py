@@ -83,9 +83,10 @@ def config_changes(old_config: dict, old_global_batch: int | None, cfg: TrainCon
 
 def trained_exactly(meta: dict, cfg: TrainConfig) -> bool:
     """Whether a T file's metadata says it was trained exactly as `cfg` would train it: every setting that
-    changes results, the global batch, `cfg.iterations` steps, no forced config change on the way."""
-    old_batch = meta["config"]["batch_size"] * max(1, int(meta.get("world_size") or 1))
-    return (meta.get("step") == cfg.iterations and not meta.get("config_history")
+    changes results, the global batch, `cfg.iterations` steps, no forced config change on the way. The
+    global batch is the one the file records (as for a resume); a file that records none is not matched."""
+    old_batch = meta.get("rng", {}).get("global_batch")
+    return (bool(old_batch) and meta.get("step") == cfg.iterations and not meta.get("config_history")
             and not config_changes(meta["config"], old_batch, cfg))
 
 

@@ -90,7 +90,7 @@ from pipeline.stages.tune.results import (COMPLETED, ERROR, STOPPED, TuneFailed,
 from pipeline.stages.tune.space import TuneSpace, bundle_vocabulary, check_space, load_space, resolve_space_path
 
 __all__ = ["ObjectiveConfig", "SchedulerConfig", "TuneConfig", "TuneFailed", "TuneResult", "load_space",
-           "load_sweep", "run_tune"]
+           "load_sweep", "pick_best", "run_tune"]
 
 
 def log_sweep(tracker, cfg: TuneConfig, rows: list[dict], best: dict, files: dict[str, Path]) -> None:
