@@ -87,16 +87,28 @@ def resize_images(images: torch.Tensor, resolution: int) -> torch.Tensor:
 # Teacher
 # ---------------------------------------------------------------------------------------------
 
+Keep = Callable[[torch.Tensor], torch.Tensor]   # images [B, 3, R, R] in [-1, 1] -> bool [B]: train on it?
+MAX_FILTER_DRAWS = 64                          # draws of batch_size per batch before a filter is called broken
+
+
 class TeacherSource:
-    """Fresh samples of a frozen generator (the Generator contract of docs/architecture.md)."""
+    """Fresh samples of a frozen generator (the Generator contract of docs/architecture.md).
+
+    `keep` (optional) filters the training batches: a batch is filled with the samples it keeps, drawn
+    batch_size at a time with the same rng (so a resumed run draws the same images); the share kept is
+    counted in `report`. The reference sets stay unfiltered: quality is measured against the teacher
+    itself, not against what the student was shown.
+    """
 
     def __init__(self, generator: nn.Module, resolution: int, device: torch.device, *, truncation: float = 1.0,
-                 seed: int = 0, description: str = "teacher"):
+                 seed: int = 0, description: str = "teacher", keep: Keep | None = None, keep_name: str = ""):
         self.generator = generator.to(device).eval().requires_grad_(False)
         self.resolution, self.device, self.truncation, self.seed = resolution, device, truncation, seed
         self.description = description
+        self.keep = keep
+        self.drawn = self.kept = 0
         self.report = {"kind": "teacher", "teacher_resolution": int(generator.resolution),
-                       "truncation": truncation}
+                       "truncation": truncation, "filter": keep_name or ("custom" if keep else "none")}
 
     @torch.no_grad()
     def _generate(self, z: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
@@ -105,14 +117,38 @@ class TeacherSource:
         image = self.generator.synthesis(wplus, noise)
         return resize_images(image.float(), self.resolution).clamp_(-1, 1)
 
-    def batch(self, rng: torch.Generator, batch_size: int) -> torch.Tensor:
+    def _draw(self, rng: torch.Generator, batch_size: int) -> torch.Tensor:
         z = torch.randn(batch_size, self.generator.z_dim, generator=rng, device=self.device)
         return self._generate(z, rng)
+
+    def batch(self, rng: torch.Generator, batch_size: int) -> torch.Tensor:
+        if self.keep is None:
+            return self._draw(rng, batch_size)
+        kept, n_kept, n_drawn, size = [], 0, 0, batch_size
+        for _ in range(MAX_FILTER_DRAWS):
+            images = self._draw(rng, size)
+            mask = self.keep(images)
+            assert mask.shape == (size,) and mask.dtype == torch.bool, "keep must return bool [B]"
+            kept.append(images[mask])
+            n_kept, n_drawn = n_kept + int(mask.sum()), n_drawn + size
+            self.drawn, self.kept = self.drawn + size, self.kept + int(mask.sum())
+            if n_kept >= batch_size:
+                return torch.cat(kept)[:batch_size]
+            # top up with a few spare samples: sizes depend only on what this batch's draws kept, so a
+            # resumed run draws exactly what an uninterrupted one did
+            size = 2 * (batch_size - n_kept) + 2
+        raise RuntimeError(f"data.teacher_filter={self.report['filter']!r} kept {n_kept} of {n_drawn} teacher "
+                           f"samples in {MAX_FILTER_DRAWS} draws, fewer than one batch of {batch_size}: the filter "
+                           "rejects almost everything this teacher makes (set data.teacher_filter=none)")
+
+    def kept_share(self) -> float | None:
+        """Share of the teacher's samples the filter kept so far in this process (None: no filter / no draw)."""
+        return self.kept / self.drawn if self.keep is not None and self.drawn else None
 
     def reference(self, n: int, set_index: int, batch_size: int) -> Iterator[torch.Tensor]:
         rng = rng_for(self.seed, Stream.HELD_OUT, 1000 + set_index, self.device)
         for start in range(0, n, batch_size):
-            yield self.batch(rng, min(batch_size, n - start))
+            yield self._draw(rng, min(batch_size, n - start))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,12 +405,17 @@ def load_or_build_cache(cfg: DataConfig, resolution: int, work_dir: str, print_f
 # ---------------------------------------------------------------------------------------------
 
 def open_source(cfg: DataConfig, resolution: int, device: torch.device, *, seed: int, work_dir: str,
-                teacher: nn.Module | None = None, print_fn=print) -> DataSource:
-    """The data source of `cfg` on `device`; `teacher` is the teacher preset's generator (source teacher)."""
+                teacher: nn.Module | None = None, keep: Keep | None = None, print_fn=print) -> DataSource:
+    """The data source of `cfg` on `device`; `teacher` is the teacher preset's generator (source teacher),
+    `keep` the predicate of cfg.teacher_filter (built by the caller, which holds the judging networks)."""
     if cfg.source == "teacher":
         if teacher is None:
             raise ValueError("open_source: data.source=teacher needs the teacher's generator")
+        if (keep is None) != (cfg.teacher_filter == "none"):
+            raise ValueError(f"open_source: data.teacher_filter={cfg.teacher_filter!r} needs its keep predicate "
+                             "(and only then)")
         return TeacherSource(teacher, resolution, device, truncation=cfg.teacher_truncation, seed=seed,
-                             description=cfg.describe())
+                             description=cfg.describe(), keep=keep,
+                             keep_name="" if cfg.teacher_filter == "none" else cfg.teacher_filter)
     images, report = load_or_build_cache(cfg, resolution, work_dir, print_fn)
     return TensorSource(images, device, mirror=cfg.mirror, seed=seed, description=cfg.describe(), report=report)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import nn
 import yaml
 
 from pipeline.core.config import ConfigError, to_dict
@@ -112,6 +113,12 @@ def command_line(cfg: GanConfig) -> str:
     return cfg.export.command or " ".join(shlex.quote(a) for a in sys.argv)
 
 
+def teacher_kept_share(source: DataSource) -> float | None:
+    """The share of teacher samples a data.teacher_filter kept in this process (None: no filter)."""
+    share = getattr(source, "kept_share", None)
+    return share() if share is not None else None
+
+
 class Progress:
     """kimg/s over training time (hooks excluded), ETA to total_kimg, and one readable line."""
 
@@ -125,7 +132,8 @@ class Progress:
     def line(self, state: GanState, metrics: dict) -> dict:
         rate = self.rate(state.cur_nimg)
         eta = (self.cfg.total_kimg - state.kimg) / max(rate, 1e-9)
-        terms = " ".join(f"{k} {metrics[k]:.4g}" for k in ("loss_d", "loss_g", "r1", "pl", "real_score", "fake_score")
+        terms = " ".join(f"{k} {metrics[k]:.4g}" for k in ("loss_d", "loss_g", "r1", "pl", "real_score", "fake_score",
+                                                      "teacher_kept")
                          if k in metrics)
         self.print(f"[gan] kimg {state.kimg:.1f}/{self.cfg.total_kimg:g} step {state.step} | {terms} | "
                    f"{rate:.2f} kimg/s | eta {format_duration(eta)}", flush=True)
@@ -310,6 +318,26 @@ def sample_grid(G_ema, cfg: GanConfig, device: torch.device, path: Path) -> Path
 # Building what the run needs
 # ---------------------------------------------------------------------------------------------
 
+def landmark_order_filter(landmarks: nn.Module | None, device: torch.device):
+    """keep(images [B, 3, R, R]) -> bool [B]: the 68 landmarks lie inside the image in anatomical order
+    (quality.landmarks_in_order, the check behind the quality report's landmark share)."""
+    if landmarks is None:
+        raise ConfigError("data.teacher_filter: landmarks_in_order needs a landmark network; the teacher "
+                          "preset has none (use data.teacher_filter=none)")
+    landmarks = landmarks.to(device).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def keep(images: torch.Tensor) -> torch.Tensor:
+        points = landmarks(images)
+        if points.ndim != 3 or points.shape[1:] != (68, 2):
+            raise ConfigError(f"data.teacher_filter: landmarks_in_order needs 68 points [B, 68, 2]; the teacher "
+                              f"preset's landmark net gives {list(points.shape)}")
+        return Q.landmarks_in_order(points.float())
+
+    keep(torch.zeros(1, 3, 64, 64, device=device))     # a net of another point count fails here, before training
+    return keep
+
+
 def build_sources(cfg: GanConfig, device: torch.device, *, teacher=None, judges=None, with_judges: bool = True,
                   print_fn=print):
     """(data source, quality judges or None): the teacher preset is built once and serves both when the
@@ -324,8 +352,11 @@ def build_sources(cfg: GanConfig, device: torch.device, *, teacher=None, judges=
 
     if cfg.data.source == "teacher" and teacher is None:
         teacher = bundle(cfg.data.teacher.preset, cfg.data.teacher).generator
+    keep = None
+    if cfg.data.teacher_filter == "landmarks_in_order":
+        keep = landmark_order_filter(bundle(cfg.data.teacher.preset, cfg.data.teacher).landmarks, device)
     source = open_source(cfg.data, cfg.arch.resolution, device, seed=cfg.seed, work_dir=cfg.work_dir,
-                         teacher=teacher, print_fn=print_fn)
+                         teacher=teacher, keep=keep, print_fn=print_fn)
     if judges is None and cfg.quality.judges and with_judges:
         try:
             judges = Q.QualityJudges.from_bundle(bundle(cfg.quality.judges))
@@ -361,7 +392,9 @@ def final_products(cfg: GanConfig, state: GanState, source: DataSource, quality:
                 tracker.log_artifact(p, "quality")
             tracker.log_artifact(quality.folder / "quality.json", "quality")
     card = {"architecture": cfg.arch.as_card(),
-            "data_source": {"config": to_dict(cfg.data), "description": source.description, "report": source.report},
+            "data_source": {"config": to_dict(cfg.data), "description": source.description,
+                            "report": {**source.report, **({"kept_share_last_invocation": teacher_kept_share(source)}
+                                                           if teacher_kept_share(source) is not None else {})}},
             "training": {"kimg": state.kimg, "steps": state.step, "global_batch": cfg.batch_size * state.world_size,
                          "workers": state.world_size, "train_seconds": record.train_seconds,
                          "train_time": format_duration(record.train_seconds), "gpu": gpu_name(state.device),
@@ -491,6 +524,8 @@ def run_training(cfg: GanConfig, ctx: WorkerContext, *, resume: Checkpoint | Non
 
     def on_log(st: GanState, means: dict) -> None:
         means = ctx.mean(means)
+        if teacher_kept_share(source) is not None:     # this worker's share (every worker draws alike)
+            means["teacher_kept"] = teacher_kept_share(source)
         row = {"step": st.step, "kimg": st.kimg, **means}
         if ctx.chief:
             row.update(progress.line(st, means))

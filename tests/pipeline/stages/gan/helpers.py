@@ -50,3 +50,19 @@ def state_tensors(state) -> dict[str, torch.Tensor]:
             out.update({f"{name}.{idx}.{k}": torch.as_tensor(v).clone() for k, v in st.items()})
     out["pl_mean"] = state.pl_mean.detach().clone()
     return out
+
+
+def face_points() -> torch.Tensor:
+    """A plausible frontal 68-point layout in [0, 1] (iBUG order)."""
+    p = torch.zeros(68, 2)
+    t = torch.linspace(0, 1, 17)
+    p[0:17, 0], p[0:17, 1] = 0.15 + 0.7 * t, 0.45 + 0.45 * torch.sin(torch.pi * t)   # jaw, chin (8) lowest
+    p[17:22] = torch.stack([torch.linspace(0.25, 0.42, 5), torch.full((5,), 0.33)], 1)
+    p[22:27] = torch.stack([torch.linspace(0.58, 0.75, 5), torch.full((5,), 0.33)], 1)
+    p[27:31] = torch.stack([torch.full((4,), 0.5), torch.linspace(0.4, 0.55, 4)], 1)
+    p[31:36] = torch.stack([torch.linspace(0.44, 0.56, 5), torch.full((5,), 0.6)], 1)
+    p[36:42] = torch.stack([torch.linspace(0.28, 0.42, 6), torch.full((6,), 0.42)], 1)
+    p[42:48] = torch.stack([torch.linspace(0.58, 0.72, 6), torch.full((6,), 0.42)], 1)
+    p[48:60] = torch.stack([torch.linspace(0.38, 0.62, 12), torch.full((12,), 0.72)], 1)
+    p[60:68] = torch.stack([torch.linspace(0.42, 0.58, 8), torch.full((8,), 0.72)], 1)
+    return p

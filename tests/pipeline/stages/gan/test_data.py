@@ -13,8 +13,9 @@ from PIL import Image
 from pipeline.core.config import ConfigError
 from pipeline.stages.gan import run_gan
 from pipeline.stages.gan.config import DataConfig
-from pipeline.stages.gan.data import TeacherSource, decode_square, load_or_build_cache, open_source
-from tests.pipeline.stages.gan.helpers import tiny_config
+from pipeline.stages.gan.data import MAX_FILTER_DRAWS, TeacherSource, decode_square, load_or_build_cache, open_source
+from pipeline.stages.gan.loop import landmark_order_filter
+from tests.pipeline.stages.gan.helpers import face_points, tiny_config
 
 
 def png_bytes(seed: int, size=(24, 20), fmt="PNG") -> bytes:
@@ -138,6 +139,70 @@ def test_the_teacher_draws_fresh_resized_samples(tiny_bundle):
     ref0 = torch.cat(list(source.reference(6, 0, 4)))
     assert torch.equal(ref0, torch.cat(list(source.reference(6, 0, 4))))   # a fixed set
     assert not torch.allclose(ref0, torch.cat(list(source.reference(6, 1, 4))))
+
+
+def bright(images: torch.Tensor) -> torch.Tensor:
+    """A toy filter: keep the images brighter than mid-grey on average (about half of the tiny teacher's)."""
+    return images.mean(dim=(1, 2, 3)) > 0
+
+
+def test_a_filtered_teacher_trains_on_kept_samples_only_and_measures_against_all(tiny_bundle):
+    plain = TeacherSource(tiny_bundle.generator, 16, torch.device("cpu"), seed=3)
+    filtered = TeacherSource(tiny_bundle.generator, 16, torch.device("cpu"), seed=3, keep=bright, keep_name="bright")
+    batch = filtered.batch(torch.Generator().manual_seed(1), 8)
+    assert batch.shape == (8, 3, 16, 16) and bright(batch).all()
+    assert not bright(plain.batch(torch.Generator().manual_seed(1), 64)).all()     # the filter had work to do
+    assert torch.equal(batch, filtered.batch(torch.Generator().manual_seed(1), 8))  # the rng decides (resume)
+    share = filtered.kept_share()
+    assert 0 < share < 1 and filtered.report["filter"] == "bright"
+    assert plain.kept_share() is None
+    # the quality reference sets are the teacher's own, unfiltered
+    assert torch.equal(torch.cat(list(plain.reference(6, 0, 4))), torch.cat(list(filtered.reference(6, 0, 4))))
+
+
+def test_a_filter_that_rejects_everything_stops_with_the_field_named(tiny_bundle):
+    source = TeacherSource(tiny_bundle.generator, 16, torch.device("cpu"), keep=lambda x: torch.zeros(
+        x.shape[0], dtype=torch.bool), keep_name="landmarks_in_order")
+    with pytest.raises(RuntimeError, match=r"data.teacher_filter='landmarks_in_order' kept 0 of"):
+        source.batch(torch.Generator().manual_seed(0), 2)
+    assert source.drawn == 2 + (MAX_FILTER_DRAWS - 1) * 6          # a batch of 2, then top-ups of 2 x 2 + 2
+
+
+class PointsByBrightness(torch.nn.Module):
+    """A landmark net stand-in: an ordered frontal layout for bright images, the same upside down otherwise."""
+
+    def forward(self, images):
+        face = face_points().expand(images.shape[0], 68, 2).clone()
+        upright = bright(images)[:, None]                                     # [B, 1]
+        face[..., 1] = torch.where(upright, face[..., 1], 1 - face[..., 1])
+        return face
+
+
+def test_the_landmark_order_filter_keeps_faces_whose_landmarks_are_in_order():
+    keep = landmark_order_filter(PointsByBrightness(), torch.device("cpu"))
+    images = torch.stack([torch.full((3, 8, 8), 0.5), torch.full((3, 8, 8), -0.5)])
+    assert keep(images).tolist() == [True, False]
+    with pytest.raises(ConfigError, match="needs a landmark network"):
+        landmark_order_filter(None, torch.device("cpu"))
+
+
+def test_teacher_filter_config_is_checked(tmp_path):
+    with pytest.raises(ConfigError, match="data.teacher_filter.*filters a teacher's samples; data.source is 'folder'"):
+        DataConfig(source="folder", path=str(tmp_path), teacher_filter="landmarks_in_order")
+    with pytest.raises(ConfigError, match="data.teacher_filter"):
+        DataConfig(teacher_filter="sharp")
+    assert "only those with landmarks in order" in DataConfig(teacher_filter="landmarks_in_order").describe()
+    with pytest.raises(ValueError, match="needs its keep predicate"):
+        open_source(DataConfig(teacher_filter="landmarks_in_order"), 16, torch.device("cpu"), seed=0,
+                    work_dir=str(tmp_path), teacher=torch.nn.Identity())
+
+
+def test_a_gan_run_with_a_landmark_filter_refuses_a_teacher_preset_without_68_points(tmp_path):
+    cfg = tiny_config(tmp_path, "total_kimg=0.012",
+                      data={"teacher": {"preset": "tiny"}, "teacher_filter": "landmarks_in_order"})
+    with pytest.raises(ConfigError, match=r"needs 68 points \[B, 68, 2\]; the teacher preset's landmark net gives"):
+        run_gan(cfg, print_fn=lambda *a, **k: None)
+    assert not list(tmp_path.rglob("*.safetensors"))                # nothing trained, nothing written
 
 
 @pytest.mark.parametrize("kind", ["teacher", "folder", "parquet", "hf"])

@@ -9,7 +9,7 @@ import torch
 from pipeline.stages.gan.quality import (QualityJudges, SetStats, compute_scale, fd_between, frechet_distance,
                                          gaussian_blur, jpeg_copies, landmarks_in_order, measure, total_variation,
                                          where_on_scale)
-from tests.pipeline.stages.gan.helpers import PooledDescriptor
+from tests.pipeline.stages.gan.helpers import PooledDescriptor, face_points
 
 
 def test_frechet_distance_closed_forms():
@@ -78,22 +78,6 @@ def test_degraded_copies_keep_shapes_and_ranges():
     flat = torch.full((1, 3, 8, 8), 0.25)
     assert torch.allclose(gaussian_blur(flat, 1.0), flat, atol=1e-6)   # a constant image is unchanged
     assert gaussian_blur(x, 1.0).std() < x.std()
-
-
-def face_points() -> torch.Tensor:
-    """A plausible frontal 68-point layout in [0, 1] (iBUG order)."""
-    p = torch.zeros(68, 2)
-    t = torch.linspace(0, 1, 17)
-    p[0:17, 0], p[0:17, 1] = 0.15 + 0.7 * t, 0.45 + 0.45 * torch.sin(torch.pi * t)   # jaw, chin (8) lowest
-    p[17:22] = torch.stack([torch.linspace(0.25, 0.42, 5), torch.full((5,), 0.33)], 1)
-    p[22:27] = torch.stack([torch.linspace(0.58, 0.75, 5), torch.full((5,), 0.33)], 1)
-    p[27:31] = torch.stack([torch.full((4,), 0.5), torch.linspace(0.4, 0.55, 4)], 1)
-    p[31:36] = torch.stack([torch.linspace(0.44, 0.56, 5), torch.full((5,), 0.6)], 1)
-    p[36:42] = torch.stack([torch.linspace(0.28, 0.42, 6), torch.full((6,), 0.42)], 1)
-    p[42:48] = torch.stack([torch.linspace(0.58, 0.72, 6), torch.full((6,), 0.42)], 1)
-    p[48:60] = torch.stack([torch.linspace(0.38, 0.62, 12), torch.full((12,), 0.72)], 1)
-    p[60:68] = torch.stack([torch.linspace(0.42, 0.58, 8), torch.full((8,), 0.72)], 1)
-    return p
 
 
 def test_landmarks_in_order():
