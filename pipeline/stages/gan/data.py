@@ -94,9 +94,9 @@ MAX_FILTER_DRAWS = 64                          # draws of batch_size per batch b
 class TeacherSource:
     """Fresh samples of a frozen generator (the Generator contract of docs/architecture.md).
 
-    `keep` (optional) filters the training batches: a batch is filled with the samples it keeps, drawn
-    batch_size at a time with the same rng (so a resumed run draws the same images); the share kept is
-    counted in `report`. The reference sets stay unfiltered: quality is measured against the teacher
+    `keep` (optional) filters the training batches: a batch is filled with the samples it keeps, from a
+    draw of batch_size and then top-ups sized by what is still missing, all with the step's rng (so a
+    resumed run draws the same images); `kept_share()` gives the share kept. The reference sets stay unfiltered: quality is measured against the teacher
     itself, not against what the student was shown.
     """
 
