@@ -22,6 +22,8 @@ import { createRequire } from 'node:module';
 import fs from 'node:fs';
 import path from 'node:path';
 
+import { fileRouter } from './tfjs_files.mjs';
+
 function parseArgs(argv) {
   const args = { gear: '0' };
   for (let i = 0; i < argv.length; i += 2) {
@@ -36,25 +38,7 @@ const args = parseArgs(process.argv.slice(2));
 const require = createRequire(path.join(path.resolve(args.modules), 'x.js'));
 const tf = require('@tensorflow/tfjs');
 
-tf.io.registerLoadRouter((url) => {
-  if (typeof url !== 'string' || !url.startsWith('file://')) return null;
-  const jsonPath = url.slice('file://'.length);
-  return {
-    load: async () => {
-      const model = JSON.parse(fs.readFileSync(jsonPath, 'utf8'));
-      const weightSpecs = [];
-      const buffers = [];
-      for (const group of model.weightsManifest) {
-        weightSpecs.push(...group.weights);
-        for (const shard of group.paths) buffers.push(fs.readFileSync(path.join(path.dirname(jsonPath), shard)));
-      }
-      const joined = Buffer.concat(buffers);
-      return { modelTopology: model.modelTopology, format: model.format, signature: model.signature,
-        userDefinedMetadata: model.userDefinedMetadata, weightSpecs,
-        weightData: joined.buffer.slice(joined.byteOffset, joined.byteOffset + joined.byteLength) };
-    },
-  };
-});
+tf.io.registerLoadRouter(fileRouter);
 await tf.setBackend('cpu');
 
 const load = (name) => tf.loadGraphModel(`file://${path.resolve(args.models)}/${name}.json`);

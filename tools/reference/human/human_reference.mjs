@@ -32,6 +32,8 @@ import { createRequire } from 'node:module';
 import fs from 'node:fs';
 import path from 'node:path';
 
+import { fileRouter } from './tfjs_files.mjs';
+
 function parseArgs(argv) {
   const args = {};
   for (let i = 0; i < argv.length; i += 2) {
@@ -42,34 +44,6 @@ function parseArgs(argv) {
     if (!args[name]) throw new Error(`missing --${name}`);
   }
   return args;
-}
-
-// file:// IO handler for tf.loadGraphModel: model.json + shards listed in its weightsManifest.
-function fileRouter(url) {
-  if (typeof url !== 'string' || !url.startsWith('file://')) return null;
-  const jsonPath = url.slice('file://'.length);
-  return {
-    load: async () => {
-      const model = JSON.parse(fs.readFileSync(jsonPath, 'utf8'));
-      const weightSpecs = [];
-      const buffers = [];
-      for (const group of model.weightsManifest) {
-        weightSpecs.push(...group.weights);
-        for (const shard of group.paths) buffers.push(fs.readFileSync(path.join(path.dirname(jsonPath), shard)));
-      }
-      const joined = Buffer.concat(buffers);
-      return {
-        modelTopology: model.modelTopology,
-        format: model.format,
-        generatedBy: model.generatedBy,
-        convertedBy: model.convertedBy,
-        signature: model.signature,
-        userDefinedMetadata: model.userDefinedMetadata,
-        weightSpecs,
-        weightData: joined.buffer.slice(joined.byteOffset, joined.byteOffset + joined.byteLength),
-      };
-    },
-  };
 }
 
 // uint8 HWC image (flat) of size s -> Float32Array of size (s*k)^2*3, upsampled x k, then v*scale+offset.
