@@ -90,31 +90,32 @@ def report(args) -> None:
     index, judged = json.loads((out / "index.json").read_text()), json.loads((out / "judges.json").read_text())
     tags = np.array([e["tag"] for e in index])
     r_all = np.array([e["R"] for e in index])
-    scores = {"Male": {"R": r_all[:, 0], "faceres": np.array([e["faceres"][0] for e in index]),
-                       "oarriaga gender": judged["oarriaga_male"], "SSR-Net gender": judged["ssrnet_gender"]},
-              "Young": {"R": r_all[:, 1], "faceres": np.array([e["faceres"][1] for e in index]),
-                        "SSR-Net age": young(judged["ssrnet_age"])}}
+    faceres = np.array([e["faceres"] for e in index])
+    gear_male, gear_age = np.full(len(index), np.nan), np.full(len(index), np.nan)   # NaN: not run on that face
+    gear_rows = judged.get("gear_orig_rows", [])
+    gear_male[gear_rows], gear_age[gear_rows] = judged.get("gear_male", []), judged.get("gear_age", [])
+    scores = {"Male": {"R": r_all[:, 0], "faceres": faceres[:, 0], "oarriaga gender": judged["oarriaga_male"],
+                       "SSR-Net gender": judged["ssrnet_gender"], "GEAR (unedited only)": gear_male},
+              "Young": {"R": r_all[:, 1], "faceres": faceres[:, 1], "SSR-Net age": young(judged["ssrnet_age"]),
+                        "GEAR (unedited only)": young(gear_age)}}
     orig = np.flatnonzero(tags == "orig")
-    gear = judged.get("gear_orig_rows", [])
-    if gear:
-        scores["Male"]["GEAR (unedited only)"] = dict(zip(gear, judged["gear_male"]))
-        scores["Young"]["GEAR (unedited only)"] = dict(zip(gear, young(judged["gear_age"])))
     print(f"{len(orig)} unedited starter faces (seed {SEED}); strength on {int((tags == 'baseline-Male-low').sum())} "
           "faces per T; natural span = mean over R's top quarter minus bottom quarter")
     for a, by in scores.items():
         print(f"== {a}")
         for name, v in by.items():
-            rows = orig if not isinstance(v, dict) else np.array(sorted(v))
-            vals = np.array([v[i] for i in rows], np.float64) if isinstance(v, dict) else np.asarray(v, np.float64)[rows]
-            r = by["R"][rows]
+            v = np.asarray(v, np.float64)
+            rows = orig[np.isfinite(v[orig])]
+            if not len(rows):
+                continue
+            vals, r = v[rows], by["R"][rows]
             lo, hi = r <= np.quantile(r, 0.25), r >= np.quantile(r, 0.75)
             line = (f"  {name:22s} n {len(rows):3d}  natural span {vals[hi].mean() - vals[lo].mean():+.3f}  "
                     f"corr with R {np.corrcoef(r, vals)[0, 1]:+.3f}")
-            if not isinstance(v, dict):
-                full = np.asarray(v, np.float64)
-                for arm in ("baseline", "hfld"):
-                    lo_t, hi_t = full[tags == f"{arm}-{a}-low"], full[tags == f"{arm}-{a}-high"]
-                    line += f" | {arm} strength {hi_t.mean() - lo_t.mean():+.3f}"
+            for arm in ("baseline", "hfld"):
+                low, high = v[tags == f"{arm}-{a}-low"], v[tags == f"{arm}-{a}-high"]
+                if len(low) and np.isfinite(low).all() and np.isfinite(high).all():
+                    line += f" | {arm} strength {high.mean() - low.mean():+.3f}"
             print(line)
 
 

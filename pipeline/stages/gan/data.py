@@ -64,6 +64,9 @@ class DataSource(Protocol):
     def reference(self, n: int, set_index: int, batch_size: int) -> Iterator[torch.Tensor]:
         """The fixed reference set `set_index` (0, 1: independent) of n images, in batches."""
 
+    def kept_share(self) -> float | None:
+        """Share of the drawn samples a filter (data.teacher_filter) kept in this process; None: no filter."""
+
 
 def to_unit_range(images_u8: torch.Tensor) -> torch.Tensor:
     """uint8 [B, 3, R, R] in 0..255 -> float [B, 3, R, R] in [-1, 1]."""
@@ -130,8 +133,9 @@ class TeacherSource:
             mask = self.keep(images)
             assert mask.shape == (size,) and mask.dtype == torch.bool, "keep must return bool [B]"
             kept.append(images[mask])
-            n_kept, n_drawn = n_kept + int(mask.sum()), n_drawn + size
-            self.drawn, self.kept = self.drawn + size, self.kept + int(mask.sum())
+            n_mask = int(mask.sum())                  # one device-to-host read per draw
+            n_kept, n_drawn = n_kept + n_mask, n_drawn + size
+            self.drawn, self.kept = self.drawn + size, self.kept + n_mask
             if n_kept >= batch_size:
                 return torch.cat(kept)[:batch_size]
             # top up with a few spare samples: sizes depend only on what this batch's draws kept, so a
@@ -184,6 +188,9 @@ class TensorSource:
         idx = perm[set_index * size:(set_index + 1) * size]
         for start in range(0, len(idx), batch_size):
             yield to_unit_range(self.images[idx[start:start + batch_size].to(self.device)])
+
+    def kept_share(self) -> float | None:
+        return None                                  # a dataset is used whole: no filter
 
 
 @dataclass

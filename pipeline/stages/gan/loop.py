@@ -113,12 +113,6 @@ def command_line(cfg: GanConfig) -> str:
     return cfg.export.command or " ".join(shlex.quote(a) for a in sys.argv)
 
 
-def teacher_kept_share(source: DataSource) -> float | None:
-    """The share of teacher samples a data.teacher_filter kept in this process (None: no filter)."""
-    share = getattr(source, "kept_share", None)
-    return share() if share is not None else None
-
-
 class Progress:
     """kimg/s over training time (hooks excluded), ETA to total_kimg, and one readable line."""
 
@@ -391,10 +385,11 @@ def final_products(cfg: GanConfig, state: GanState, source: DataSource, quality:
             for p in pictures.values():
                 tracker.log_artifact(p, "quality")
             tracker.log_artifact(quality.folder / "quality.json", "quality")
+    data_report, kept = dict(source.report), source.kept_share()
+    if kept is not None:
+        data_report["kept_share_last_invocation"] = kept
     card = {"architecture": cfg.arch.as_card(),
-            "data_source": {"config": to_dict(cfg.data), "description": source.description,
-                            "report": {**source.report, **({"kept_share_last_invocation": teacher_kept_share(source)}
-                                                           if teacher_kept_share(source) is not None else {})}},
+            "data_source": {"config": to_dict(cfg.data), "description": source.description, "report": data_report},
             "training": {"kimg": state.kimg, "steps": state.step, "global_batch": cfg.batch_size * state.world_size,
                          "workers": state.world_size, "train_seconds": record.train_seconds,
                          "train_time": format_duration(record.train_seconds), "gpu": gpu_name(state.device),
@@ -524,8 +519,9 @@ def run_training(cfg: GanConfig, ctx: WorkerContext, *, resume: Checkpoint | Non
 
     def on_log(st: GanState, means: dict) -> None:
         means = ctx.mean(means)
-        if teacher_kept_share(source) is not None:     # this worker's share (every worker draws alike)
-            means["teacher_kept"] = teacher_kept_share(source)
+        kept = source.kept_share()
+        if kept is not None:                           # this worker's share (every worker draws alike)
+            means["teacher_kept"] = kept
         row = {"step": st.step, "kimg": st.kimg, **means}
         if ctx.chief:
             row.update(progress.line(st, means))

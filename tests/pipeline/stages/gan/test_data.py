@@ -205,6 +205,18 @@ def test_a_gan_run_with_a_landmark_filter_refuses_a_teacher_preset_without_68_po
     assert not list(tmp_path.rglob("*.safetensors"))                # nothing trained, nothing written
 
 
+def test_a_filtered_gan_run_logs_and_records_the_kept_share(tmp_path, monkeypatch):
+    import pipeline.stages.gan.loop as loop
+    monkeypatch.setattr(loop, "landmark_order_filter", lambda landmarks, device: bright)   # tiny has no 68 points
+    cfg = tiny_config(tmp_path, "total_kimg=0.016",
+                      data={"teacher": {"preset": "tiny"}, "teacher_filter": "landmarks_in_order"})
+    result = run_gan(cfg, print_fn=lambda *a, **k: None)
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(0 < r["teacher_kept"] < 1 for r in rows)
+    report = json.loads(result.card_path.read_text())["data_source"]["report"]
+    assert report["filter"] == "landmarks_in_order" and report["kept_share_last_invocation"] == rows[-1]["teacher_kept"]
+
+
 @pytest.mark.parametrize("kind", ["teacher", "folder", "parquet", "hf"])
 def test_a_few_gan_steps_from_each_data_source(tmp_path, kind):
     data = {"source": kind, "cache_dir": str(tmp_path / "cache")}
