@@ -70,6 +70,9 @@ def load_config(args, argv: list[str]):
     elapsed_min = (time.perf_counter() - STARTED) / 60
     command = " ".join(shlex.quote(a) for a in ["python", "tools/train_starter_gan.py", *argv])
     overrides = [
+        # the teacher preset, when the config builds it by name (data.teacher_filter's landmark net is the
+        # dcgan64 preset's), comes from --cache too, not from ~/.cache/hfld, which the GPU machine lacks
+        f"data.teacher.cache_dir={Path(args.cache).expanduser().resolve()}",
         *args.set,
         f"work_dir={args.work}",
         "tracking.enabled=false",

@@ -45,3 +45,12 @@ def test_launcher_trains_resumes_and_brings_back_at_most_8_flat_files(tmp_path, 
     card2 = json.loads((out2 / "stylegan2_starter64.json").read_text())
     assert card2["training"]["kimg"] == pytest.approx(0.016) and len(card2["training"]["invocations"]) == 2
     assert [round(h["kimg"], 3) for h in card2["quality"]["fd_history"]] == [0.008, 0.016]
+
+
+def test_launcher_builds_the_teacher_preset_from_its_cache(tmp_path):
+    """The filter's landmark net comes from the teacher preset, built by name: from --cache, not ~/.cache/hfld."""
+    tool = launcher()
+    argv = ["--cache", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--set", "data.teacher_filter=landmarks_in_order"]
+    cfg = tool.load_config(tool.parse_args(argv), argv)
+    assert cfg.data.teacher.cache_dir == str((tmp_path / "c").resolve())
+    assert cfg.data.teacher_filter == "landmarks_in_order"
