@@ -99,8 +99,8 @@ class TeacherSource:
 
     `keep` (optional) filters the training batches: a batch is filled with the samples it keeps, from a
     draw of batch_size and then top-ups sized by what is still missing, all with the step's rng (so a
-    resumed run draws the same images); `kept_share()` gives the share kept. The reference sets stay unfiltered: quality is measured against the teacher
-    itself, not against what the student was shown.
+    resumed run draws the same images); `kept_share()` gives the share kept. The reference sets stay
+    unfiltered: quality is measured against the teacher itself, not against what the student was shown.
     """
 
     def __init__(self, generator: nn.Module, resolution: int, device: torch.device, *, truncation: float = 1.0,

@@ -50,7 +50,8 @@ def test_launcher_trains_resumes_and_brings_back_at_most_8_flat_files(tmp_path, 
 def test_launcher_builds_the_teacher_preset_from_its_cache(tmp_path):
     """The filter's landmark net comes from the teacher preset, built by name: from --cache, not ~/.cache/hfld."""
     tool = launcher()
-    argv = ["--cache", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--set", "data.teacher_filter=landmarks_in_order"]
+    argv = ["--cache", str(tmp_path / "c"), "--out", str(tmp_path / "o"),
+            "--set", "data.teacher_filter=landmarks_in_order"]
     cfg = tool.load_config(tool.parse_args(argv), argv)
     assert cfg.data.teacher.cache_dir == str((tmp_path / "c").resolve())
     assert cfg.data.teacher_filter == "landmarks_in_order"
