@@ -29,11 +29,13 @@ MLflow 3 keeps it in maintenance mode.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,7 @@ import yaml
 
 from pipeline.core.config import ConfigError, flatten, require
 from pipeline.core.io import atomic_write_bytes
+from pipeline.core.signals import signals_deferred
 
 # MLflow 3 sends usage telemetry unless told not to; this project never talks to the network.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -207,11 +210,24 @@ class NullTracker:
         return False
 
 
+def _not_interrupted(method):
+    """A SIGTERM/Ctrl-C arriving during this store write is raised when the write is done, not inside it:
+    a KeyboardInterrupt raised inside SQLAlchemy's session can leave a SQLite write transaction open, and
+    then every later write of the process (ending the run KILLED) fails with "database is locked" (seen on
+    CI: generate stopped during `log_params` exited 1, not 143). A second SIGTERM still exits at once."""
+    @functools.wraps(method)
+    def guarded(*args, **kwargs):
+        with signals_deferred():
+            return method(*args, **kwargs)
+    return guarded
+
+
 class MLflowTracker:
     """One MLflow run, written through an explicit MlflowClient (no global active-run state).
 
     `owns_run`: this object created the run and ends it; an attached tracker (a Ray worker
-    continuing the driver's run) logs but leaves ending to the creator.
+    continuing the driver's run) logs but leaves ending to the creator. Every write is one uninterrupted
+    unit (`_not_interrupted`).
     """
 
     def __init__(self, client, run_id: str, tracking_uri: str, owns_run: bool, continued: bool = False):
@@ -250,6 +266,7 @@ class MLflowTracker:
             return exp.experiment_id
 
     @classmethod
+    @_not_interrupted
     def start(cls, cfg: TrackingConfig, *, work_dir: str | Path, run_name: str, stage: str,
               tags: Mapping[str, Any] | None = None) -> "MLflowTracker":
         """Create a run named `run_name` (deterministic: the stage config's name) in cfg.experiment."""
@@ -272,6 +289,7 @@ class MLflowTracker:
         return cls(cls._client(tracking_uri), run_id, tracking_uri, owns_run=False)
 
     @classmethod
+    @_not_interrupted
     def reopen(cls, tracking_uri: str, run_id: str) -> "MLflowTracker | None":
         """An earlier invocation's run, set RUNNING again and owned (ended) by this process; None when the
         store has no such run (deleted, or another store)."""
@@ -287,6 +305,7 @@ class MLflowTracker:
         return cls(client, run_id, tracking_uri, owns_run=True, continued=True)
 
     # -- logging --------------------------------------------------------------------------------
+    @_not_interrupted
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Flattened params (`losses.landmark`), values cut to MLflow's limit; the full nested mapping
         is also stored as the artifact params.yaml, so nothing is lost to truncation."""
@@ -302,6 +321,7 @@ class MLflowTracker:
             self.client.log_batch(self.run_id, params=chunk)
         self.client.log_text(self.run_id, yaml.safe_dump(dict(params), sort_keys=False), "params.yaml")
 
+    @_not_interrupted
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Numeric, finite values only (MLflow cannot plot inf/NaN), one batch call."""
         from mlflow.entities import Metric
@@ -312,18 +332,22 @@ class MLflowTracker:
         for chunk in _chunks(entries, MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=chunk)
 
+    @_not_interrupted
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    @_not_interrupted
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
         """`data` as a JSON artifact (e.g. "config_history.json")."""
         self.client.log_text(self.run_id, json.dumps(data, indent=1, sort_keys=True, default=str), artifact_file)
 
+    @_not_interrupted
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for k, v in tags.items():
             if v not in (None, ""):
                 self.client.set_tag(self.run_id, k, str(v))
 
+    @_not_interrupted
     def register_model(self, artifact_path: str, name: str, tags: Mapping[str, Any] | None = None) -> str:
         """A new version of registered model `name` whose source is this run's `artifact_path` folder."""
         from mlflow.exceptions import MlflowException
@@ -347,6 +371,7 @@ class MLflowTracker:
         return MLflowTracker.start(cfg, work_dir=".", run_name=run_name, stage=stage, tags=tags)
 
     # -- ending ---------------------------------------------------------------------------------
+    @_not_interrupted
     def end(self, status: str = "FINISHED") -> None:
         """FINISHED, FAILED or KILLED; only the creator of the run ends it, once."""
         if self.owns_run and not self._ended:
@@ -359,8 +384,15 @@ class MLflowTracker:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
             self.end("FINISHED")
-        else:
-            self.end("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+            return False
+        status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+        try:
+            self.end(status)
+        except Exception as e:  # the block's own exception (and the exit status it sets) must win
+            first_line = (str(e).splitlines() or [""])[0]
+            print(f"[tracking] warning: could not record MLflow run {self.run_id} as {status} "
+                  f"({type(e).__name__}: {first_line}); it stays RUNNING in {self.tracking_uri}",
+                  file=sys.stderr, flush=True)
         return False
 
 
@@ -410,6 +442,7 @@ def stage_run(cfg: TrackingConfig, tracker: Tracker | None, *, work_dir: str | P
     return run
 
 
+@_not_interrupted
 def close_abandoned_runs(record: Mapping[str, str], print_fn=print) -> list[str]:
     """Mark KILLED the run in `record` ({"run_id", "tracking_uri"}) and its child runs, where they are
     still RUNNING: their process is gone (its lock was taken over). Returns the ids marked."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,47 @@ def test_run_ends_failed_when_the_stage_raises_and_attached_trackers_leave_it_op
             raise RuntimeError("boom")
     run = run_by_name(cfg.tracking_uri, "exp-b", "fails")
     assert run.info.status == "FAILED" and run.data.metrics["total"] == 2.0
+
+
+def test_a_sigterm_during_a_store_write_is_raised_once_the_write_is_done(tmp_path, monkeypatch):
+    """Raised inside SQLAlchemy's session, the interrupt can leave a SQLite write transaction open and the
+    run's end (KILLED) then fails with "database is locked" (CI: generate exited 1 instead of 143)."""
+    from pipeline.core.signals import interrupt_handlers
+    cfg = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/m.db", experiment="exp-sig")
+    with interrupt_handlers(), pytest.raises(KeyboardInterrupt):
+        with open_tracker(cfg, work_dir=tmp_path, run_name="stopped", stage="generate") as t:
+            write = t.client.log_batch
+
+            def log_batch_as_a_sigterm_arrives(*args, **kwargs):
+                os.kill(os.getpid(), signal.SIGTERM)     # the handler runs here, inside the write
+                return write(*args, **kwargs)
+
+            monkeypatch.setattr(t.client, "log_batch", log_batch_as_a_sigterm_arrives)
+            t.log_params({"n_sources": 40, "variants": 2})
+            pytest.fail("the SIGTERM must be raised as log_params returns")
+    run = run_by_name(cfg.tracking_uri, "exp-sig", "stopped")
+    assert run.data.params == {"n_sources": "40", "variants": "2"} and run.info.status == "KILLED"
+
+
+def test_a_run_that_cannot_be_ended_does_not_replace_the_error_that_ends_it(tmp_path, monkeypatch, capsys):
+    """The block's exception decides the exit status (143 for SIGTERM); the failed end is a warning."""
+    from mlflow.exceptions import MlflowException
+    cfg = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/m.db", experiment="exp-locked")
+
+    def locked(*args, **kwargs):
+        raise MlflowException("(sqlite3.OperationalError) database is locked\n(Background on this error ...)")
+
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        with open_tracker(cfg, work_dir=tmp_path, run_name="locked", stage="generate") as t:
+            monkeypatch.setattr(t.client, "set_terminated", locked)
+            raise KeyboardInterrupt("SIGTERM")
+    err = capsys.readouterr().err
+    assert f"could not record MLflow run {t.run_id} as KILLED" in err and "database is locked" in err
+    assert "Background" not in err, "one line of the store's error is enough"
+    assert run_by_name(cfg.tracking_uri, "exp-locked", "locked").info.status == "RUNNING"
+    with pytest.raises(MlflowException, match="locked"):     # a run that succeeded must not look finished
+        with open_tracker(cfg, work_dir=tmp_path, run_name="ok", stage="generate") as t:
+            monkeypatch.setattr(t.client, "set_terminated", locked)
 
 
 # ---------------------------------------------------------------------------------------------
