@@ -111,12 +111,6 @@ class LossConfig:
     generator with `hfld invert-check` (e.g. --set invert.projection.losses.perceptual=10).
 
     pixel: |x - y| (l1) or (x - y)^2 (l2) over the pixels in [-1, 1];
-    pixel_landmark_focus: 0 = every pixel counts alike; k > 0 weights each pixel by 1 + k * (a Gaussian
-      bump of width `pixel_landmark_sigma`, in image widths, around the nearest of the target's landmarks
-      by the preset's landmark net: brows, eyes, nose, mouth, jaw), normalised to mean 1 so the term
-      keeps its scale. Why: where fer's label changes in a reconstruction, pixels, descriptor and points
-      are close overall; the expression lives in a few regions that an even pixel average underweights.
-      No emotion network is involved, so emotion agreement stays a held-out measure;
     perceptual: mean over the preset's perceptual feature layers of the squared feature difference;
     identity: 1 - cosine of the preset's identity descriptors (skipped when the preset has none);
     landmark: mean |H(x) - H(y)| of the preset's landmark model, coordinates in [0, 1] (our HFLD term);
@@ -152,8 +146,6 @@ class LossConfig:
     """
     pixel: float = 1.0
     pixel_kind: Literal["l1", "l2"] = "l2"
-    pixel_landmark_focus: float = 0.0
-    pixel_landmark_sigma: float = 0.05
     perceptual: float = 3.0
     identity: float = 1.0
     landmark: float = 10.0
@@ -164,11 +156,8 @@ class LossConfig:
     expression_kind: Literal["features", "kl"] = "features"
 
     def __post_init__(self):
-        for name in ("pixel", "perceptual", "identity", "landmark", "noise", "wplus_spread", "z_prior",
-                     "pixel_landmark_focus"):
+        for name in ("pixel", "perceptual", "identity", "landmark", "noise", "wplus_spread", "z_prior"):
             require(getattr(self, name) >= 0, f"projection.losses.{name}", getattr(self, name), "must be >= 0")
-        require(0 < self.pixel_landmark_sigma <= 1, "projection.losses.pixel_landmark_sigma",
-                self.pixel_landmark_sigma, "must be in (0, 1] (image widths)")
         require(math.isfinite(self.expression) and self.expression >= 0, "projection.losses.expression",
                 self.expression, "must be a finite number >= 0 (0 = no expression term)")
         require(self.expression_kind in ("features", "kl"), "projection.losses.expression_kind",

@@ -95,25 +95,6 @@ def normalise_noise_(noise: list[torch.Tensor]) -> None:
             n *= n.square().mean(dim=(1, 2, 3), keepdim=True).rsqrt()
 
 
-def landmark_focus_weights(points: torch.Tensor, size: int, focus: float, sigma: float) -> torch.Tensor:
-    """Pixel weights [B, 1, size, size], mean 1 per face: 1 + focus * exp(-d^2 / (2 sigma^2)), d the distance
-    (in image widths) from the pixel's centre to the nearest of the face's points [B, P, 2] ((x, y) in
-    [0, 1]). Built at 64 px at most and resized: the bumps are smooth, and [B, P, 256, 256] would not fit."""
-    b = points.shape[0]
-    assert points.dim() == 3 and points.shape[2] == 2, f"points must be [B, P, 2], got {list(points.shape)}"
-    grid_size = min(size, 64)
-    centres = (torch.arange(grid_size, device=points.device, dtype=points.dtype) + 0.5) / grid_size
-    dx2 = (centres.view(1, 1, grid_size) - points[:, :, 0:1]).square()      # [B, P, G] along x
-    dy2 = (centres.view(1, 1, grid_size) - points[:, :, 1:2]).square()      # [B, P, G] along y
-    nearest = (dy2.unsqueeze(3) + dx2.unsqueeze(2)).amin(dim=1)             # [B, G(y), G(x)]
-    weights = (1.0 + focus * torch.exp(-nearest / (2 * sigma ** 2))).unsqueeze(1)
-    if grid_size != size:
-        weights = F.interpolate(weights, size=(size, size), mode="bilinear", align_corners=False)
-    weights = weights / weights.mean(dim=(2, 3), keepdim=True)
-    assert weights.shape == (b, 1, size, size)
-    return weights
-
-
 def expression_judge(bundle: ModelBundle, weight: float) -> tuple[str, torch.nn.Module] | None:
     """(key, net) of the expression net losses.expression (`weight`) uses, or None when the term is off
     (weight 0) or the bundle has no such net.
@@ -244,14 +225,8 @@ class Projector:
 
     @torch.no_grad()
     def targets(self, target: torch.Tensor) -> dict:
-        """What the loss compares against, computed once per batch (with the pixel weights [B, 1, R, R]
-        when the pixel term focuses on the landmarks)."""
-        out = {"image": target} | self.judged(target)
-        if self.cfg.losses.pixel_landmark_focus > 0:
-            out["pixel_weights"] = landmark_focus_weights(out["points"], int(target.shape[-1]),
-                                                          self.cfg.losses.pixel_landmark_focus,
-                                                          self.cfg.losses.pixel_landmark_sigma)
-        return out
+        """What the loss compares against, computed once per batch."""
+        return {"image": target} | self.judged(target)
 
     def expression_target(self, image: torch.Tensor) -> torch.Tensor:
         """What the expression term compares: the net's penultimate features [B, F] ("features") or its
@@ -273,8 +248,6 @@ class Projector:
         mine = self.judged(image)
         diff = image.to(self.dtype) - tgt["image"].to(self.dtype)
         pixel = diff.abs() if self.cfg.losses.pixel_kind == "l1" else diff.square()
-        if "pixel_weights" in tgt:
-            pixel = pixel * tgt["pixel_weights"]
         out = {"pixel": pixel.mean(dim=(1, 2, 3)),
                "perceptual": torch.stack([mean_square_per_sample(b, a)
                                           for a, b in zip(mine["features"], tgt["features"])]).mean(0),

@@ -14,8 +14,8 @@ from pipeline.core.sampling import latents_from_z
 from pipeline.core.seeding import Stream, rng_for
 from pipeline.presets import ModelConfig, build_bundle
 from pipeline.stages.invert.config import LossConfig, ProjectionConfig
-from pipeline.stages.invert.project import (LatentJitter, Projector, expression_judge, landmark_focus_weights, latent_space,
-                                            latent_noise_scale, learning_rate, noise_regularisation, normalise_noise_)
+from pipeline.stages.invert.project import (LatentJitter, Projector, expression_judge, latent_space, latent_noise_scale,
+                                            learning_rate, noise_regularisation, normalise_noise_)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -260,57 +260,3 @@ def test_the_job_records_an_expression_net_in_the_loss(tiny):
     off = invert_facts(tiny, InvertConfig(), "tiny")
     on = invert_facts(tiny, InvertConfig(projection=ProjectionConfig(losses=LossConfig(expression=1.0))), "tiny")
     assert off.expression_term == "" and on.expression_term == "tiny-judge (TinyEmotion)"
-
-
-# ---------------------------------------------------------------------------------------------
-# The pixel term's landmark focus
-# ---------------------------------------------------------------------------------------------
-
-def test_landmark_focus_weights_peak_at_each_faces_points_and_average_one():
-    at = [(16.5 / 64, 32.5 / 64), (48.5 / 64, 8.5 / 64)]                             # pixel centres, (x, y)
-    points = torch.tensor([[p] for p in at], dtype=torch.float64)                   # one point per face
-    weights = landmark_focus_weights(points, 64, focus=4.0, sigma=0.05)
-    assert weights.shape == (2, 1, 64, 64)
-    torch.testing.assert_close(weights.mean(dim=(1, 2, 3)), torch.ones(2, dtype=torch.float64))
-    for face, (x, y) in enumerate(at):
-        row, col = divmod(int(weights[face, 0].argmax()), 64)
-        assert ((col + 0.5) / 64, (row + 0.5) / 64) == (x, y)
-        assert weights[face, 0].max() / weights[face, 0].min() == pytest.approx(5.0, rel=1e-3)   # 1 + focus
-    # a larger image gets the same map, resized (built at 64 px at most)
-    big = landmark_focus_weights(points, 256, focus=4.0, sigma=0.05)
-    assert big.shape == (2, 1, 256, 256)
-    torch.testing.assert_close(torch.nn.functional.avg_pool2d(big, 4), weights, rtol=0.05, atol=0.05)
-
-
-def test_the_landmark_focus_weights_the_pixel_term_where_the_points_are(tiny):
-    _, images = known_faces(tiny, 2, seed=24)
-    even = Projector(tiny, ProjectionConfig(steps=1, w_std_samples=200))
-    focused = Projector(tiny, ProjectionConfig(steps=1, w_std_samples=200,
-                                               losses=LossConfig(pixel_landmark_focus=10.0, pixel_landmark_sigma=0.03)))
-    tgt_even, tgt_focused = even.targets(images), focused.targets(images)
-    assert "pixel_weights" not in tgt_even and tgt_focused["pixel_weights"].shape == (2, 1, *images.shape[-2:])
-    w = even.start_latents(2)
-    with torch.no_grad():
-        generated = even.synthesis(w, None)
-        assert torch.equal(focused.terms(images, tgt_focused, w, None)["pixel"], torch.zeros(2, dtype=images.dtype))
-        # an error on one pixel counts more at a landmark than far from every landmark
-        weights = tgt_focused["pixel_weights"][0, 0]
-        near, far = divmod(int(weights.argmax()), weights.shape[1]), divmod(int(weights.argmin()), weights.shape[1])
-        costs = []
-        for row, col in (near, far):
-            wrong = images.clone()
-            wrong[0, :, row, col] += 1.0
-            costs.append(focused.terms(wrong, tgt_focused, w, None)["pixel"][0]
-                         / even.terms(wrong, tgt_even, w, None)["pixel"][0])
-        assert costs[0] > 5 * costs[1], costs
-        # and the other terms are unchanged
-        a, b = even.terms(generated, tgt_even, w, None), focused.terms(generated, tgt_focused, w, None)
-        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a if k != "pixel")
-
-
-def test_landmark_focus_settings_are_validated():
-    with pytest.raises(ConfigError, match=r"projection\.losses\.pixel_landmark_focus"):
-        LossConfig(pixel_landmark_focus=-1.0)
-    for bad in (0.0, 1.5):
-        with pytest.raises(ConfigError, match=r"projection\.losses\.pixel_landmark_sigma"):
-            LossConfig(pixel_landmark_sigma=bad)
