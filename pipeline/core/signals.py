@@ -13,7 +13,8 @@ bounded by the sender's grace period anyway, and a stuck clean-up must not make 
 by the signal its supervisor sends. A second Ctrl-C raises KeyboardInterrupt again (Python's own rule).
 
 `signals_deferred()` protects a short critical section (an optimisation step: T and Adam's moments
-must change together): a signal arriving inside is raised when the block ends. It only defers what
+must change together; an MLflow write, which an interrupt inside SQLAlchemy can leave holding the SQLite
+store's lock): a signal arriving inside is raised when the block ends. It only defers what
 these handlers receive; without them (library use, default Python handlers) it does nothing.
 
 Ray's `ray.init` replaces the SIGTERM handler of the process with its own (`sys.exit`), so
