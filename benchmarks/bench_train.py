@@ -309,7 +309,7 @@ def profile_steps(args, device: torch.device, top: int = 20) -> list[str]:
                 step()
             sync(device)
             acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-            with profile(activities=acts) as prof:
+            with profile(activities=acts, record_shapes=True) as prof:
                 for _ in range(3):
                     step()
                 sync(device)
@@ -327,10 +327,37 @@ def profile_steps(args, device: torch.device, top: int = 20) -> list[str]:
             for e in kernels[:top]:
                 name = e.key if len(e.key) <= 100 else e.key[:97] + "..."
                 lines.append(f"  {100 * dev(e) / total:5.1f} {dev(e) / 3000:8.3f} {e.count // 3:>6}  {name}")
+            lines += copies_by_caller(prof, device)
             del state
             free_memory(device)
     finally:
         CUDA_GRAPH = graph
+    return lines
+
+
+def copies_by_caller(prof, device: torch.device, top: int = 12, depth: int = 4) -> list[str]:
+    """Where the step's copy kernels come from: each aten::copy_ of the 3 profiled steps with its input
+    shapes and strides' layout and the chain of ops that called it (innermost last), device time summed.
+
+    Layout conversions (NCHW <-> NHWC) and dtype casts of large maps show up as `direct_copy` kernels
+    whose launching op the kernel table cannot name; this table does. On a CPU: CPU time."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for e in prof.events():
+        if e.name != "aten::copy_":
+            continue
+        ms = (getattr(e, "device_time_total", 0) if device.type == "cuda" else e.cpu_time_total) / 1000
+        if ms <= 0:
+            continue
+        chain, parent = [], e.cpu_parent
+        while parent is not None and len(chain) < depth:
+            chain.append(parent.name)
+            parent = parent.cpu_parent
+        key = (" < ".join(chain) or "(top level)", str(getattr(e, "input_shapes", ""))[:90])
+        groups.setdefault(key, []).append(ms)
+    ranked = sorted(groups.items(), key=lambda kv: sum(kv[1]), reverse=True)
+    lines = ["", f"  copies (aten::copy_) by caller, top {top}: ms/step, calls/step, input shapes, callers (innermost first)"]
+    for (chain, shapes), times in ranked[:top]:
+        lines.append(f"  {sum(times) / 3:8.3f} {len(times) / 3:5.1f}  {shapes}  {chain[:160]}")
     return lines
 
 
@@ -589,6 +616,8 @@ def parse_args(argv=None):
     p.add_argument("--profile", action="store_true",
                    help="torch.profiler of one eager step per fast path at --profile-batch: top kernels")
     p.add_argument("--profile-batch", type=int, default=4)
+    p.add_argument("--no-components", action="store_true",
+                   help="with --profile: skip timing each part of the step alone (saves their CUDA-graph captures)")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32],
                    help="per-GPU batches for 1 GPU (stops at the first OOM)")
     p.add_argument("--ddp-batches", type=int, nargs="+", default=[2, 4, 8], help="per-GPU batches with 2+ GPUs")
@@ -658,8 +687,9 @@ def main(argv=None) -> int:
     if args.profile:
         for line in profile_steps(args, device):
             print(line, flush=True)
-        for line in component_times(args, device):
-            print(line, flush=True)
+        if not args.no_components:
+            for line in component_times(args, device):
+                print(line, flush=True)
     if args.json:
         args.json.write_text(json.dumps([{**asdict(r), "global_batch": r.global_batch} for r in rows], indent=1))
     return 0

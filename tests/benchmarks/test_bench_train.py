@@ -28,3 +28,22 @@ def test_tiny_benchmark_runs_one_device_and_two_rank_ddp(tmp_path):
     assert "Scaling efficiency" in text and "2 GPUs" in text
     assert "50,000 iterations x global batch 4" in text
     assert "1 GPU(s) x batch 4:" in text and "2 GPU(s) x batch 2:" in text
+
+
+def test_copies_are_listed_by_their_callers():
+    """The --profile table of copies names the op chain that made each copy, largest first."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from benchmarks.bench_train import copies_by_caller
+    x = torch.randn(8, 64, 64, 64)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(3):
+            with torch.profiler.record_function("to_nhwc"):
+                x.contiguous(memory_format=torch.channels_last)
+            with torch.profiler.record_function("small_cast"):
+                x[:1, :1].to(torch.float64)
+    lines = copies_by_caller(prof, torch.device("cpu"))
+    rows = [line for line in lines[2:] if line.strip()]
+    assert len(rows) == 2
+    assert "to_nhwc" in rows[0] and "[8, 64, 64, 64]" in rows[0] and " 1.0 " in rows[0]
+    assert "small_cast" in rows[1]
