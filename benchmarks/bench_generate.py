@@ -127,11 +127,19 @@ def in_process(job, args, size: int) -> dict:
         scorer.scorers(torch.cat([src, var]))
         return gpu_jpeg(var, 90)
 
+    def generate_score_jpeg_per_image_copies():     # gpu_jpeg before 2026-12-05: one D2H copy per image
+        from torchvision.io import encode_jpeg
+        src, var = gen.images(chunk)
+        scorer.scorers(torch.cat([src, var]))
+        return [e.cpu().numpy().tobytes() for e in encode_jpeg([p.permute(2, 0, 1).contiguous() for p in var], quality=90)]
+
     out = {"rows_per_chunk": rows, "images_per_chunk": B * (K + 1)}
     out["gen_only"] = rows / timed(generate, device, args.warmup, args.iters)
     out["gen_score"] = rows / timed(generate_score, device, args.warmup, args.iters)
     out["gen_score_gpujpeg"] = rows / timed(generate_score_jpeg, device, args.warmup, args.iters) \
         if device.type == "cuda" else None
+    out["gen_score_gpujpeg_per_image_copies"] = rows / timed(generate_score_jpeg_per_image_copies, device,
+                                                             args.warmup, args.iters) if device.type == "cuda" else None
     pixels = generate()[1][0].cpu().numpy()
     out["encode_per_core"] = {}
     for fmt in ("png", "jpeg", "webp"):
@@ -143,13 +151,15 @@ def in_process(job, args, size: int) -> dict:
     return out
 
 
-def base_config(size: int, args, out_dir: Path, T: str, image: str, rows: int) -> GenerateConfig:
+def base_config(size: int, args, out_dir: Path, T: str, image: str, rows: int,
+                scorers: str = "compiled") -> GenerateConfig:
     """The Ray run's config (also the in-process probe's): bf16 by default, PNG level 1 for speed."""
     K = args.variants
     B = args.batch_sources or DEFAULT_BATCH_SOURCES[size]
     cuda = torch.cuda.is_available() and not args.tiny
     encoders = args.encoders or max(1, (os.cpu_count() or 2) - 4)
-    data = {"model": {"preset": "tiny" if args.tiny else "starter", "fast_path": args.fast_path}, "directions": T,
+    data = {"model": {"preset": "tiny" if args.tiny else "starter", "fast_path": args.fast_path,
+                      "compile_measuring": scorers == "compiled"}, "directions": T,
             "n_sources": max(1, rows // K), "variants": K, "batch_sources": B,
             "shard_sources": args.shard_sources or DEFAULT_SHARD_SOURCES[size],
             "precision": args.precision, "device": "cuda" if cuda else "cpu",
@@ -167,17 +177,25 @@ def run_size(size: int, args, work: Path) -> list[dict]:
     T = random_T(factory, work)
     rows_budget = args.rows or DEFAULT_ROWS[size]
     results = []
-    probe_cfg = base_config(size, args, work / f"probe-{size}", T, args.images[0], rows_budget)
-    job = prepare(probe_cfg, factory)
-    job.device = "cuda" if probe_cfg.device == "cuda" else "cpu"
-    threads = torch.get_num_threads()
-    try:
-        ceiling = in_process(job, args, size)
-    finally:
-        torch.set_num_threads(threads)
-    del job
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    ceilings = {}
+    for mode in args.scorer_modes:     # the first mode's figures go into the table, the others on a line each
+        probe_cfg = base_config(size, args, work / f"probe-{size}-{mode}", T, args.images[0], rows_budget, mode)
+        job = prepare(probe_cfg, factory)
+        job.device = "cuda" if probe_cfg.device == "cuda" else "cpu"
+        threads = torch.get_num_threads()
+        try:
+            ceilings[mode] = in_process(job, args, size)
+        finally:
+            torch.set_num_threads(threads)
+        del job
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        c = ceilings[mode]
+        print(f"  in-process, {size} px, scorers {mode}: gen only {fmt(c['gen_only'])}, +score {fmt(c['gen_score'])}, "
+              f"+gpujpeg {fmt(c['gen_score_gpujpeg'])} (one copy per chunk) / "
+              f"{fmt(c['gen_score_gpujpeg_per_image_copies'])} (one copy per image, as before 2026-12-05) "
+              f"scored faces/s; {c['images_per_chunk']} images per chunk", flush=True)
+    ceiling = ceilings[args.scorer_modes[0]]
     for image in args.images:
         if image.endswith("-gpu") and probe_cfg.device != "cuda":
             image = image.replace("-gpu", "-cpu")          # no CUDA: the same format, encoded by PIL
@@ -185,7 +203,7 @@ def run_size(size: int, args, work: Path) -> list[dict]:
                "gpu": torch.cuda.get_device_name(0) if probe_cfg.device == "cuda" else "cpu",
                "precision": args.precision, "variants": args.variants, **ceiling}
         if not args.no_ray:
-            cfg = base_config(size, args, work / f"ray-{size}-{image}", T, image, rows_budget)
+            cfg = base_config(size, args, work / f"ray-{size}-{image}", T, image, rows_budget, args.scorer_modes[0])
             result = run_generate(cfg, bundle_factory=factory, print_fn=lambda *a, **k: None)
             row.update({"ray_rows": result.rows_written, "ray_seconds": result.seconds,
                         "ray_faces_per_s": result.steady_faces_per_s(),
@@ -231,6 +249,9 @@ def parse_args(argv):
     p.add_argument("--fast-path", default="compiled", choices=["compiled", "eager", "off"],
                    help="model.fast_path of the StyleGAN2 generator (off = the reference modules)")
     p.add_argument("--no-cuda-graph", action="store_true", help="resources.cuda_graph = false")
+    p.add_argument("--scorer-modes", nargs="+", default=["compiled"], choices=["compiled", "eager"],
+                   help="in-process probes with the scorers' forward torch.compile'd (model.compile_measuring) "
+                        "and/or eager; the first one is the table's and the Ray runs'")
     p.add_argument("--fuse", action="store_true", help="score inside the generator actor (resources.fuse_scoring)")
     p.add_argument("--encoders", type=int, default=0, help="encoder actors (0 = CPUs - 4)")
     p.add_argument("--generators", type=int, default=1, help="generator actors (each takes --gpus-per-generator)")

@@ -13,7 +13,7 @@ import torch
 from pipeline.core.cuda_graphs import GraphedCall
 from pipeline.core.metrics import landmark_drift, landmark_scale, total_variation
 from pipeline.core.sampling import latents_from_z, sample_noise
-from pipeline.presets import apply_fast_path, channels_last_convs
+from pipeline.presets import apply_fast_path, fast_measuring_networks
 from pipeline.stages.generate.config import ImageConfig
 from pipeline.stages.generate.job import GenerateJob
 from pipeline.stages.generate.plan import concat_rows, object_array, pack_chunks, split_chunks
@@ -146,8 +146,10 @@ class Scorers:
         self.landmarks = bundle.landmarks.to(device).eval()
         self.regressor = bundle.regressor.to(device).eval()
         self.judges = {name: bundle.judges[name].to(device).eval() for name in job.cfg.judges}
-        channels_last_convs(job.cfg.model.fast_path, self.emotion, self.landmarks, self.regressor,
-                            *self.judges.values())     # (a factory other than build_bundle may skip it)
+        # NHWC conv weights (a factory other than build_bundle may skip them) and, with fast_path "compiled"
+        # and model.compile_measuring, each network's forward torch.compile'd on CUDA (BN, activations,
+        # casts and resizing fused; the CUDA graph below captures the compiled kernels)
+        fast_measuring_networks(job.cfg.model, self.emotion, self.landmarks, self.regressor, *self.judges.values())
         self.keys = ("emotion", "landmarks", "attributes", *(f"judge_{k}" for k in self.judges))
         del bundle
         self.measure = graphed(self._measure, device, job.cfg.resources.cuda_graph)
@@ -253,8 +255,13 @@ def gpu_jpeg(pixels: torch.Tensor, quality: int) -> np.ndarray:
     """uint8 [B, H, W, 3] -> object array of JPEG bytes with torchvision (nvJPEG in one batched call when
     the tensor is on CUDA; libjpeg on CPU)."""
     from torchvision.io import encode_jpeg
-    encoded = encode_jpeg([p.permute(2, 0, 1).contiguous() for p in pixels], quality=quality)
-    return object_array([e.cpu().numpy().tobytes() for e in encoded])
+    if len(pixels) == 0:
+        return object_array([])
+    encoded = encode_jpeg(list(pixels.permute(0, 3, 1, 2).contiguous().unbind(0)), quality=quality)
+    # one device-to-host copy for the whole chunk (one copy per image cost a sync each)
+    flat = torch.cat(encoded).cpu().numpy()
+    ends = np.cumsum([e.numel() for e in encoded])
+    return object_array([flat[end - e.numel():end].tobytes() for e, end in zip(encoded, ends)])
 
 
 def encode_image(pixels: np.ndarray, image_cfg: ImageConfig) -> bytes:

@@ -369,14 +369,22 @@ def test_plan_lays_chunks_inside_shards():
     assert plan.shard_name(2) == "part-00002-of-00003"
 
 
-def test_batched_torchvision_jpeg_decodes(tmp_path):
-    """The GPU encoder's code path (on CPU tensors here: the same torchvision call)."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_batched_torchvision_jpeg_decodes(device):
+    """The GPU encoder's code path (on CPU tensors too: the same torchvision call): every blob decodes to
+    its own image, in order (the blobs come back through one device-to-host copy, split by length)."""
     from PIL import Image
     from pipeline.stages.generate.actors import gpu_jpeg
-    pixels = torch.arange(2 * 16 * 16 * 3, dtype=torch.int64).remainder(251).to(torch.uint8).reshape(2, 16, 16, 3)
-    blobs = gpu_jpeg(pixels, 95)
-    assert blobs.dtype == object and len(blobs) == 2
-    assert [Image.open(io.BytesIO(b)).size for b in blobs] == [(16, 16), (16, 16)]
+    levels = [20, 240, 120]                       # flat images of different lengths once encoded
+    pixels = torch.stack([torch.full((16, 24, 3), v, dtype=torch.uint8) for v in levels])
+    pixels[1, ::2, ::3] = 0                       # a textured one: a longer stream
+    blobs = gpu_jpeg(pixels.to(device), 95)
+    assert blobs.dtype == object and len(blobs) == 3
+    decoded = [np.asarray(Image.open(io.BytesIO(b))) for b in blobs]
+    assert [d.shape for d in decoded] == [(16, 24, 3)] * 3
+    for d, original in zip(decoded, pixels.numpy()):
+        assert abs(d.astype(float).mean() - original.astype(float).mean()) < 4
+    assert gpu_jpeg(pixels[:0].to(device), 95).shape == (0,)
 
 
 @pytest.mark.parametrize("fmt, tolerance", [("png", 0), ("jpeg", 40), ("webp", 40)])
@@ -487,6 +495,33 @@ def test_gpu_encoder_data_path_in_process(tmp_path):
     assert image.format == "JPEG" and image.size == (32, 32)
     # T = 0: every variant is its source, pixel for pixel, so the encoded bytes are the same too.
     assert table.column("image").to_pylist() == table.column("source_image").to_pylist()
+
+
+@pytest.mark.gpu
+def test_gpu_compiled_scorers_match_eager_ones(tmp_path):
+    """On CUDA the scorers' forward runs torch.compile'd (model.compile_measuring, under the chunk's CUDA
+    graph): the same scores as the eager networks (fp32, tiny preset), and the compiled code really ran."""
+    from pipeline.core.compiled import CompiledForward, compile_seconds
+    from pipeline.stages.generate.actors import Scorers
+    T = save_directions(tmp_path / "T.safetensors", torch.zeros(8, 32, 2), {"attributes": ATTRIBUTES})
+    pixels = torch.randint(0, 256, (12, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    scores = {}
+    for compiled in (True, False):
+        cfg = from_dict(GenerateConfig, {
+            "model": {"preset": "tiny", "compile_measuring": compiled}, "directions": str(T), "n_sources": 4,
+            "variants": 2, "precision": "fp32", "device": "cuda", "output_dir": str(tmp_path / f"out{compiled}"),
+            "tracking": {"enabled": False}}, "generate")
+        job = prepare(cfg)
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            scorers = Scorers(job, torch.device("cuda"))
+            scorers(pixels.cuda())
+            scores[compiled] = scorers(pixels.cuda())       # the CUDA graph's replay
+        nets = (scorers.emotion, scorers.landmarks, scorers.regressor)
+        assert all(isinstance(n.__dict__.get("forward"), CompiledForward) for n in nets) == compiled
+        if compiled:
+            assert compile_seconds(*nets) > 0 and not any(n.forward.failed for n in nets)
+    for key in scores[False]:
+        np.testing.assert_allclose(scores[True][key], scores[False][key], rtol=1e-3, atol=1e-4, err_msg=key)
 
 
 @pytest.mark.parametrize("resources, gpu, match", [
