@@ -141,8 +141,9 @@ class ModelConfig:
       (slower than the reference: only for debugging); "off" = the reference modules in the stage's
       `precision` (bit-for-bit the pre-fast-path behaviour; no compile time).
     compile_measuring: with fast_path "compiled", also torch.compile the forward of the frozen networks
-      that judge G's images in the loss (perceptual, landmarks, identity, regressor) on CUDA; eager on
-      the CPU and after a compile failure (pipeline/core/compiled.py). Same function up to rounding.
+      that judge G's images in the loss (perceptual, landmarks, identity, regressor) and, in generate,
+      of its scorers (emotion, landmarks, attributes, judges) on CUDA; eager on the CPU and after a
+      compile failure (pipeline/core/compiled.py). Same function up to rounding.
     """
     preset: str = "starter"
     weights: dict[str, str] = field(default_factory=dict, metadata=PATH)
