@@ -174,9 +174,6 @@ class ProjectionConfig:
       max(0, 1 - t / latent_noise_ramp)^2 (t = step / steps), w_std the spread of mapped latents.
     optimize_noise: also optimise per-face noise maps (stored with the latent; StyleGAN2 only).
     w_std_samples: mapped samples for w_std (W-space generators).
-    w_steps: the first w_steps of the steps optimise one w per face, the same on every layer (W, as
-      StyleGAN2's own projector does: 512 numbers instead of L x 512), and the rest the full W+ latent
-      from there; 0 (default) = W+ from the first step. No effect on Z-space generators.
     """
     steps: int = 200
     lr: float = 0.1
@@ -186,7 +183,6 @@ class ProjectionConfig:
     latent_noise_ramp: float = 0.75
     optimize_noise: bool = False
     w_std_samples: int = 10000
-    w_steps: int = 0
     losses: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self):
@@ -196,8 +192,6 @@ class ProjectionConfig:
             require(0 < getattr(self, name) <= 1, f"projection.{name}", getattr(self, name), "must be in (0, 1]")
         require(self.latent_noise >= 0, "projection.latent_noise", self.latent_noise, "must be >= 0")
         require(self.w_std_samples >= 2, "projection.w_std_samples", self.w_std_samples, "must be >= 2")
-        require(0 <= self.w_steps <= self.steps, "projection.w_steps", self.w_steps,
-                f"must be between 0 and projection.steps ({self.steps})")
 
 
 @dataclass(frozen=True)

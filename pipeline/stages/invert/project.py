@@ -297,7 +297,6 @@ class Projector:
         rounding of batched kernels).
         """
         steps = steps or self.cfg.steps
-        w_steps = min(self.cfg.w_steps, steps)
         b = target.shape[0]
         res = int(self.g.resolution)
         assert target.shape == (b, 3, res, res), f"target must be [B, 3, {res}, {res}], got {list(target.shape)}"
@@ -320,8 +319,6 @@ class Projector:
             per_face = self.total(self.terms(image, tgt, wplus, noise))
             opt.zero_grad(set_to_none=True)
             per_face.sum().backward()
-            if step < w_steps:
-                tie_layers_(wplus.grad)
             opt.step()
             if noise:
                 normalise_noise_(noise)
@@ -334,15 +331,6 @@ class Projector:
             loss_end = self.total(self.terms(images, tgt, final, final_noise))
         return Projection(final, final_noise, images, loss_start.detach(), loss_end.detach(),
                           torch.stack(history).cpu().tolist())
-
-
-def tie_layers_(grad: torch.Tensor) -> None:
-    """W phase (projection.w_steps): every layer of a [B, L, w_dim] latent gets the layers' mean gradient.
-    The latent starts tied (w_avg on every layer), Adam then makes the same update on each layer, so it
-    stays one w per face -- the gradient of a single w broadcast to all layers, up to the factor L that
-    Adam's normalisation removes."""
-    if grad.shape[1] > 1:
-        grad.copy_(grad.mean(1, keepdim=True).expand_as(grad))
 
 
 def face_seeds(job_seed: int, rows: np.ndarray) -> list[int]:

@@ -260,19 +260,3 @@ def test_the_job_records_an_expression_net_in_the_loss(tiny):
     off = invert_facts(tiny, InvertConfig(), "tiny")
     on = invert_facts(tiny, InvertConfig(projection=ProjectionConfig(losses=LossConfig(expression=1.0))), "tiny")
     assert off.expression_term == "" and on.expression_term == "tiny-judge (TinyEmotion)"
-
-
-def test_w_phase_keeps_one_w_per_face_then_w_plus_takes_over(tiny):
-    """projection.w_steps: during the W phase the latent is one w per face (the same on every layer);
-    the W+ steps after it let the layers part; w_steps > steps is refused, naming the field."""
-    truth, images = known_faces(tiny, 2, seed=3)
-    tied = Projector(tiny, ProjectionConfig(steps=30, w_steps=30, w_std_samples=500)).project(images, [1, 2])
-    spread = (tied.wplus - tied.wplus[:, :1]).abs().amax()
-    assert spread == 0, spread
-    assert not torch.allclose(tied.wplus[0], tied.wplus[1])                    # each face moved its own way
-    start = Projector(tiny, ProjectionConfig(steps=30, w_std_samples=500)).start_latents(2)
-    assert (tied.wplus - start).abs().amax() > 1e-3
-    after = Projector(tiny, ProjectionConfig(steps=30, w_steps=15, w_std_samples=500)).project(images, [1, 2])
-    assert (after.wplus - after.wplus[:, :1]).abs().amax() > 1e-4             # W+ after the W phase
-    with pytest.raises(ConfigError, match="projection.w_steps"):
-        ProjectionConfig(steps=30, w_steps=31)
