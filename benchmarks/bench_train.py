@@ -336,8 +336,8 @@ def profile_steps(args, device: torch.device, top: int = 20) -> list[str]:
 
 
 def copies_by_caller(prof, device: torch.device, top: int = 12, depth: int = 4) -> list[str]:
-    """Where the step's copy kernels come from: each aten::copy_ of the 3 profiled steps with its input
-    shapes and strides' layout and the chain of ops that called it (innermost last), device time summed.
+    """Where the step's copy kernels come from: the aten::copy_ calls of the 3 profiled steps grouped by
+    input shapes and by the chain of ops that called them (innermost first), device time summed.
 
     Layout conversions (NCHW <-> NHWC) and dtype casts of large maps show up as `direct_copy` kernels
     whose launching op the kernel table cannot name; this table does. On a CPU: CPU time."""
