@@ -122,16 +122,20 @@ def in_process(job, args, size: int) -> dict:
         src, var = gen.images(chunk)
         return scorer.scorers(torch.cat([src, var]))
 
-    def generate_score_jpeg():
-        src, var = gen.images(chunk)
-        scorer.scorers(torch.cat([src, var]))
-        return gpu_jpeg(var, 90)
+    def generate_score_then(encode):
+        def fn():
+            src, var = gen.images(chunk)
+            scorer.scorers(torch.cat([src, var]))
+            return encode(var, 90)
+        return fn
 
-    def generate_score_jpeg_per_image_copies():     # gpu_jpeg before 2026-12-05: one D2H copy per image
+    def jpeg_per_image_copies(pixels, quality):     # gpu_jpeg before 2026-12-05: one D2H copy per image
         from torchvision.io import encode_jpeg
-        src, var = gen.images(chunk)
-        scorer.scorers(torch.cat([src, var]))
-        return [e.cpu().numpy().tobytes() for e in encode_jpeg([p.permute(2, 0, 1).contiguous() for p in var], quality=90)]
+        return [e.cpu().numpy().tobytes() for e in encode_jpeg([p.permute(2, 0, 1).contiguous() for p in pixels],
+                                                                quality=quality)]
+
+    generate_score_jpeg = generate_score_then(gpu_jpeg)
+    generate_score_jpeg_per_image_copies = generate_score_then(jpeg_per_image_copies)
 
     out = {"rows_per_chunk": rows, "images_per_chunk": B * (K + 1)}
     out["gen_only"] = rows / timed(generate, device, args.warmup, args.iters)

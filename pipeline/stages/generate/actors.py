@@ -258,10 +258,10 @@ def gpu_jpeg(pixels: torch.Tensor, quality: int) -> np.ndarray:
     if len(pixels) == 0:
         return object_array([])
     encoded = encode_jpeg(list(pixels.permute(0, 3, 1, 2).contiguous().unbind(0)), quality=quality)
-    # one device-to-host copy for the whole chunk (one copy per image cost a sync each)
+    # one device-to-host copy for the whole chunk (one copy per image cost a sync each), split by length
     flat = torch.cat(encoded).cpu().numpy()
-    ends = np.cumsum([e.numel() for e in encoded])
-    return object_array([flat[end - e.numel():end].tobytes() for e, end in zip(encoded, ends)])
+    ends = np.cumsum([e.numel() for e in encoded])[:-1]
+    return object_array([part.tobytes() for part in np.split(flat, ends)])
 
 
 def encode_image(pixels: np.ndarray, image_cfg: ImageConfig) -> bytes:
