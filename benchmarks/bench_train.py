@@ -616,6 +616,8 @@ def parse_args(argv=None):
     p.add_argument("--profile", action="store_true",
                    help="torch.profiler of one eager step per fast path at --profile-batch: top kernels")
     p.add_argument("--profile-batch", type=int, default=4)
+    p.add_argument("--profile-only", action="store_true",
+                   help="--profile without the timed rows (at 1024 px their warm-up alone is ~8 min)")
     p.add_argument("--no-components", action="store_true",
                    help="with --profile: skip timing each part of the step alone (saves their CUDA-graph captures)")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32],
@@ -642,6 +644,8 @@ def parse_args(argv=None):
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny random networks, gloo for 2 ranks")
     p.add_argument("--json", type=Path, help="also write all rows as JSON here")
     args = p.parse_args(argv)
+    if args.profile_only:
+        args.profile = True
     if args.fast_paths is None:
         args.fast_paths = ["off"] if args.tiny else ["off", "compiled"]
     if args.tiny:
@@ -667,9 +671,11 @@ def main(argv=None) -> int:
           if not args.tiny else "NOTE: --tiny smoke test: tiny random networks on CPU; figures mean nothing.")
     for line in environment(device):
         print(line)
-    print(HEADER, flush=True)
-
     rows: list[Row] = []
+    if args.profile_only:
+        args.gpus = []
+    else:
+        print(HEADER, flush=True)
     if 1 in args.gpus:
         rows += bench_one_device(args, device)
     for world in sorted(g for g in args.gpus if g > 1):
@@ -682,7 +688,7 @@ def main(argv=None) -> int:
         except Exception as e:  # keep the 1-GPU figures: report what failed and carry on
             print(f"{world}-GPU mode failed: {type(e).__name__}: {e}", flush=True)
 
-    for line in summary(rows):
+    for line in summary(rows) if rows else []:
         print(line)
     if args.profile:
         for line in profile_steps(args, device):

@@ -47,3 +47,13 @@ def test_copies_are_listed_by_their_callers():
     assert len(rows) == 2
     assert "to_nhwc" in rows[0] and "[8, 64, 64, 64]" in rows[0] and " 1.0 " in rows[0]
     assert "small_cast" in rows[1]
+
+
+@pytest.mark.timeout(120)
+def test_profile_only_skips_the_timed_rows(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--profile-only", "--no-components",
+                           "--precisions", "fp32"], capture_output=True, text=True, timeout=110, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "--profile: 32 px" in proc.stdout and "copies (aten::copy_) by caller" in proc.stdout
+    assert not [line for line in proc.stdout.splitlines() if line.endswith("  ok")]   # no timed row
+    assert "Best per-GPU batch" not in proc.stdout

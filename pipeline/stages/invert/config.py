@@ -174,6 +174,9 @@ class ProjectionConfig:
       max(0, 1 - t / latent_noise_ramp)^2 (t = step / steps), w_std the spread of mapped latents.
     optimize_noise: also optimise per-face noise maps (stored with the latent; StyleGAN2 only).
     w_std_samples: mapped samples for w_std (W-space generators).
+    start_candidates: 0 = every face starts at w_avg (the StyleGAN2 projector's start); K > 0 = each face
+      starts at whichever of w_avg and K mapped samples (one pool per job seed) has the lowest loss
+      against it: a nearest-neighbour start, for generators whose loss surface has local minima.
     """
     steps: int = 200
     lr: float = 0.1
@@ -183,6 +186,7 @@ class ProjectionConfig:
     latent_noise_ramp: float = 0.75
     optimize_noise: bool = False
     w_std_samples: int = 10000
+    start_candidates: int = 0
     losses: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self):
@@ -192,6 +196,7 @@ class ProjectionConfig:
             require(0 < getattr(self, name) <= 1, f"projection.{name}", getattr(self, name), "must be in (0, 1]")
         require(self.latent_noise >= 0, "projection.latent_noise", self.latent_noise, "must be >= 0")
         require(self.w_std_samples >= 2, "projection.w_std_samples", self.w_std_samples, "must be >= 2")
+        require(self.start_candidates >= 0, "projection.start_candidates", self.start_candidates, "must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -166,6 +166,9 @@ class LatentJitter:
 class Projector:
     """Optimises latents for aligned faces with the networks of one bundle (on the bundle's device)."""
 
+    POOL_CHUNK = 256                # candidates synthesised and judged at once for the start
+    POOL_CACHE_BYTES = 2 ** 30      # keep the judged pool when it fits this
+
     def __init__(self, bundle: ModelBundle, cfg: ProjectionConfig, *, precision: str = "fp32",
                  w_std_seed: int = 0):
         self.cfg, self.precision = cfg, precision
@@ -182,7 +185,9 @@ class Projector:
         self.dtype = torch.float64 if self.g.mean_latent.dtype == torch.float64 else torch.float32
         self.space = latent_space(self.g)
         self.w_avg = self.g.mean_latent.detach().to(self.dtype)
+        self.w_std_seed = w_std_seed
         self.w_std = self.estimate_w_std(w_std_seed)
+        self._pool_latents, self._pool_chunks = None, None     # the start's candidates (start_candidates > 0)
         self.noise_maps = self.cfg.optimize_noise and self.space == "w+" and bool(self.g.make_noise("const", 1))
         w = cfg.losses
         self.weights = {"pixel": w.pixel, "perceptual": w.perceptual, "identity": w.identity if self.identity else 0.0,
@@ -258,12 +263,16 @@ class Projector:
             out["expression"] = self.expression_term(mine["expression"], tgt["expression"])
         if self.noise_maps and isinstance(noise, list):
             out["noise"] = noise_regularisation(noise)
+        return out | self.latent_terms(wplus)
+
+    def latent_terms(self, wplus: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The terms [B] that depend on the latent alone: z_prior (Z = W) or wplus_spread (W+)."""
+        w = wplus.to(self.dtype)
         if self.space == "z":
-            out["z_prior"] = (wplus.to(self.dtype).square().mean(dim=(1, 2)) - 1.0) ** 2
-        elif self.weights["wplus_spread"] > 0:
-            w = wplus.to(self.dtype)
-            out["wplus_spread"] = (w - w.mean(dim=1, keepdim=True)).square().sum(dim=2).mean(dim=1) / self.w_std ** 2
-        return out
+            return {"z_prior": (w.square().mean(dim=(1, 2)) - 1.0) ** 2}
+        if self.weights["wplus_spread"] > 0:
+            return {"wplus_spread": (w - w.mean(dim=1, keepdim=True)).square().sum(dim=2).mean(dim=1) / self.w_std ** 2}
+        return {}
 
     def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum(self.weights[k] * v for k, v in terms.items() if self.weights[k] > 0)
@@ -276,9 +285,83 @@ class Projector:
 
     # -- optimisation ---------------------------------------------------------------------------
 
-    def start_latents(self, batch: int) -> torch.Tensor:
-        """[B, L, w_dim] float32: w_avg in every layer (0 for Z = W)."""
-        return self.w_avg.reshape(1, 1, -1).expand(batch, int(self.g.n_latent), -1).clone()
+    def start_latents(self, batch: int, tgt: dict | None = None) -> torch.Tensor:
+        """[B, L, w_dim] float32: w_avg in every layer (0 for Z = W); with projection.start_candidates > 0
+        and the batch's targets, each face starts instead at whichever of w_avg and the candidate pool's
+        latents has the lowest loss against it (`best_start`)."""
+        if tgt is None or self.cfg.start_candidates == 0:
+            return self.w_avg.reshape(1, 1, -1).expand(batch, int(self.g.n_latent), -1).clone()
+        return self.best_start(batch, tgt)
+
+    @torch.no_grad()
+    def candidate_latents(self) -> torch.Tensor:
+        """[K + 1, L, w_dim]: w_avg first, then K = start_candidates mapped N(0, I) samples, one w in every
+        layer. Drawn from the projector's w_std seed, so a face's start does not depend on its batch."""
+        if self._pool_latents is None:
+            k, n_latent = self.cfg.start_candidates, int(self.g.n_latent)
+            gen = torch.Generator().manual_seed(derive_seed(self.w_std_seed, Stream.INIT, 29))
+            z = torch.randn(k, int(self.g.z_dim), generator=gen, dtype=self.dtype).to(self.device)
+            w = torch.cat([self.w_avg[None]] + [self.g.mapping(part).to(self.dtype) for part in z.split(256)])
+            self._pool_latents = w[:, None, :].expand(k + 1, n_latent, -1).contiguous()
+        return self._pool_latents
+
+    @torch.no_grad()
+    def candidate_chunks(self):
+        """Yields (latents, images [k, 3, R, R], `judged` dict) for chunks of the candidate pool. Kept after
+        the first pass when the pool's images and features fit POOL_CACHE_BYTES (64 px: 2,049 candidates
+        take ~0.6 GB), made again for every batch otherwise (256 px VGG features: ~50 MB a candidate)."""
+        if self._pool_chunks is not None:
+            yield from self._pool_chunks
+            return
+        kept, size = [], 0
+        for latents in self.candidate_latents().split(self.POOL_CHUNK):
+            with self.autocast():
+                image = self.synthesis(latents, None).to(self.dtype)
+            chunk = (latents, image, self.judged(image))
+            tensors = [image] + [t for v in chunk[2].values() for t in (v if isinstance(v, list) else [v])]
+            size += sum(t.numel() * t.element_size() for t in tensors)
+            if kept is not None:
+                kept = kept + [chunk] if size <= self.POOL_CACHE_BYTES else None
+            yield chunk
+        self._pool_chunks = kept
+
+    def pairwise_total(self, tgt: dict, images: torch.Tensor, judged: dict, latents: torch.Tensor) -> torch.Tensor:
+        """[B, K] loss of every target face against every candidate: `total(terms_judged(...))` of each pair
+        (same terms and weights; the noise-map term left out: it does not depend on the latent), with the
+        squared and absolute differences as distance matrices (torch.cdist) instead of B x K pairs."""
+        def mean_sq(a, b):        # [B, ...] x [K, ...] -> [B, K] mean squared difference
+            a, b = a.reshape(a.shape[0], -1).to(self.dtype), b.reshape(b.shape[0], -1).to(self.dtype)
+            return torch.cdist(a, b).square() / a.shape[1]
+
+        def mean_abs(a, b):
+            a, b = a.reshape(a.shape[0], -1).to(self.dtype), b.reshape(b.shape[0], -1).to(self.dtype)
+            return torch.cdist(a, b, p=1.0) / a.shape[1]
+
+        k = images.shape[0]
+        pixel = mean_sq if self.cfg.losses.pixel_kind == "l2" else mean_abs
+        out = {"pixel": pixel(tgt["image"], images),
+               "perceptual": torch.stack([mean_sq(t, c) for t, c in zip(tgt["features"], judged["features"])]).mean(0),
+               "landmark": mean_abs(tgt["points"], judged["points"])}
+        if "identity" in judged:
+            out["identity"] = 1.0 - F.normalize(tgt["identity"], dim=1) @ F.normalize(judged["identity"], dim=1).T
+        if "expression" in judged:
+            if self.cfg.losses.expression_kind == "features":
+                out["expression"] = mean_sq(tgt["expression"], judged["expression"])
+            else:     # KL(p(target) || p(candidate)) = sum p_t log p_t - p_t . log p_c
+                p_t = tgt["expression"].exp()
+                out["expression"] = (p_t * tgt["expression"]).sum(1, keepdim=True) - p_t @ judged["expression"].T
+        out |= {name: v[None, :].expand(out["pixel"].shape[0], k) for name, v in self.latent_terms(latents).items()}
+        return self.total(out)
+
+    @torch.no_grad()
+    def best_start(self, batch: int, tgt: dict) -> torch.Tensor:
+        """[B, L, w_dim]: per face, the lowest-loss latent of the candidate pool (w_avg included, chosen
+        on ties), by the projection's own loss without latent noise."""
+        losses = torch.cat([self.pairwise_total(tgt, images, judged, latents)
+                            for latents, images, judged in self.candidate_chunks()], dim=1)
+        pool = self.candidate_latents()
+        assert losses.shape == (batch, pool.shape[0]), f"pairwise losses {list(losses.shape)}"
+        return pool[losses.argmin(dim=1)].clone()
 
     def start_noise(self, seeds: list[int]) -> list[torch.Tensor] | None:
         """Per-face N(0, 1) maps from each face's own seed (None when noise is not optimised)."""
@@ -302,7 +385,7 @@ class Projector:
         assert target.shape == (b, 3, res, res), f"target must be [B, 3, {res}, {res}], got {list(target.shape)}"
         assert len(seeds) == b, f"one seed per face: {len(seeds)} seeds for {b} faces"
         tgt = self.targets(target.to(self.device, self.dtype))
-        wplus = self.start_latents(b).requires_grad_(True)
+        wplus = self.start_latents(b, tgt).requires_grad_(True)
         noise = self.start_noise(seeds)
         params = [wplus] + ([n.requires_grad_(True) for n in noise] if noise else [])
         opt = torch.optim.Adam(params, lr=self.cfg.lr, betas=(0.9, 0.999), fused=self.device.type == "cuda")

@@ -260,3 +260,58 @@ def test_the_job_records_an_expression_net_in_the_loss(tiny):
     off = invert_facts(tiny, InvertConfig(), "tiny")
     on = invert_facts(tiny, InvertConfig(projection=ProjectionConfig(losses=LossConfig(expression=1.0))), "tiny")
     assert off.expression_term == "" and on.expression_term == "tiny-judge (TinyEmotion)"
+
+
+def whole_pool(projector):
+    chunks = list(projector.candidate_chunks())
+    judged = {key: ([torch.cat([c[2][key][i] for c in chunks]) for i in range(len(v))] if isinstance(v, list)
+                    else torch.cat([c[2][key] for c in chunks])) for key, v in chunks[0][2].items()}
+    return torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks]), judged
+
+
+def test_candidate_start_finds_a_pool_latent_and_never_starts_worse(tiny):
+    """projection.start_candidates: a face made from one of the pool's latents starts exactly there; every
+    face starts at a loss no higher than at w_avg; a face's start does not depend on its batch."""
+    projector = Projector(tiny, ProjectionConfig(steps=5, w_std_samples=500, start_candidates=16))
+    projector.POOL_CHUNK = 5           # several chunks
+    latents, images, _ = whole_pool(projector)
+    assert latents.shape == (17, 8, 32) and images.shape[0] == 17
+    torch.testing.assert_close(latents[0], projector.start_latents(1)[0], rtol=0, atol=0)    # w_avg first
+    _, others = known_faces(tiny, 2, seed=4)
+    faces = torch.cat([images[5:6], others, images[11:12]])
+    tgt = projector.targets(faces)
+    start = projector.start_latents(4, tgt)
+    torch.testing.assert_close(start[0], latents[5], rtol=0, atol=0)
+    torch.testing.assert_close(start[3], latents[11], rtol=0, atol=0)
+    mean = projector.start_latents(4)
+    with torch.no_grad():
+        assert (projector.loss(start, tgt) <= projector.loss(mean, tgt) + 1e-6).all()
+        assert (projector.loss(start[1:3], projector.targets(others)) < projector.loss(mean[1:3], projector.targets(others))).any()
+        alone = projector.start_latents(1, projector.targets(others[1:2]))
+    torch.testing.assert_close(alone[0], start[2], rtol=0, atol=0)
+    # past the cache budget the pool is made again for every batch, with the same starts
+    uncached = Projector(tiny, ProjectionConfig(steps=5, w_std_samples=500, start_candidates=16))
+    uncached.POOL_CHUNK, uncached.POOL_CACHE_BYTES = 5, 1000
+    torch.testing.assert_close(uncached.start_latents(4, tgt), start, rtol=0, atol=0)
+    assert uncached._pool_chunks is None and projector._pool_chunks is not None
+    with pytest.raises(ConfigError, match="projection.start_candidates"):
+        ProjectionConfig(start_candidates=-1)
+
+
+@pytest.mark.parametrize("pixel_kind,expression,kind", [("l2", 0.0, "features"), ("l1", 1.0, "features"),
+                                                        ("l2", 1.0, "kl")])
+def test_pairwise_loss_is_the_projection_loss_of_each_pair(tiny, pixel_kind, expression, kind):
+    """The start's [B, K] loss matrix (distance matrices) equals the projection's own loss of each pair."""
+    losses = LossConfig(pixel_kind=pixel_kind, expression=expression, expression_kind=kind)
+    projector = Projector(tiny, ProjectionConfig(steps=5, w_std_samples=500, start_candidates=6, losses=losses))
+    assert (projector.weights["expression"] > 0) == (expression > 0)
+    latents, images, judged = whole_pool(projector)
+    latents = latents + 0.3 * torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))  # spread > 0
+    _, faces = known_faces(tiny, 3, seed=8)
+    tgt = projector.targets(faces)
+    matrix = projector.pairwise_total(tgt, images, judged, latents)
+    assert matrix.shape == (3, 7)
+    for k in range(7):
+        with torch.no_grad():
+            terms = projector.terms(images[k:k + 1].expand(3, -1, -1, -1), tgt, latents[k:k + 1].expand(3, -1, -1), None)
+        torch.testing.assert_close(matrix[:, k], projector.total(terms), rtol=1e-4, atol=1e-5)
