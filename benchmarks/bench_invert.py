@@ -99,9 +99,9 @@ def bundle_smoke() -> tuple[ModelBundle, str]:
 
 
 def time_projection(bundle: ModelBundle, device: torch.device, batch: int, precision: str, timed_steps: int,
-                    full: bool, start_candidates: int = 0) -> dict:
-    projector = Projector(bundle, ProjectionConfig(steps=STEPS_PER_FACE, w_std_samples=2048,
-                                                   start_candidates=start_candidates), precision=precision)
+                    full: bool, start: str = "mean", candidates: int = 2048) -> dict:
+    projector = Projector(bundle, ProjectionConfig(steps=STEPS_PER_FACE, w_std_samples=2048, start=start,
+                                                   start_candidates=candidates), precision=precision)
     res = int(bundle.generator.resolution)
     gen = torch.Generator().manual_seed(0)
     target = (torch.rand(batch, 3, res, res, generator=gen) * 2 - 1).to(device)
@@ -109,7 +109,7 @@ def time_projection(bundle: ModelBundle, device: torch.device, batch: int, preci
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     pool_s = None
-    if start_candidates:        # the candidate pool: made once per projector when it fits the cache
+    if start != "mean":         # the candidate pool: made once per projector when it fits the cache
         sync(device)
         t0 = time.perf_counter()
         for _ in projector.candidate_chunks():
@@ -133,8 +133,8 @@ def time_projection(bundle: ModelBundle, device: torch.device, batch: int, preci
         per_step, short = long / (SHORT_RUN + timed_steps), 0.0
     fixed = max(0.0, short - SHORT_RUN * per_step)
     out = {"batch": batch, "precision": precision, "seconds_per_step": per_step, "fixed_seconds": fixed,
-           "faces_per_s": batch / (fixed + STEPS_PER_FACE * per_step), "start_candidates": start_candidates,
-           "pool_seconds": pool_s, "pool_cached": projector._pool_chunks is not None}
+           "faces_per_s": batch / (fixed + STEPS_PER_FACE * per_step), "start": start,
+           "start_candidates": candidates if start != "mean" else None, "pool_seconds": pool_s, "pool_cached": projector._pool_chunks is not None}
     if full:
         sync(device)
         t0 = time.perf_counter()
@@ -213,9 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true",
                    help="also time each part of a step alone (G and each loss network, forward + backward)")
     p.add_argument("--smoke", action="store_true", help="tiny preset on this machine's CPU (seconds)")
-    p.add_argument("--start-candidates", type=int, nargs="+", default=[ProjectionConfig().start_candidates],
-                   help="projection.start_candidates to time (default: the stage's); the start's selection is in "
-                        "the fixed cost, the pool's making too when it does not fit the cache")
+    p.add_argument("--starts", nargs="+", default=[ProjectionConfig().start], choices=["mean", "pool", "both"],
+                   help="projection.start to time (default: the stage's); the pool pick is in the fixed cost, the "
+                        "pool's making too when it does not fit the cache; 'both' runs twice the faces")
+    p.add_argument("--start-candidates", type=int, default=ProjectionConfig().start_candidates,
+                   help="projection.start_candidates: the pool's size")
     p.add_argument("--json", help="write the results to this file")
     args = p.parse_args(argv)
 
@@ -246,16 +248,17 @@ def main(argv: list[str] | None = None) -> int:
                 for precision in (["fp32"] if args.smoke else args.precisions):
                     tf32 = precision == "tf32" and device.type == "cuda"
                     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
-                    for batch, k in ((b, k) for b in batches for k in args.start_candidates):
+                    for batch, start in ((b, st) for b in batches for st in args.starts):
                         steps = min(args.timed_steps, 4) if args.smoke else args.timed_steps
-                        r = time_projection(bundle, device, batch, precision, steps, args.full, k)
+                        r = time_projection(bundle, device, batch, precision, steps, args.full, start,
+                                            args.start_candidates)
                         r.update({"resolution": key, "fast_path": fast, "loss_nets": loss_nets})
                         results.append(r)
                         extra = f", full 200 steps {r['full_200_steps_s']:.1f} s" if "full_200_steps_s" in r else ""
                         mem = f", peak {r['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in r else ""
-                        pool = "" if not k else (f", pool {r['pool_seconds']:.2f} s "
+                        pool = "" if start == "mean" else (f", pool {r['pool_seconds']:.2f} s "
                                                  f"({'once' if r['pool_cached'] else 'every batch: in fixed'})")
-                        print(f"  {label:>17} {precision:>5} batch {batch:>4} start {k:>4}: "
+                        print(f"  {label:>17} {precision:>5} batch {batch:>4} start {start:>4}: "
                               f"{1000 * r['seconds_per_step']:8.1f} ms/step + {r['fixed_seconds']:.2f} s fixed -> "
                               f"{r['faces_per_s']:8.2f} faces/s{pool}{extra}{mem}", flush=True)
                         if args.profile:

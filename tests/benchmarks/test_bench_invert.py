@@ -15,11 +15,12 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_invert.py"
 @pytest.mark.timeout(180)
 def test_smoke_times_both_starts(tmp_path):
     out = tmp_path / "invert.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--start-candidates", "0", "16", "--json", str(out)],
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--starts", "mean", "pool", "both",
+                           "--start-candidates", "16", "--json", str(out)],
                           capture_output=True, text=True, timeout=170, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads(out.read_text())["results"]
-    assert [r["start_candidates"] for r in rows] == [0, 16]
+    assert [(r["start"], r["start_candidates"]) for r in rows] == [("mean", None), ("pool", 16), ("both", 16)]
     assert all(r["faces_per_s"] > 0 for r in rows)
     assert rows[0]["pool_seconds"] is None and rows[1]["pool_seconds"] > 0 and rows[1]["pool_cached"]
-    assert "start   16" in proc.stdout and "pool" in proc.stdout
+    assert "start pool" in proc.stdout and "start both" in proc.stdout

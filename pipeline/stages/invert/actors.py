@@ -153,9 +153,7 @@ def project_best_framing(projector: Projector, crops: torch.Tensor, seeds: list[
         if loss_end[n] < loss_end[j]:
             pick[j] = n
     sel = torch.as_tensor(pick, device=result.wplus.device)      # every tensor here is on the projector's device
-    picked = Projection(result.wplus[sel], [n[sel] for n in result.noise] if result.noise is not None else None,
-                        result.images[sel], result.loss_start[sel], result.loss_end[sel], result.history)
-    return candidates[sel.to(candidates.device)], picked, {j for j in order if pick[j] != j}
+    return candidates[sel.to(candidates.device)], result.select(sel), {j for j in order if pick[j] != j}
 
 
 def keep_framed_sigmas(align) -> float | None:

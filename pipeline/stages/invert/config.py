@@ -174,9 +174,11 @@ class ProjectionConfig:
       max(0, 1 - t / latent_noise_ramp)^2 (t = step / steps), w_std the spread of mapped latents.
     optimize_noise: also optimise per-face noise maps (stored with the latent; StyleGAN2 only).
     w_std_samples: mapped samples for w_std (W-space generators).
-    start_candidates: 0 = every face starts at w_avg (the StyleGAN2 projector's start); K > 0 = each face
-      starts at whichever of w_avg and K mapped samples (one pool per job seed) has the lowest loss
-      against it: a nearest-neighbour start, for generators whose loss surface has local minima.
+    start: where each face's optimisation starts. "mean": w_avg (the StyleGAN2 projector's start);
+      "pool": whichever of w_avg and `start_candidates` mapped samples (one pool per job seed) has the
+      lowest loss against the face (a nearest-neighbour start); "both": two runs per face, from w_avg and
+      from its pool pick, `steps` each, and the one whose loss ends lower is kept (twice the cost).
+    start_candidates: the pool's size K for "pool" and "both".
     """
     steps: int = 200
     lr: float = 0.1
@@ -186,7 +188,8 @@ class ProjectionConfig:
     latent_noise_ramp: float = 0.75
     optimize_noise: bool = False
     w_std_samples: int = 10000
-    start_candidates: int = 0
+    start: Literal["mean", "pool", "both"] = "mean"
+    start_candidates: int = 2048
     losses: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self):
@@ -196,7 +199,9 @@ class ProjectionConfig:
             require(0 < getattr(self, name) <= 1, f"projection.{name}", getattr(self, name), "must be in (0, 1]")
         require(self.latent_noise >= 0, "projection.latent_noise", self.latent_noise, "must be >= 0")
         require(self.w_std_samples >= 2, "projection.w_std_samples", self.w_std_samples, "must be >= 2")
-        require(self.start_candidates >= 0, "projection.start_candidates", self.start_candidates, "must be >= 0")
+        require(self.start in ("mean", "pool", "both"), "projection.start", self.start,
+                "must be 'mean' (w_avg), 'pool' (the nearest of a pool) or 'both' (two runs, the better kept)")
+        require(self.start_candidates >= 1, "projection.start_candidates", self.start_candidates, "must be >= 1")
 
 
 @dataclass(frozen=True)

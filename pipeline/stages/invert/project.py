@@ -140,6 +140,11 @@ class Projection:
     loss_end: torch.Tensor
     history: list[float]
 
+    def select(self, index: torch.Tensor) -> "Projection":
+        """The faces `index` [n] (on the latents' device) of this result, in that order."""
+        return Projection(self.wplus[index], [n[index] for n in self.noise] if self.noise is not None else None,
+                          self.images[index], self.loss_start[index], self.loss_end[index], self.history)
+
 
 class LatentJitter:
     """The projector's latent noise, [B, L, w_dim] per step, each face's from its own generator (seeded by
@@ -286,12 +291,15 @@ class Projector:
     # -- optimisation ---------------------------------------------------------------------------
 
     def start_latents(self, batch: int, tgt: dict | None = None) -> torch.Tensor:
-        """[B, L, w_dim] float32: w_avg in every layer (0 for Z = W); with projection.start_candidates > 0
-        and the batch's targets, each face starts instead at whichever of w_avg and the candidate pool's
+        """[B, L, w_dim] float32: w_avg in every layer (0 for Z = W); given the batch's targets and with
+        projection.start "pool", each face starts instead at whichever of w_avg and the candidate pool's
         latents has the lowest loss against it (`best_start`)."""
-        if tgt is None or self.cfg.start_candidates == 0:
-            return self.w_avg.reshape(1, 1, -1).expand(batch, int(self.g.n_latent), -1).clone()
+        if tgt is None or self.cfg.start != "pool":
+            return self.mean_start(batch)
         return self.best_start(batch, tgt)
+
+    def mean_start(self, batch: int) -> torch.Tensor:
+        return self.w_avg.reshape(1, 1, -1).expand(batch, int(self.g.n_latent), -1).clone()
 
     @torch.no_grad()
     def candidate_latents(self) -> torch.Tensor:
@@ -384,8 +392,19 @@ class Projector:
         res = int(self.g.resolution)
         assert target.shape == (b, 3, res, res), f"target must be [B, 3, {res}, {res}], got {list(target.shape)}"
         assert len(seeds) == b, f"one seed per face: {len(seeds)} seeds for {b} faces"
-        tgt = self.targets(target.to(self.device, self.dtype))
-        wplus = self.start_latents(b, tgt).requires_grad_(True)
+        target = target.to(self.device, self.dtype)
+        if self.cfg.start != "both":
+            tgt = self.targets(target)
+            return self.optimise(tgt, self.start_latents(b, tgt), seeds, steps)
+        # two runs per face in one batch: from w_avg (first half) and from the face's pool pick
+        start = torch.cat([self.mean_start(b), self.best_start(b, self.targets(target))])
+        both = self.optimise(self.targets(torch.cat([target, target])), start, seeds + seeds, steps)
+        return both.select(torch.where(both.loss_end[b:] < both.loss_end[:b],
+                                       torch.arange(b, 2 * b, device=self.device), torch.arange(b, device=self.device)))
+
+    def optimise(self, tgt: dict, start: torch.Tensor, seeds: list[int], steps: int) -> Projection:
+        """The projection's loop from latents `start` [B, L, w_dim] against targets `tgt` (of B faces)."""
+        wplus = start.requires_grad_(True)
         noise = self.start_noise(seeds)
         params = [wplus] + ([n.requires_grad_(True) for n in noise] if noise else [])
         opt = torch.optim.Adam(params, lr=self.cfg.lr, betas=(0.9, 0.999), fused=self.device.type == "cuda")

@@ -272,7 +272,7 @@ def whole_pool(projector):
 def test_candidate_start_finds_a_pool_latent_and_never_starts_worse(tiny):
     """projection.start_candidates: a face made from one of the pool's latents starts exactly there; every
     face starts at a loss no higher than at w_avg; a face's start does not depend on its batch."""
-    projector = Projector(tiny, ProjectionConfig(steps=5, w_std_samples=500, start_candidates=16))
+    projector = Projector(tiny, ProjectionConfig(steps=5, w_std_samples=500, start="pool", start_candidates=16))
     projector.POOL_CHUNK = 5           # several chunks
     latents, images, _ = whole_pool(projector)
     assert latents.shape == (17, 8, 32) and images.shape[0] == 17
@@ -290,12 +290,14 @@ def test_candidate_start_finds_a_pool_latent_and_never_starts_worse(tiny):
         alone = projector.start_latents(1, projector.targets(others[1:2]))
     torch.testing.assert_close(alone[0], start[2], rtol=0, atol=0)
     # past the cache budget the pool is made again for every batch, with the same starts
-    uncached = Projector(tiny, ProjectionConfig(steps=5, w_std_samples=500, start_candidates=16))
+    uncached = Projector(tiny, ProjectionConfig(steps=5, w_std_samples=500, start="pool", start_candidates=16))
     uncached.POOL_CHUNK, uncached.POOL_CACHE_BYTES = 5, 1000
     torch.testing.assert_close(uncached.start_latents(4, tgt), start, rtol=0, atol=0)
     assert uncached._pool_chunks is None and projector._pool_chunks is not None
     with pytest.raises(ConfigError, match="projection.start_candidates"):
-        ProjectionConfig(start_candidates=-1)
+        ProjectionConfig(start_candidates=0)
+    with pytest.raises(ConfigError, match="projection.start"):
+        ProjectionConfig(start="best")
 
 
 @pytest.mark.parametrize("pixel_kind,expression,kind", [("l2", 0.0, "features"), ("l1", 1.0, "features"),
@@ -303,7 +305,7 @@ def test_candidate_start_finds_a_pool_latent_and_never_starts_worse(tiny):
 def test_pairwise_loss_is_the_projection_loss_of_each_pair(tiny, pixel_kind, expression, kind):
     """The start's [B, K] loss matrix (distance matrices) equals the projection's own loss of each pair."""
     losses = LossConfig(pixel_kind=pixel_kind, expression=expression, expression_kind=kind)
-    projector = Projector(tiny, ProjectionConfig(steps=5, w_std_samples=500, start_candidates=6, losses=losses))
+    projector = Projector(tiny, ProjectionConfig(steps=5, w_std_samples=500, start="pool", start_candidates=6, losses=losses))
     assert (projector.weights["expression"] > 0) == (expression > 0)
     latents, images, judged = whole_pool(projector)
     latents = latents + 0.3 * torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))  # spread > 0
@@ -315,3 +317,20 @@ def test_pairwise_loss_is_the_projection_loss_of_each_pair(tiny, pixel_kind, exp
         with torch.no_grad():
             terms = projector.terms(images[k:k + 1].expand(3, -1, -1, -1), tgt, latents[k:k + 1].expand(3, -1, -1), None)
         torch.testing.assert_close(matrix[:, k], projector.total(terms), rtol=1e-4, atol=1e-5)
+
+
+def test_both_starts_keep_each_faces_better_run():
+    """projection.start "both": each face's result is whichever of its w_avg run and its pool-pick run ends
+    lower, exactly as the two runs alone give them (float64: per-face paths are batch-independent)."""
+    bundle = build_bundle(ModelConfig(preset="tiny"), "cpu")
+    for name in ("generator", "perceptual", "landmarks"):
+        setattr(bundle, name, getattr(bundle, name).double())
+    _, images = known_faces(bundle, 4, seed=6)
+    runs = {start: Projector(bundle, ProjectionConfig(steps=20, w_std_samples=500, start=start, start_candidates=8))
+            .project(images, [1, 2, 3, 4]) for start in ("mean", "pool", "both")}
+    pool_won = runs["pool"].loss_end < runs["mean"].loss_end
+    assert 0 < int(pool_won.sum()) < 4, "both outcomes should occur on these faces"
+    for i in range(4):
+        winner = runs["pool" if pool_won[i] else "mean"]
+        torch.testing.assert_close(runs["both"].wplus[i], winner.wplus[i], rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(runs["both"].loss_end[i], winner.loss_end[i], rtol=1e-9, atol=1e-12)
