@@ -17,6 +17,7 @@ mean latent, scores ~1) and wall seconds. The environment (torch, device) heads 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -53,21 +54,28 @@ def main(argv=None) -> int:
     p.add_argument("--n-faces", type=int, default=64)
     p.add_argument("--variant", action="append", required=True, help="name:override,override,...")
     p.add_argument("--set", action="append", default=[], help="override applied to every variant")
-    p.add_argument("--out", type=Path, default=Path("/tmp/hfld-sweep-invert"))
+    p.add_argument("--out", type=Path, help="parent of the variants' output dirs (default: /tmp/hfld-sweep-invert/"
+                   "<preset>-n<N>-<hash of --set>, so that another seed or size never meets a finished job's folder)")
     p.add_argument("--json", type=Path, help="also write every variant's metrics here")
     args = p.parse_args(argv)
+    if args.out is None:
+        tag = hashlib.sha1("\n".join(args.set).encode()).hexdigest()[:8]
+        args.out = Path("/tmp/hfld-sweep-invert") / f"{args.preset}-n{args.n_faces}-{tag}"
+    configs = {}            # every variant's config checked before the first (long) run
+    for text in args.variant:
+        name, overrides = parse_variant(text)
+        data = apply_overrides({}, [f"invert.model.preset={args.preset}", f"n_faces={args.n_faces}",
+                                    f"output_dir={args.out / name}", "invert.tracking.enabled=false",
+                                    *args.set, *overrides])
+        configs[name] = (overrides, from_dict(InvertCheckConfig, data, f"variant {name}"))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"sweep_invert: preset {args.preset}, {args.n_faces} held-out faces; torch {torch.__version__}, "
           f"cuda {torch.version.cuda}, device {torch.cuda.get_device_name(0) if device == 'cuda' else 'cpu'}")
     print(f"{'variant':>22} {'found':>7} {'id>=0.9':>7} {'id mean':>7} {'emotion':>7} {'PSNR':>6} {'lmk err':>7} "
           f"{'lat err':>7} {'wall s':>7}", flush=True)
     results = {}
-    for text in args.variant:
-        name, overrides = parse_variant(text)
-        data = apply_overrides({}, [f"invert.model.preset={args.preset}", f"n_faces={args.n_faces}",
-                                    f"output_dir={args.out / name}", "invert.tracking.enabled=false",
-                                    *args.set, *overrides])
-        cfg = from_dict(InvertCheckConfig, data, f"variant {name}")
+    print(f"output: {args.out}/<variant>", flush=True)
+    for name, (overrides, cfg) in configs.items():
         t0 = time.perf_counter()
         result = run_invert_check(cfg, print_fn=lambda *a, **k: None)
         wall = time.perf_counter() - t0

@@ -188,7 +188,7 @@ class ProjectionConfig:
     latent_noise_ramp: float = 0.75
     optimize_noise: bool = False
     w_std_samples: int = 10000
-    start: Literal["mean", "pool", "both"] = "mean"
+    start: Literal["mean", "pool", "both"] = "pool"
     start_candidates: int = 2048
     losses: LossConfig = field(default_factory=LossConfig)
 

@@ -42,7 +42,7 @@ def mean_layer_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def test_round_trip_lowers_the_loss_and_moves_the_latent_toward_the_truth(tiny):
     truth, images = known_faces(tiny, 4, seed=3)
-    projector = Projector(tiny, ProjectionConfig(steps=200, w_std_samples=2000))
+    projector = Projector(tiny, ProjectionConfig(steps=200, w_std_samples=2000, start="mean"))
     assert projector.space == "w+"
     result = projector.project(images, [11, 12, 13, 14])
     assert result.wplus.shape == truth.shape == (4, 8, 32)
@@ -141,7 +141,7 @@ def test_a_z_space_generator_optimises_z(tiny):
     g = DCGANGenerator(nz=16, ngf=8).eval()
     bundle = build_bundle(ModelConfig(preset="tiny"), "cpu")
     bundle.generator = g
-    projector = Projector(bundle, ProjectionConfig(steps=150, w_std_samples=100))
+    projector = Projector(bundle, ProjectionConfig(steps=150, w_std_samples=100, start="mean"))
     assert projector.space == "z" and projector.w_std == pytest.approx(4.0)
     z = torch.randn(3, 1, 16, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
