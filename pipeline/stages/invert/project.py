@@ -1,7 +1,8 @@
 """Projection: optimise one latent per face so that the generator reproduces the aligned face.
 
 The schedule follows the StyleGAN2(-ADA) projector (NVlabs stylegan2-ada-pytorch `projector.py`):
-start at the mean latent w_avg, Adam with betas (0.9, 0.999), learning rate ramped up linearly over
+start at the mean latent w_avg (or, by default, at the nearest of a pool of mapped samples:
+ProjectionConfig.start), Adam with betas (0.9, 0.999), learning rate ramped up linearly over
 the first `lr_rampup` of the steps and down with a half cosine over the last `lr_rampdown`, Gaussian
 noise on the latent whose scale w_std * latent_noise * max(0, 1 - t / latent_noise_ramp)^2 fades out,
 and (with optimize_noise) noise maps regularised by their shifted autocorrelation over a pyramid
@@ -132,7 +133,7 @@ def shares_descriptor(bundle: ModelBundle) -> bool:
 class Projection:
     """Result of one batch: latents [B, L, w_dim] float32 (L = 1 for "z"), the noise maps (per-layer
     [B, 1, r, r]) when optimised, images [B, 3, R, R] of the final latents, per-face losses [B] at the
-    start (the mean latent) and the end, and the batch's mean loss per step."""
+    start (its start latent: ProjectionConfig.start) and the end, and the batch's mean loss per step."""
     wplus: torch.Tensor
     noise: list[torch.Tensor] | None
     images: torch.Tensor
