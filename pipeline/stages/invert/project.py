@@ -193,7 +193,7 @@ class Projector:
         self.w_avg = self.g.mean_latent.detach().to(self.dtype)
         self.w_std_seed = w_std_seed
         self.w_std = self.estimate_w_std(w_std_seed)
-        self._pool_latents, self._pool_chunks = None, None     # the start's candidates (start_candidates > 0)
+        self._pool_latents, self._pool_chunks = None, None     # the start's candidates (start "pool" / "both")
         self.noise_maps = self.cfg.optimize_noise and self.space == "w+" and bool(self.g.make_noise("const", 1))
         w = cfg.losses
         self.weights = {"pixel": w.pixel, "perceptual": w.perceptual, "identity": w.identity if self.identity else 0.0,
@@ -335,7 +335,7 @@ class Projector:
         self._pool_chunks = kept
 
     def pairwise_total(self, tgt: dict, images: torch.Tensor, judged: dict, latents: torch.Tensor) -> torch.Tensor:
-        """[B, K] loss of every target face against every candidate: `total(terms_judged(...))` of each pair
+        """[B, K] loss of every target face against every candidate: `total(terms(...))` of each pair
         (same terms and weights; the noise-map term left out: it does not depend on the latent), with the
         squared and absolute differences as distance matrices (torch.cdist) instead of B x K pairs."""
         def mean_sq(a, b):        # [B, ...] x [K, ...] -> [B, K] mean squared difference
