@@ -134,7 +134,7 @@ def time_projection(bundle: ModelBundle, device: torch.device, batch: int, preci
     fixed = max(0.0, short - SHORT_RUN * per_step)
     out = {"batch": batch, "precision": precision, "seconds_per_step": per_step, "fixed_seconds": fixed,
            "faces_per_s": batch / (fixed + STEPS_PER_FACE * per_step), "start": start,
-           "start_candidates": candidates if start != "mean" else None, "pool_seconds": pool_s, "pool_cached": projector._pool_chunks is not None}
+           "start_candidates": candidates if start != "mean" else None, "pool_seconds": pool_s, "pool_cached": projector.pool_kept}
     if full:
         sync(device)
         t0 = time.perf_counter()

@@ -644,8 +644,8 @@ def parse_args(argv=None):
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny random networks, gloo for 2 ranks")
     p.add_argument("--json", type=Path, help="also write all rows as JSON here")
     args = p.parse_args(argv)
-    if args.profile_only:
-        args.profile = True
+    if args.profile_only:        # the profile alone: no GPU count to time
+        args.profile, args.gpus = True, []
     if args.fast_paths is None:
         args.fast_paths = ["off"] if args.tiny else ["off", "compiled"]
     if args.tiny:
@@ -672,9 +672,7 @@ def main(argv=None) -> int:
     for line in environment(device):
         print(line)
     rows: list[Row] = []
-    if args.profile_only:
-        args.gpus = []
-    else:
+    if args.gpus:
         print(HEADER, flush=True)
     if 1 in args.gpus:
         rows += bench_one_device(args, device)

@@ -326,13 +326,20 @@ class Projector:
         for latents in self.candidate_latents().split(self.POOL_CHUNK):
             with self.autocast():
                 image = self.synthesis(latents, None).to(self.dtype)
-            chunk = (latents, image, self.judged(image))
-            tensors = [image] + [t for v in chunk[2].values() for t in (v if isinstance(v, list) else [v])]
+            judged = self.judged(image)
+            tensors = [image] + [t for v in judged.values() for t in (v if isinstance(v, list) else [v])]
             size += sum(t.numel() * t.element_size() for t in tensors)
-            if kept is not None:
-                kept = kept + [chunk] if size <= self.POOL_CACHE_BYTES else None
-            yield chunk
+            if kept is not None and size <= self.POOL_CACHE_BYTES:
+                kept.append((latents, image, judged))
+            else:
+                kept = None
+            yield latents, image, judged
         self._pool_chunks = kept
+
+    @property
+    def pool_kept(self) -> bool:
+        """Whether the judged candidate pool is kept (made once) rather than made for every batch."""
+        return self._pool_chunks is not None
 
     def pairwise_total(self, tgt: dict, images: torch.Tensor, judged: dict, latents: torch.Tensor) -> torch.Tensor:
         """[B, K] loss of every target face against every candidate: `total(terms(...))` of each pair
@@ -398,8 +405,9 @@ class Projector:
             tgt = self.targets(target)
             return self.optimise(tgt, self.start_latents(b, tgt), seeds, steps)
         # two runs per face in one batch: from w_avg (first half) and from the face's pool pick
-        start = torch.cat([self.mean_start(b), self.best_start(b, self.targets(target))])
-        both = self.optimise(self.targets(torch.cat([target, target])), start, seeds + seeds, steps)
+        tgt = self.targets(torch.cat([target, target]))
+        start = torch.cat([self.mean_start(b), self.best_start(b, judged_map(lambda t: t[:b], tgt))])
+        both = self.optimise(tgt, start, seeds + seeds, steps)
         return both.select(torch.where(both.loss_end[b:] < both.loss_end[:b],
                                        torch.arange(b, 2 * b, device=self.device), torch.arange(b, device=self.device)))
 
@@ -434,6 +442,11 @@ class Projector:
             loss_end = self.total(self.terms(images, tgt, final, final_noise))
         return Projection(final, final_noise, images, loss_start.detach(), loss_end.detach(),
                           torch.stack(history).cpu().tolist())
+
+
+def judged_map(fn, judged: dict) -> dict:
+    """`fn` applied to every tensor of a `Projector.judged` / `targets` dict, whose "features" is a list."""
+    return {k: [fn(t) for t in v] if isinstance(v, list) else fn(v) for k, v in judged.items()}
 
 
 def face_seeds(job_seed: int, rows: np.ndarray) -> list[int]:

@@ -270,7 +270,7 @@ def whole_pool(projector):
 
 
 def test_candidate_start_finds_a_pool_latent_and_never_starts_worse(tiny):
-    """projection.start_candidates: a face made from one of the pool's latents starts exactly there; every
+    """projection.start "pool": a face made from one of the pool's latents starts exactly there; every
     face starts at a loss no higher than at w_avg; a face's start does not depend on its batch."""
     projector = Projector(tiny, ProjectionConfig(steps=5, w_std_samples=500, start="pool", start_candidates=16))
     projector.POOL_CHUNK = 5           # several chunks
@@ -293,7 +293,7 @@ def test_candidate_start_finds_a_pool_latent_and_never_starts_worse(tiny):
     uncached = Projector(tiny, ProjectionConfig(steps=5, w_std_samples=500, start="pool", start_candidates=16))
     uncached.POOL_CHUNK, uncached.POOL_CACHE_BYTES = 5, 1000
     torch.testing.assert_close(uncached.start_latents(4, tgt), start, rtol=0, atol=0)
-    assert uncached._pool_chunks is None and projector._pool_chunks is not None
+    assert not uncached.pool_kept and projector.pool_kept
     with pytest.raises(ConfigError, match="projection.start_candidates"):
         ProjectionConfig(start_candidates=0)
     with pytest.raises(ConfigError, match="projection.start"):
