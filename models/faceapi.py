@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.precision import float32_forward
+
 INPUT_SIZE = 112
 MEAN_RGB = (122.782, 117.001, 104.298)
 FEATURE_CHANNELS = (32, 64, 128, 256)
@@ -233,6 +235,7 @@ class FaceApiLandmarks68(nn.Module):
             for name, parts in IBUG68_COARSE_GROUPS.items()
         }
 
+    @float32_forward
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         flat = self.net(to_faceapi_pixels(image))  # [B, 136] = x0, y0, x1, y1, ...
         points = flat.view(image.shape[0], N_LANDMARKS, 2)

@@ -27,6 +27,7 @@ from torch import nn
 
 from models.faceapi_age_gender import Conv2dSame
 from models.human_common import BlazeBlock, SquareCrop, check_image, resize_square, square_crop
+from models.precision import float32_forward
 
 FACEMESH_INPUT_SIZE = 192
 N_MESH_POINTS = 468
@@ -148,6 +149,7 @@ class HumanFaceMesh(nn.Module):
         self.coarse_groups = {name: [i for part in parts for i in MEDIAPIPE_GROUPS[part]]
                               for name, parts in MEDIAPIPE_COARSE_GROUPS.items()}
 
+    @float32_forward
     def _run(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, SquareCrop]:
         check_image(image, "HumanFaceMesh")
         square, crop = square_crop((image + 1.0) / 2.0, self.margin, pad_value=0.0)

@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.precision import float32_forward
+
 # torchvision is imported where a backbone is built, not here: importing it pulls in torch._dynamo
 # (~1.7 s on a 2-core machine), and every `hfld` process, Ray actor and Ray Train worker imports this
 # module through the preset registry, while only the paper presets build these networks.
@@ -228,6 +230,7 @@ class Landmark106(nn.Module):
         import torchvision
         self.net = torchvision.models.resnet18(weights=None, num_classes=2 * self.n_points)
 
+    @float32_forward
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         check_image(image)
         x = resize(image, self.input_size)

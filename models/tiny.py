@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.precision import float32_forward
+
 EMOTION_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 
@@ -54,6 +56,7 @@ class TinyLandmarks(_TinyBase):
         self.n_points = 1 + max(i for v in self.groups.values() for i in v)
         self.head = nn.Linear(width, self.n_points * 2)
 
+    @float32_forward
     def forward(self, image):
         return torch.sigmoid(self.head(self.features(image))).view(-1, self.n_points, 2)
 
