@@ -4,7 +4,7 @@ The landmark networks (the HFLD loss's H, the drift judges) return coordinates i
 image, and the HFLD loss is mean |H(x) - H(x')| for an x' that should barely move them: at the
 start of training and for a well-trained T the displacements are ~1e-3 of the image side. Under
 a caller's bf16 autocast (`precision: bf16` of train / invert / generate) the network's output
-would be rounded to bf16, whose spacing on [0.25, 1) is 2^-10..2^-8 (1e-3..4e-3): most of those
+would be rounded to bf16, whose spacing on [0.25, 1) is 2^-9..2^-8 (2e-3..4e-3): most of those
 displacements round to 0 or to one step, and the loss's gradient, sign(H(x') - H(x)), is 0 or
 wrong for most points. On the CPU with the starter's face-api landmarks (16 faces, x' from a small
 W+ step, loss 1.8e-3 as at T's initialisation; `benchmarks/bench_landmark_precision.py`) a bf16 forward

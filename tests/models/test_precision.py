@@ -56,7 +56,7 @@ LANDMARK_MODELS = {
 
 @pytest.mark.parametrize("name", sorted(LANDMARK_MODELS))
 def test_every_landmark_model_returns_float32_points_under_bf16_autocast(name):
-    """The HFLD loss compares coordinates that move ~1e-3; bf16 would round them to 2^-10..2^-8 steps
+    """The HFLD loss compares coordinates that move ~1e-3; bf16 would round them to 2^-9..2^-8 steps
     (benchmarks/bench_landmark_precision.py). Random weights: the point is the arithmetic, not the faces."""
     torch.manual_seed(0)
     net = LANDMARK_MODELS[name]().eval()

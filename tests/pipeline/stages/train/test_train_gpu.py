@@ -99,12 +99,12 @@ GRAPH_STEPS = GraphedTrainStep.WARMUP + 2
 LOSS_RTOL = {"fp32": 1e-4, "bf16": 2e-2}
 UPDATE_RTOL = {"fp32": 1e-3, "bf16": 5e-2}
 # Except the landmark term in bf16. It is mean |H(x) - H(x')| over coordinates in [0, 1], ~1e-3 for a T at
-# init. Until 2026-12-05 the landmark net returned bf16 under autocast (ulp 2^-9 = 2.0e-3 on [0.5, 1)), so the
-# term was about one ulp and a relative tolerance counted ulp flips: seen on an H200 (starter, step 5,
+# init. Until 2026-12-05 the landmark net returned bf16 under autocast (ulp 2^-9 = 2.0e-3 on [0.25, 0.5),
+# 2^-8 on [0.5, 1)), so the term was about one ulp and a relative tolerance counted ulp flips: seen on an H200 (starter, step 5,
 # 2026-12-03) 0.0011668 graphed vs 0.0011157 eager, and on an H100 (starter, step 4, 2026-12-05) 0.0012125
 # graphed vs 0.0015962 eager (24%; the regressor and perceptual terms of that step were within 2%, so the
 # graph saw the same faces). The landmark nets now run in float32 (models/precision.py); what is left is
-# x' itself, made by the bf16 generator. The bound stays: 0.1 ulp of bf16 on [0.5, 1). A capture fault (a
+# x' itself, made by the bf16 generator. The bound stays: 0.1 x 2^-9. A capture fault (a
 # stale input buffer: other faces) moves landmarks by face-to-face distances, O(1e-2) in this term, and the
 # T update bound below is still checked.
 LOSS_ATOL = {("bf16", "landmark"): 0.1 * 2.0 ** -9}
