@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+import types
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -44,19 +45,24 @@ def parse_args(argv=None):
 
 
 def bf16_forward(net):
-    """net's forward without the float32 pin (the decorated method's __wrapped__), as a callable."""
-    inner = type(net)._run if hasattr(type(net), "_run") else type(net).forward
-    if not hasattr(inner, "__wrapped__"):
-        raise SystemExit(f"{type(net).__name__} has no float32 pin to take off")
-    if hasattr(type(net), "_run"):   # the face mesh: forward -> points3d -> _run
-        def run(image):
-            type(net)._run, saved = inner.__wrapped__, inner
-            try:
-                return net(image)
-            finally:
-                type(net)._run = saved
-        return run
-    return lambda image: inner.__wrapped__(net, image)
+    """net's forward with the float32 pin taken off: the pinned method's __wrapped__, bound to net. The face
+    mesh pins `_run` (forward -> points3d -> _run), so there the unpinned method shadows it on the instance
+    for the call."""
+    name = "_run" if hasattr(type(net), "_run") else "forward"
+    pinned = getattr(type(net), name)
+    if not hasattr(pinned, "__wrapped__"):
+        raise SystemExit(f"{type(net).__name__}.{name} has no float32 pin to take off")
+    unpinned = types.MethodType(pinned.__wrapped__, net)
+    if name == "forward":
+        return unpinned
+
+    def run(image):
+        net._run = unpinned
+        try:
+            return net(image)
+        finally:
+            del net._run
+    return run
 
 
 def loss_and_grad(forward, x, x_edit, autocast):

@@ -345,13 +345,14 @@ class Projector:
         """[B, K] loss of every target face against every candidate: `total(terms(...))` of each pair
         (same terms and weights; the noise-map term left out: it does not depend on the latent), with the
         squared and absolute differences as distance matrices (torch.cdist) instead of B x K pairs."""
+        def rows(t):              # [N, ...] -> [N, D] in the projection's dtype
+            return t.reshape(t.shape[0], -1).to(self.dtype)
+
         def mean_sq(a, b):        # [B, ...] x [K, ...] -> [B, K] mean squared difference
-            a, b = a.reshape(a.shape[0], -1).to(self.dtype), b.reshape(b.shape[0], -1).to(self.dtype)
-            return torch.cdist(a, b).square() / a.shape[1]
+            return torch.cdist(rows(a), rows(b)).square() / a[0].numel()
 
         def mean_abs(a, b):
-            a, b = a.reshape(a.shape[0], -1).to(self.dtype), b.reshape(b.shape[0], -1).to(self.dtype)
-            return torch.cdist(a, b, p=1.0) / a.shape[1]
+            return torch.cdist(rows(a), rows(b), p=1.0) / a[0].numel()
 
         k = images.shape[0]
         pixel = mean_sq if self.cfg.losses.pixel_kind == "l2" else mean_abs
