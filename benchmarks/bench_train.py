@@ -10,6 +10,8 @@
         --fast-paths compiled --streams on off               # passes on parallel streams vs in series
     python benchmarks/bench_train.py --resolutions 256 --gpus 1 --batches 4 --precisions bf16 \
         --fast-paths compiled --overlap on off               # next batch drawn during the step vs after it
+    python benchmarks/bench_train.py --resolutions 256 --gpus 1 --batches 4 --precisions bf16 \
+        --fast-paths compiled --landmark-precision float32 autocast  # the landmark net's float32 pin vs none
 
 What is timed is exactly one iteration of pipeline/stages/train's loop: draw the batch's latents and
 edit amounts from their global sample ids (sample_batch), then train_step: x = G(w) and x' =
@@ -49,6 +51,7 @@ import os
 import socket
 import sys
 import time
+import types
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -79,6 +82,7 @@ class Row:
     loss_nets: str = "compiled"  # model.compile_measuring (with fast path compiled): compiled | eager
     perceptual_mse: str = "layout"  # layout (shipped: 1-D views) | 4d (on the 4-D maps) | float32 (former copies)
     overlap: str = "on"         # on: the next batch is drawn while the GPU runs the step (train_loop) | off
+    landmarks: str = "float32"  # float32 (shipped: models/precision.py's pin) | autocast (pin off: bf16 under bf16)
     warmup_s: float | None = None
     iters_per_s: float | None = None
     samples_per_s: float | None = None
@@ -98,8 +102,9 @@ class Row:
         judges = "/eager-judges" if self.fast_path == "compiled" and self.loss_nets == "eager" else ""
         mse = {"layout": "", "4d": "/4d-mse", "float32": "/f32-mse"}[self.perceptual_mse]
         overlap = "" if self.overlap == "on" else "/no-overlap"
+        landmarks = "" if self.landmarks == "float32" else "/autocast-landmarks"
         return (f"{self.precision}/{self.fast_path}" + judges + ("" if self.streams == "on" else "/serial") + mse
-                + overlap)
+                + overlap + landmarks)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,6 +169,30 @@ def batch_overlap(kind: str):
     blocking = None if kind == "on" else (lambda t, device: t.to(device))
     with patched(step_module, "to_device", blocking), patched(sampling_module, "to_device", blocking):
         yield
+
+
+@contextlib.contextmanager
+def landmark_precision(net, kind: str):
+    """The landmark network as shipped ("float32": its forward pinned to float32 by
+    models.precision.float32_forward) or with the pin taken off for the setting ("autocast": it runs
+    under the step's autocast, bf16 under precision bf16, as before 2026-12-05). The unpinned method
+    shadows `forward` on the instance, so setup_training compiles (and the graph captures) that one;
+    the shipped (possibly compiled) forward comes back afterwards."""
+    if kind == "float32":
+        yield
+        return
+    pinned = type(net).forward
+    if not hasattr(pinned, "__wrapped__"):
+        raise SystemExit(f"{type(net).__name__}.forward has no float32 pin to take off")
+    shipped = net.__dict__.get("forward")
+    net.forward = types.MethodType(pinned.__wrapped__, net)
+    try:
+        yield
+    finally:
+        if shipped is None:
+            del net.forward
+        else:
+            net.forward = shipped
 
 
 def make_config(precision: str, batch: int, device: torch.device, attributes: tuple[str, ...],
@@ -255,14 +284,15 @@ def bench_one_device(args, device: torch.device) -> list[Row]:
         order = sorted(args.loss_nets, key=["eager", "compiled"].index)
         settings = [(f, p, c, j) for j in order for f in args.fast_paths for p in args.precisions
                     for c in args.streams if f == "compiled" or j == order[0]]   # judges compile only there
-        settings = [(*setting, mse, o) for setting in settings for mse in args.perceptual_mse for o in args.overlap]
-        for fast, precision, streams, loss_nets, mse, overlap in settings:
+        settings = [(*setting, mse, o, lm) for setting in settings for mse in args.perceptual_mse
+                    for o in args.overlap for lm in args.landmark_precision]
+        for fast, precision, streams, loss_nets, mse, overlap, landmarks in settings:
             for batch in args.batches:
-                row = Row(res, precision, 1, batch, fast, streams, loss_nets, mse, overlap)
+                row = Row(res, precision, 1, batch, fast, streams, loss_nets, mse, overlap, landmarks)
                 state = None
                 try:
                     cfg = make_config(precision, batch, device, bundle.default_attributes, fast, streams, loss_nets)
-                    with perceptual_mse(mse), batch_overlap(overlap):
+                    with perceptual_mse(mse), batch_overlap(overlap), landmark_precision(bundle.landmarks, landmarks):
                         state = setup_training(cfg, bundle, device)
                         per_iter, peak, row.warmup_s = time_iterations(cfg, bundle, state, 0, 1, args.warmup,
                                                                        args.steps, overlap=overlap)
@@ -640,6 +670,9 @@ def parse_args(argv=None):
     p.add_argument("--overlap", nargs="+", choices=["on", "off"], default=["on"],
                    help="on (as shipped): the next batch is drawn while the GPU runs the step, with asynchronous "
                         "pinned copies; off: drawn after the step with blocking copies, shown as '/no-overlap'")
+    p.add_argument("--landmark-precision", nargs="+", choices=["float32", "autocast"], default=["float32"],
+                   help="float32: the landmark net pinned to float32 as shipped; autocast: the pin taken off "
+                        "(bf16 under --precisions bf16), to time what the pin costs")
     p.add_argument("--no-cuda-graph", action="store_true", help="eager steps on one GPU (default: CUDA graph)")
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny random networks, gloo for 2 ranks")
     p.add_argument("--json", type=Path, help="also write all rows as JSON here")

@@ -57,3 +57,26 @@ def test_profile_only_skips_the_timed_rows(tmp_path):
     assert "--profile: 32 px" in proc.stdout and "copies (aten::copy_) by caller" in proc.stdout
     assert not [line for line in proc.stdout.splitlines() if line.endswith("  ok")]   # no timed row
     assert "Best per-GPU batch" not in proc.stdout
+
+
+def test_landmark_precision_takes_the_float32_pin_off_for_the_setting_only():
+    """--landmark-precision autocast: inside the setting the landmark net runs under the caller's bf16
+    autocast (bf16 points); outside it, and with "float32", the shipped float32 pin (float32 points)."""
+    import torch
+    from benchmarks.bench_train import landmark_precision, tiny_bundle
+    net = tiny_bundle(torch.device("cpu")).landmarks
+    image = torch.rand(2, 3, 32, 32)
+
+    def points_dtype():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return net(image).dtype
+
+    with landmark_precision(net, "float32"):
+        assert points_dtype() == torch.float32
+    with landmark_precision(net, "autocast"):
+        assert points_dtype() == torch.bfloat16
+    assert points_dtype() == torch.float32 and "forward" not in net.__dict__
+    shipped = net.forward = lambda x: torch.zeros(1)     # a wrapped forward (e.g. compiled) comes back as it was
+    with landmark_precision(net, "autocast"):
+        assert net.forward is not shipped
+    assert net.forward is shipped
