@@ -349,12 +349,42 @@ def to_rgb(x: torch.Tensor, style: torch.Tensor, p: RgbParams, skip: torch.Tenso
     return rgb
 
 
-def synthesis_block(x, skip, s_up, s_conv, s_rgb, n_up, n_conv, p_up, p_conv, p_rgb, st_up, st_conv, st_rgb):
+def synthesis_block(x, skip, s_up, s_conv, s_rgb, n_up, n_conv, p_up, p_conv, p_rgb, st_up, st_conv, st_rgb,
+                    last: bool = False):
     """One resolution of the synthesis network (one compiled region):
-    x [B, Cin, H, W], skip [B, 3, H, W] -> x [B, Cout, 2H, 2W], skip [B, 3, 2H, 2W]."""
-    x = styled_conv(x, s_up, p_up, n_up, st_up)
+    x [B, Cin, H, W], skip [B, 3, H, W] -> x [B, Cout, 2H, 2W] (None for the `last` block, whose
+    features nothing reads), skip [B, 3, 2H, 2W]."""
+    x = styled_conv(gradient_in_layout_of(x), s_up, p_up, n_up, st_up)
     x = styled_conv(x, s_conv, p_conv, n_conv, st_conv)
-    return x, to_rgb(x, s_rgb, p_rgb, skip, st_rgb)
+    rgb = to_rgb(x, s_rgb, p_rgb, gradient_in_layout_of(skip), st_rgb)
+    # A compiled region's unused output still gets a gradient: AOTAutograd materialises zeros for it
+    # (and copies them into the output's layout): at 1024 px, batch 4, two passes over 268M elements.
+    return (None if last else x), rgb
+
+
+class _GradientInLayout(torch.autograd.Function):
+    """Identity whose backward hands the gradient on in the input's memory layout (NHWC here).
+
+    Why: AOTAutograd makes every gradient that reaches a compiled region's backward match the layout
+    of the output it belongs to, with a copy when it does not. Between two blocks that gradient is the
+    next region's gradient of its input (features x, RGB skip), and Inductor may write that one NCHW
+    (its backward reaches x through FIR slices, whose gradients are built NCHW): on the CPU with
+    Inductor every block boundary cost a layout copy of the block's features. Asked for here, the
+    layout is written by the kernel that computes the gradient, at no extra pass."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.memory_format = _layout(x)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous(memory_format=ctx.memory_format)
+
+
+def gradient_in_layout_of(x: torch.Tensor) -> torch.Tensor:
+    """x, whose gradient leaves the region in x's own layout (see _GradientInLayout)."""
+    return _GradientInLayout.apply(x) if x.requires_grad else x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,7 +452,7 @@ def discriminator_block(x: torch.Tensor, p: DBlockParams, st: DBlockStatic) -> t
 
     The skip path's blur is evaluated at the stride-2 positions only (a 1x1 conv then keeps them all).
     """
-    x = x.to(st.dtype)
+    x = gradient_in_layout_of(x).to(st.dtype)
     if st.from_rgb:
         x = bias_act(F.conv2d(x, p.w_rgb), p.b_rgb, st.clamp)
     h = bias_act(F.conv2d(x, p.w1, padding=1), p.b1, st.clamp)
@@ -533,13 +563,15 @@ def generator_synthesis(g: nn.Module, wplus: torch.Tensor, noise: list, fast: Fa
         p_rgb, st_rgb = rgb_params(g.to_rgb1)
         skip = to_rgb(x, wplus[:, 1], p_rgb, None, st_rgb)
         i = 1
-        for k, (up_conv, conv, rgb) in enumerate(zip(g.convs[::2], g.convs[1::2], g.to_rgbs)):
+        blocks = list(zip(g.convs[::2], g.convs[1::2], g.to_rgbs))
+        for k, (up_conv, conv, rgb) in enumerate(blocks):
             dtype = fast.dtype_at(2 ** (k + 3), top)
             p_up, st_up = styled_params(up_conv, dtype, fast)
             p_conv, st_conv = styled_params(conv, dtype, fast)
             p_rgb, st_rgb = rgb_params(rgb)
             x, skip = SYNTHESIS_BLOCK(fast, x, skip, wplus[:, i], wplus[:, i + 1], wplus[:, i + 2],
-                                      noise[2 * k + 1], noise[2 * k + 2], p_up, p_conv, p_rgb, st_up, st_conv, st_rgb)
+                                      noise[2 * k + 1], noise[2 * k + 2], p_up, p_conv, p_rgb, st_up, st_conv, st_rgb,
+                                      k == len(blocks) - 1)
             i += 2
         return skip.contiguous()
 

@@ -223,6 +223,46 @@ def test_compiled_regions_match_eager_and_share_graphs_across_batches():
     assert compile_stats()["graphs"] == graphs_nograd
 
 
+def test_gradients_leave_each_block_in_its_layout_and_no_block_boundary_copies_one():
+    """AOTAutograd copies a gradient that reaches a compiled region in another layout than the output
+    it belongs to (`aten::contiguous` under CompiledFunctionBackward; at 1024 px a pass over 268M
+    elements per boundary). Two sources, both removed: the next block's gradient of its input x
+    (now handed on in x's NHWC layout) and the zeros AOTAutograd makes for the last block's unused
+    features (the last block no longer returns them)."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.manual_seed(0)   # 16 px: two blocks, so there is a block boundary; aot_eager keeps tracing quick
+    g = Generator(16, w_dim=8, n_mlp=1, channels={4: 8, 8: 8, 16: 4}, conv_clamp=0.5)
+    d = Discriminator(16, channels={4: 8, 8: 8, 16: 4}, conv_clamp=0.5)
+    fast = FastPath(dtype=torch.float32, compile=True, backend="aot_eager", devices=("cpu",))
+    g.set_fast_path(fast), d.set_fast_path(fast)
+
+    def step():
+        w = torch.randn(2, g.n_latent, g.w_dim, requires_grad=True)
+        d(g.synthesis(w, "const")).sum().backward()
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        step()
+    assert any(e.name == "CompiledFunctionBackward" for e in prof.events()), "the regions did not compile"
+    copied = [e.input_shapes[0] for e in prof.events() if e.name == "aten::contiguous" and e.cpu_parent is not None
+              and e.cpu_parent.name == "CompiledFunctionBackward" and e.cpu_children]   # a clone under it: a copy
+    # Left: D's last block, whose gradient comes from the eager 4x4 head (`.float().contiguous()`).
+    assert [shape for shape in copied if shape[-1] > 4] == [], copied
+    assert copied == [[2, 8, 4, 4]], "the profile no longer sees the copies this test looks for"
+    assert not compile_stats()["failed"]
+
+
+def test_gradient_in_layout_of_hands_an_nchw_gradient_on_as_nhwc():
+    from models.stylegan2_fast import gradient_in_layout_of
+    x = torch.randn(2, 4, 3, 3).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    y = gradient_in_layout_of(x)
+    assert torch.equal(y, x)
+    (y.contiguous() * torch.randn(2, 4, 3, 3)).sum().backward()    # an NCHW gradient comes back
+    assert x.grad.is_contiguous(memory_format=torch.channels_last) and not x.grad.is_contiguous()
+    plain = torch.randn(2, 4, 3, 3)
+    assert gradient_in_layout_of(plain) is plain                    # nothing to do without a gradient
+
+
 @torch.no_grad()
 def test_a_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
     g, _ = small_pair()
