@@ -12,6 +12,8 @@
         --fast-paths compiled --overlap on off               # next batch drawn during the step vs after it
     python benchmarks/bench_train.py --resolutions 256 --gpus 1 --batches 4 --precisions bf16 \
         --fast-paths compiled --landmark-precision float32 autocast  # the landmark net's float32 pin vs none
+    python benchmarks/bench_train.py --resolutions 1024 --gpus 1 --batches 4 --precisions bf16 \
+        --fast-paths compiled --block-gradients layout as-is  # gradients NHWC between G/D blocks vs copied
 
 What is timed is exactly one iteration of pipeline/stages/train's loop: draw the batch's latents and
 edit amounts from their global sample ids (sample_batch), then train_step: x = G(w) and x' =
@@ -83,6 +85,7 @@ class Row:
     perceptual_mse: str = "layout"  # layout (shipped: 1-D views) | 4d (on the 4-D maps) | float32 (former copies)
     overlap: str = "on"         # on: the next batch is drawn while the GPU runs the step (train_loop) | off
     landmarks: str = "float32"  # float32 (shipped: models/precision.py's pin) | autocast (pin off: bf16 under bf16)
+    block_gradients: str = "layout"  # layout (shipped: gradients leave G/D blocks NHWC) | as-is (before 2026-12-05)
     warmup_s: float | None = None
     iters_per_s: float | None = None
     samples_per_s: float | None = None
@@ -103,8 +106,9 @@ class Row:
         mse = {"layout": "", "4d": "/4d-mse", "float32": "/f32-mse"}[self.perceptual_mse]
         overlap = "" if self.overlap == "on" else "/no-overlap"
         landmarks = "" if self.landmarks == "float32" else "/autocast-landmarks"
+        block_gradients = "" if self.block_gradients == "layout" else "/as-is-block-grads"
         return (f"{self.precision}/{self.fast_path}" + judges + ("" if self.streams == "on" else "/serial") + mse
-                + overlap + landmarks)
+                + overlap + landmarks + block_gradients)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,6 +197,15 @@ def landmark_precision(net, kind: str):
             del net.forward
         else:
             net.forward = shipped
+
+
+def block_gradient_layout(kind: str):
+    """The fast path's block regions as shipped ("layout": each hands its input's gradient on in the
+    input's NHWC layout, models.stylegan2_fast.gradient_in_layout_of) or as before 2026-12-05 ("as-is":
+    in whatever layout Inductor writes it, which AOTAutograd then copies at the next block). Patching
+    the helper makes Dynamo recompile the regions for the setting (its guards see the new function)."""
+    import models.stylegan2_fast as fast
+    return patched(fast, "gradient_in_layout_of", None if kind == "layout" else (lambda x: x))
 
 
 def make_config(precision: str, batch: int, device: torch.device, attributes: tuple[str, ...],
@@ -284,15 +297,16 @@ def bench_one_device(args, device: torch.device) -> list[Row]:
         order = sorted(args.loss_nets, key=["eager", "compiled"].index)
         settings = [(f, p, c, j) for j in order for f in args.fast_paths for p in args.precisions
                     for c in args.streams if f == "compiled" or j == order[0]]   # judges compile only there
-        settings = [(*setting, mse, o, lm) for setting in settings for mse in args.perceptual_mse
-                    for o in args.overlap for lm in args.landmark_precision]
-        for fast, precision, streams, loss_nets, mse, overlap, landmarks in settings:
+        settings = [(*setting, mse, o, lm, bg) for setting in settings for mse in args.perceptual_mse
+                    for o in args.overlap for lm in args.landmark_precision for bg in args.block_gradients]
+        for fast, precision, streams, loss_nets, mse, overlap, landmarks, block_grads in settings:
             for batch in args.batches:
-                row = Row(res, precision, 1, batch, fast, streams, loss_nets, mse, overlap, landmarks)
+                row = Row(res, precision, 1, batch, fast, streams, loss_nets, mse, overlap, landmarks, block_grads)
                 state = None
                 try:
                     cfg = make_config(precision, batch, device, bundle.default_attributes, fast, streams, loss_nets)
-                    with perceptual_mse(mse), batch_overlap(overlap), landmark_precision(bundle.landmarks, landmarks):
+                    with perceptual_mse(mse), batch_overlap(overlap), landmark_precision(bundle.landmarks, landmarks), \
+                            block_gradient_layout(block_grads):
                         state = setup_training(cfg, bundle, device)
                         per_iter, peak, row.warmup_s = time_iterations(cfg, bundle, state, 0, 1, args.warmup,
                                                                        args.steps, overlap=overlap)
@@ -673,6 +687,9 @@ def parse_args(argv=None):
     p.add_argument("--landmark-precision", nargs="+", choices=["float32", "autocast"], default=["float32"],
                    help="float32: the landmark net pinned to float32 as shipped; autocast: the pin taken off "
                         "(bf16 under --precisions bf16), to time what the pin costs")
+    p.add_argument("--block-gradients", nargs="+", choices=["layout", "as-is"], default=["layout"],
+                   help="layout: G/D fast-path blocks hand gradients on NHWC as shipped; as-is: as before "
+                        "2026-12-05 (a layout copy at each block boundary), to time what that costs")
     p.add_argument("--no-cuda-graph", action="store_true", help="eager steps on one GPU (default: CUDA graph)")
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny random networks, gloo for 2 ranks")
     p.add_argument("--json", type=Path, help="also write all rows as JSON here")

@@ -80,3 +80,17 @@ def test_landmark_precision_takes_the_float32_pin_off_for_the_setting_only():
     with landmark_precision(net, "autocast"):
         assert net.forward is not shipped
     assert net.forward is shipped
+
+
+def test_block_gradients_as_is_takes_the_layout_hand_off_out_for_the_setting_only():
+    import torch
+    import models.stylegan2_fast as fast
+    from benchmarks.bench_train import block_gradient_layout
+    shipped = fast.gradient_in_layout_of
+    x = torch.randn(2, 4, 3, 3).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    with block_gradient_layout("layout"):
+        assert fast.gradient_in_layout_of is shipped
+    with block_gradient_layout("as-is"):
+        y = fast.gradient_in_layout_of(x)
+        assert y is x           # the gradient goes back in whatever layout the consumer makes it
+    assert fast.gradient_in_layout_of is shipped
