@@ -362,29 +362,32 @@ def synthesis_block(x, skip, s_up, s_conv, s_rgb, n_up, n_conv, p_up, p_conv, p_
     return (None if last else x), rgb
 
 
-class _GradientInLayout(torch.autograd.Function):
-    """Identity whose backward hands the gradient on in the input's memory layout (NHWC here).
+class _GradientChannelsLast(torch.autograd.Function):
+    """Identity whose backward hands the gradient on NHWC (channels_last).
 
     Why: AOTAutograd makes every gradient that reaches a compiled region's backward match the layout
     of the output it belongs to, with a copy when it does not. Between two blocks that gradient is the
     next region's gradient of its input (features x, RGB skip), and Inductor may write that one NCHW
     (its backward reaches x through FIR slices, whose gradients are built NCHW): on the CPU with
     Inductor every block boundary cost a layout copy of the block's features. Asked for here, the
-    layout is written by the kernel that computes the gradient, at no extra pass."""
+    layout is written by the kernel that computes the gradient, at no extra pass. (No state on ctx:
+    the one layout is in the class, which keeps it simple for Dynamo to trace.)"""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.memory_format = _layout(x)
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad.contiguous(memory_format=ctx.memory_format)
+        return grad.contiguous(memory_format=torch.channels_last)
 
 
 def gradient_in_layout_of(x: torch.Tensor) -> torch.Tensor:
-    """x, whose gradient leaves the region in x's own layout (see _GradientInLayout)."""
-    return _GradientInLayout.apply(x) if x.requires_grad else x
+    """x, whose gradient leaves the region NHWC when x is NHWC (see _GradientChannelsLast); any other
+    x (NCHW, or not requiring a gradient) as it is."""
+    if x.requires_grad and _layout(x) == torch.channels_last:
+        return _GradientChannelsLast.apply(x)
+    return x
 
 
 # ---------------------------------------------------------------------------------------------

@@ -261,6 +261,8 @@ def test_gradient_in_layout_of_hands_an_nchw_gradient_on_as_nhwc():
     assert x.grad.is_contiguous(memory_format=torch.channels_last) and not x.grad.is_contiguous()
     plain = torch.randn(2, 4, 3, 3)
     assert gradient_in_layout_of(plain) is plain                    # nothing to do without a gradient
+    nchw = torch.randn(2, 4, 3, 3, requires_grad=True)
+    assert gradient_in_layout_of(nchw) is nchw                      # nor for an NCHW input
 
 
 @torch.no_grad()
