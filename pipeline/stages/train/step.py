@@ -173,6 +173,13 @@ def train_step(state: TrainState, batch: Batch, cfg: TrainConfig) -> dict[str, f
     return values
 
 
+def trained_tensors(state: TrainState) -> list[torch.Tensor]:
+    """What a step changes: T and, once Adam has stepped, its moments and step count."""
+    T = state.directions.T
+    moments = state.optimizer.state.get(T, {})
+    return [T.data, *(moments[k] for k in ("exp_avg", "exp_avg_sq", "step") if k in moments)]
+
+
 class GraphedTrainStep:
     """train_step as a replayed CUDA graph (single device, T not DDP-wrapped).
 
@@ -204,10 +211,6 @@ class GraphedTrainStep:
             self.capture(batch)
         return self.replay(batch)
 
-    def trained_tensors(self) -> list[torch.Tensor]:
-        opt_state = self.state.optimizer.state[self.state.directions.T]
-        return [self.state.directions.T.data, opt_state["exp_avg"], opt_state["exp_avg_sq"], opt_state["step"]]
-
     def capture(self, batch: Batch) -> None:
         self.static = Batch(batch.wplus.clone(), batch.uniforms.clone(),
                             [n.clone() for n in batch.noise] if isinstance(batch.noise, list) else batch.noise)
@@ -217,7 +220,7 @@ class GraphedTrainStep:
             self.terms = compute_terms(self.state, self.static, self.cfg)
             self.terms["total"].backward()
             self.state.optimizer.step()
-        self.backup = [t.clone() for t in self.trained_tensors()]
+        self.backup = [t.clone() for t in trained_tensors(self.state)]
 
     def replay(self, batch: Batch) -> dict[str, float]:
         self.launch(batch)
@@ -231,7 +234,7 @@ class GraphedTrainStep:
         if isinstance(batch.noise, list):
             for dst, src in zip(self.static.noise, batch.noise):
                 dst.copy_(src)
-        for dst, src in zip(self.backup, self.trained_tensors()):
+        for dst, src in zip(self.backup, trained_tensors(self.state)):
             dst.copy_(src)
         self.graph.replay()
 
@@ -239,7 +242,7 @@ class GraphedTrainStep:
         """The launched step's loss values (waits for the GPU); a non-finite one restores T and raises."""
         values = terms_to_floats(self.terms)
         if not all(math.isfinite(v) for v in values.values()):
-            for dst, src in zip(self.trained_tensors(), self.backup):
+            for dst, src in zip(trained_tensors(self.state), self.backup):
                 dst.copy_(src)
             raise non_finite_error(self.state.step + 1, values)
         self.state.step += 1

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from pipeline.stages.train.step import Batch, TrainState
+from pipeline.stages.train.step import Batch, TrainState, trained_tensors
 
 Step = Callable[[Batch], dict[str, float]]
 
@@ -33,13 +33,7 @@ class StepComparison:
     follower: dict[str, float]
     grad_rel: float                 # |g_f - g_l| / |g_l|, g = dLoss/dT of this step
     update_rel: float               # |dT_f - dT_l| / |dT_l|, dT = T after the step - T before
-
-
-def trained_tensors(state: TrainState) -> list[torch.Tensor]:
-    """T and, once Adam has stepped, its moments and step count."""
-    T = state.directions.T
-    moments = state.optimizer.state.get(T, {})
-    return [T.data, *(moments[k] for k in ("exp_avg", "exp_avg_sq", "step") if k in moments)]
+    update_norm: float              # |dT_l|: 0 would make update_rel meaningless
 
 
 @torch.no_grad()
@@ -71,6 +65,7 @@ def lockstep(leader: tuple[TrainState, Step], follower: tuple[TrainState, Step],
         lead_values = lead_step(draw(k))
         follow_values = follow_step(draw_follower(k))
         lead_T, follow_T = lead_state.directions.T, follow_state.directions.T
+        lead_update = lead_T.detach() - before
         out.append(StepComparison(lead_values, follow_values, relative(follow_T.grad, lead_T.grad),
-                                  relative(follow_T.detach() - before, lead_T.detach() - before)))
+                                  relative(follow_T.detach() - before, lead_update), float(lead_update.norm())))
     return out

@@ -234,6 +234,7 @@ def test_every_preset_trains_the_same_eager_and_graphed(preset_bundles, preset, 
                 f"{preset} {precision} step {k} ({kind}) {term}"
         print(f"\n[{preset} {precision}] step {k} ({kind}): grad of T rel. diff {c.grad_rel:.3g} "
               f"(tol {GRAD_RTOL[precision]:g}), update of T rel. diff {c.update_rel:.3g} (tol {UPDATE_RTOL[precision]:g})")
+        assert c.update_norm > 0, f"{preset} {precision} step {k} ({kind}): the eager step did not move T"
         assert c.grad_rel <= GRAD_RTOL[precision], f"{preset} {precision} step {k} ({kind}): gradient of T"
         assert c.update_rel <= UPDATE_RTOL[precision], f"{preset} {precision} step {k} ({kind}): update of T"
     print(f"[{preset} {precision}] {GRAPH_STEPS} lockstep steps: max loss rel. diff {worst:.3g} "
