@@ -4,6 +4,7 @@ the fast path compiled, profiled by the chain of ops that called each `aten::cop
     python benchmarks/profile_block_copies.py --resolution 1024 --batch 4              # on a GPU
     python benchmarks/profile_block_copies.py --resolution 128 --batch 2 --device cpu  # Inductor on the CPU
     python benchmarks/profile_block_copies.py --block-gradients layout as-is           # with / without the fix
+    python benchmarks/profile_block_copies.py --whole-step --resolution 32 --batch 2 --device cpu  # the T step
 
 What to look for: `aten::clone < aten::contiguous < CompiledFunctionBackward`. That is AOTAutograd making
 a gradient that reaches a compiled region match the layout of the output it belongs to. Until
@@ -11,6 +12,10 @@ a gradient that reaches a compiled region match the layout of the output it belo
 each discriminator block's input gradient (Inductor wrote it NCHW, the previous block's output is
 NHWC) and the RGB skip between synthesis blocks (models/stylegan2_fast.py: gradient_in_layout_of).
 `--block-gradients as-is` puts the layout part back (not the last block's unused output).
+
+`--whole-step` profiles the T step instead (all four losses: G, D and the judges, those compiled as
+the shipped step compiles them; random paper networks at --resolution, eager steps): it shows whether
+copies are left outside G and D (at the G -> judges hand-off, in the losses, in the judges).
 
 On the CPU the fast path is forced onto it (FastPath(devices=("cpu",))); Inductor then generates C++
 (the first step compiles for minutes). --backend aot_eager traces without code generation (quick; the
@@ -44,6 +49,12 @@ def parse_args(argv=None):
     p.add_argument("--channels", type=int, nargs="*", default=None,
                    help="channels per resolution, smallest first (default: config-f); a smoke test passes few")
     p.add_argument("--block-gradients", nargs="+", choices=["layout", "as-is"], default=["layout"])
+    p.add_argument("--whole-step", action="store_true",
+                   help="profile the T step (all four losses, judges compiled) instead of G + D alone; "
+                        "config-f networks (--channels is not used)")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="the T step's (--whole-step)")
+    p.add_argument("--tiny", action="store_true",
+                   help="--whole-step with the tiny preset's networks (32 px; the CPU smoke test)")
     p.add_argument("--top", type=int, default=12)
     return p.parse_args(argv)
 
@@ -64,12 +75,44 @@ def networks(args, device: torch.device):
     return G, D
 
 
-def profile_one(args, G, D, device: torch.device, kind: str) -> list[str]:
-    from torch.profiler import ProfilerActivity, profile
+def g_and_d_step(args, device: torch.device):
+    """One forward + backward of G's synthesis and D (a gradient for w+, as T's would get)."""
+    G, D = networks(args, device)
 
     def step():
         wplus = torch.randn(args.batch, G.n_latent, G.w_dim, device=device, requires_grad=True)
         D(G.synthesis(wplus, "const")).float().sum().backward()
+    return step
+
+
+def whole_t_step(args, device: torch.device):
+    """One eager T step (pipeline.stages.train.step.train_step: all four losses and Adam) of random paper
+    networks, G and D on the compiled fast path and the judges compiled, on `device`."""
+    from benchmarks.bench_train import PAPER_ATTRIBUTES, make_config, random_paper_bundle, tiny_bundle
+    from models.stylegan2_fast import FastPath
+    from pipeline.core.compiled import compile_networks
+    from pipeline.core.seeding import global_sample_ids
+    from pipeline.stages.train.step import sample_batch, setup_training, train_step
+
+    bundle = tiny_bundle(device) if args.tiny else random_paper_bundle(args.resolution, device)
+    attributes = bundle.default_attributes if args.tiny else PAPER_ATTRIBUTES
+    cfg = make_config(args.precision, args.batch, device, attributes, "compiled")
+    state = setup_training(cfg, bundle, device)       # on CUDA this already sets and compiles all of it
+    fast = FastPath(compile=True, backend=args.backend, devices=(device.type,))
+    bundle.generator.set_fast_path(fast)
+    bundle.discriminator.set_fast_path(fast)
+    compile_networks(True, bundle.regressor, bundle.landmarks, bundle.perceptual, backend=args.backend,
+                     devices=(device.type,))           # a no-op for networks compiled already
+    n_attributes = state.directions.n_attributes
+
+    def step():
+        ids = global_sample_ids(state.step, 0, cfg.batch_size, 1)
+        train_step(state, sample_batch(cfg, bundle.generator, n_attributes, ids, device), cfg)
+    return step
+
+
+def profile_one(args, step, device: torch.device, kind: str) -> list[str]:
+    from torch.profiler import ProfilerActivity, profile
 
     with block_gradient_layout(kind):
         t0 = time.perf_counter()
@@ -96,11 +139,17 @@ def main(argv=None) -> int:
         print("no CUDA GPU visible: run on a GPU machine, or pass --device cpu", file=sys.stderr)
         return 2
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"profile_block_copies: torch {torch.__version__}, device {where}; G synthesis + D, forward + "
-          f"backward, {args.resolution} px, batch {args.batch}, fast path compiled ({args.backend}), random weights")
-    G, D = networks(args, device)
+    if args.tiny and not args.whole_step:
+        print("--tiny goes with --whole-step (G + D alone: pass --channels for small networks)", file=sys.stderr)
+        return 2
+    what = (f"the T step ({args.precision}, all four losses, judges compiled)" if args.whole_step
+            else "G synthesis + D, forward + backward")
+    res = 32 if args.tiny else args.resolution
+    print(f"profile_block_copies: torch {torch.__version__}, device {where}; {what}, {res} px{' (tiny preset)' if args.tiny else ''}, "
+          f"batch {args.batch}, fast path compiled ({args.backend}), random weights")
+    step = whole_t_step(args, device) if args.whole_step else g_and_d_step(args, device)
     for kind in args.block_gradients:
-        for line in profile_one(args, G, D, device, kind):
+        for line in profile_one(args, step, device, kind):
             print(line, flush=True)
     return 0
 

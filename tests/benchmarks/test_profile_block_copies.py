@@ -5,20 +5,34 @@ blocks is tests/models/test_stylegan2_fast.py's."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "profile_block_copies.py"
+
+@pytest.mark.timeout(120)
+def test_profile_block_copies_counts_the_boundary_copies(capsys):
+    from benchmarks.profile_block_copies import main
+    assert main(["--resolution", "8", "--batch", "2", "--device", "cpu", "--backend", "aot_eager",
+                 "--channels", "8", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "--block-gradients layout" in out and "copies (aten::copy_) by caller" in out
+    assert "(aten::contiguous under CompiledFunctionBackward): 1 per step" in out
 
 
-@pytest.mark.timeout(180)
-def test_profile_block_copies_counts_the_boundary_copies(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--resolution", "8", "--batch", "2", "--device", "cpu",
-                           "--backend", "aot_eager", "--channels", "8", "4"],
-                          capture_output=True, text=True, timeout=170, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "--block-gradients layout" in proc.stdout and "copies (aten::copy_) by caller" in proc.stdout
-    assert "(aten::contiguous under CompiledFunctionBackward): 1 per step" in proc.stdout
+@pytest.mark.timeout(120)
+def test_whole_step_profiles_the_t_step_of_the_tiny_preset(capsys):
+    """--whole-step runs the T step (G, D, the judges, Adam) under the profiler and prints the copies table.
+    In-process with Dynamo's plain `eager` backend, to stay quick: nothing is compiled, so no region
+    boundary can copy (the Inductor figures come from the CPU and GPU runs the docs quote)."""
+    from benchmarks.profile_block_copies import main
+    assert main(["--whole-step", "--tiny", "--batch", "2", "--device", "cpu", "--backend", "eager",
+                 "--precision", "fp32"]) == 0
+    out = capsys.readouterr().out
+    assert "the T step (fp32, all four losses, judges compiled), 32 px (tiny preset)" in out
+    assert "(aten::contiguous under CompiledFunctionBackward): 0 per step" in out
+    assert "copies (aten::copy_) by caller" in out
+
+
+def test_tiny_without_whole_step_is_refused(capsys):
+    from benchmarks.profile_block_copies import main
+    assert main(["--tiny", "--device", "cpu"]) == 2
+    assert "--tiny goes with --whole-step" in capsys.readouterr().err
