@@ -51,7 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--block-gradients", nargs="+", choices=["layout", "as-is"], default=["layout"])
     p.add_argument("--whole-step", action="store_true",
                    help="profile the T step (all four losses, judges compiled) instead of G + D alone; "
-                        "config-f networks (--channels is not used)")
+                        "config-f networks at --resolution, or --tiny")
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="the T step's (--whole-step)")
     p.add_argument("--tiny", action="store_true",
                    help="--whole-step with the tiny preset's networks (32 px; the CPU smoke test)")
@@ -142,10 +142,14 @@ def main(argv=None) -> int:
     if args.tiny and not args.whole_step:
         print("--tiny goes with --whole-step (G + D alone: pass --channels for small networks)", file=sys.stderr)
         return 2
+    if args.whole_step and args.channels:
+        print("--channels goes with G + D alone (--whole-step: --tiny for small networks)", file=sys.stderr)
+        return 2
     what = (f"the T step ({args.precision}, all four losses, judges compiled)" if args.whole_step
             else "G synthesis + D, forward + backward")
     res = 32 if args.tiny else args.resolution
-    print(f"profile_block_copies: torch {torch.__version__}, device {where}; {what}, {res} px{' (tiny preset)' if args.tiny else ''}, "
+    tiny = " (tiny preset)" if args.tiny else ""
+    print(f"profile_block_copies: torch {torch.__version__}, device {where}; {what}, {res} px{tiny}, "
           f"batch {args.batch}, fast path compiled ({args.backend}), random weights")
     step = whole_t_step(args, device) if args.whole_step else g_and_d_step(args, device)
     for kind in args.block_gradients:

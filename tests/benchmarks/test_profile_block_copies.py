@@ -32,7 +32,9 @@ def test_whole_step_profiles_the_t_step_of_the_tiny_preset(capsys):
     assert "copies (aten::copy_) by caller" in out
 
 
-def test_tiny_without_whole_step_is_refused(capsys):
+def test_options_of_the_other_mode_are_refused(capsys):
     from benchmarks.profile_block_copies import main
     assert main(["--tiny", "--device", "cpu"]) == 2
     assert "--tiny goes with --whole-step" in capsys.readouterr().err
+    assert main(["--whole-step", "--channels", "8", "4", "--device", "cpu"]) == 2
+    assert "--channels goes with G + D alone" in capsys.readouterr().err
