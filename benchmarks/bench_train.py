@@ -221,6 +221,19 @@ def make_config(precision: str, batch: int, device: torch.device, attributes: tu
     }, "bench")
 
 
+def eager_step_on_next_batch(cfg, bundle, state, device: torch.device):
+    """A no-argument callable: one eager train_step on the batch of the state's next step (its global
+    sample ids, one rank), as the profiles run it."""
+    from pipeline.core.seeding import global_sample_ids
+    from pipeline.stages.train.step import sample_batch, train_step
+    n_attributes = state.directions.n_attributes
+
+    def step():
+        ids = global_sample_ids(state.step, 0, cfg.batch_size, 1)
+        train_step(state, sample_batch(cfg, bundle.generator, n_attributes, ids, device), cfg)
+    return step
+
+
 def build(args, resolution: int, device: torch.device):
     return tiny_bundle(device) if args.tiny else random_paper_bundle(resolution, device)
 
@@ -333,8 +346,7 @@ def profile_steps(args, device: torch.device, top: int = 20) -> list[str]:
     global CUDA_GRAPH
     from torch.profiler import ProfilerActivity, profile
 
-    from pipeline.core.seeding import global_sample_ids
-    from pipeline.stages.train.step import sample_batch, setup_training, train_step
+    from pipeline.stages.train.step import setup_training
 
     graph, CUDA_GRAPH = CUDA_GRAPH, False   # eager steps: the profile names every kernel
     lines = []
@@ -343,12 +355,7 @@ def profile_steps(args, device: torch.device, top: int = 20) -> list[str]:
         for fast in args.fast_paths:
             cfg = make_config(args.precisions[-1], args.profile_batch, device, bundle.default_attributes, fast)
             state = setup_training(cfg, bundle, device)
-            n_attr = state.directions.n_attributes
-
-            def step(state=state, cfg=cfg):
-                ids = global_sample_ids(state.step, 0, cfg.batch_size, 1)
-                train_step(state, sample_batch(cfg, bundle.generator, n_attr, ids, device), cfg)
-
+            step = eager_step_on_next_batch(cfg, bundle, state, device)
             for _ in range(3):
                 step()
             sync(device)

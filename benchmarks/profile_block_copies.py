@@ -59,9 +59,14 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def forced_fast_path(args, device: torch.device):
+    """The compiled fast path with --backend, on `device`'s type (the CPU included)."""
+    from models.stylegan2_fast import FastPath
+    return FastPath(compile=True, backend=args.backend, devices=(device.type,))
+
+
 def networks(args, device: torch.device):
     from models.stylegan2 import Discriminator, Generator
-    from models.stylegan2_fast import FastPath
     kw = {}
     if args.channels:
         sizes = [4 * 2 ** i for i in range(len(args.channels))]
@@ -69,46 +74,41 @@ def networks(args, device: torch.device):
     torch.manual_seed(0)
     G = Generator(args.resolution, **({"w_dim": 64, "n_mlp": 1} if kw else {}), **kw)
     D = Discriminator(args.resolution, **kw)
-    fast = FastPath(compile=True, backend=args.backend, devices=(device.type,))
+    fast = forced_fast_path(args, device)
     G.set_fast_path(fast).requires_grad_(False).to(device)
     D.set_fast_path(fast).requires_grad_(False).to(device)
     return G, D
 
 
 def g_and_d_step(args, device: torch.device):
-    """One forward + backward of G's synthesis and D (a gradient for w+, as T's would get)."""
+    """(step, resolution): one forward + backward of G's synthesis and D (a gradient for w+, as T's would get)."""
     G, D = networks(args, device)
 
     def step():
         wplus = torch.randn(args.batch, G.n_latent, G.w_dim, device=device, requires_grad=True)
         D(G.synthesis(wplus, "const")).float().sum().backward()
-    return step
+    return step, G.resolution
 
 
 def whole_t_step(args, device: torch.device):
-    """One eager T step (pipeline.stages.train.step.train_step: all four losses and Adam) of random paper
-    networks, G and D on the compiled fast path and the judges compiled, on `device`."""
-    from benchmarks.bench_train import PAPER_ATTRIBUTES, make_config, random_paper_bundle, tiny_bundle
-    from models.stylegan2_fast import FastPath
+    """(step, resolution): one eager T step (pipeline.stages.train.step.train_step: all four losses and
+    Adam) of random paper networks (or --tiny's), G and D on the compiled fast path and the judges
+    compiled, on `device`."""
+    from benchmarks.bench_train import (PAPER_ATTRIBUTES, eager_step_on_next_batch, make_config,
+                                        random_paper_bundle, tiny_bundle)
     from pipeline.core.compiled import compile_networks
-    from pipeline.core.seeding import global_sample_ids
-    from pipeline.stages.train.step import sample_batch, setup_training, train_step
+    from pipeline.stages.train.step import setup_training
 
     bundle = tiny_bundle(device) if args.tiny else random_paper_bundle(args.resolution, device)
     attributes = bundle.default_attributes if args.tiny else PAPER_ATTRIBUTES
     cfg = make_config(args.precision, args.batch, device, attributes, "compiled")
     state = setup_training(cfg, bundle, device)       # on CUDA this already sets and compiles all of it
-    fast = FastPath(compile=True, backend=args.backend, devices=(device.type,))
+    fast = forced_fast_path(args, device)
     bundle.generator.set_fast_path(fast)
     bundle.discriminator.set_fast_path(fast)
     compile_networks(True, bundle.regressor, bundle.landmarks, bundle.perceptual, backend=args.backend,
                      devices=(device.type,))           # a no-op for networks compiled already
-    n_attributes = state.directions.n_attributes
-
-    def step():
-        ids = global_sample_ids(state.step, 0, cfg.batch_size, 1)
-        train_step(state, sample_batch(cfg, bundle.generator, n_attributes, ids, device), cfg)
-    return step
+    return eager_step_on_next_batch(cfg, bundle, state, device), bundle.generator.resolution
 
 
 def profile_one(args, step, device: torch.device, kind: str) -> list[str]:
@@ -147,11 +147,10 @@ def main(argv=None) -> int:
         return 2
     what = (f"the T step ({args.precision}, all four losses, judges compiled)" if args.whole_step
             else "G synthesis + D, forward + backward")
-    res = 32 if args.tiny else args.resolution
+    step, resolution = whole_t_step(args, device) if args.whole_step else g_and_d_step(args, device)
     tiny = " (tiny preset)" if args.tiny else ""
-    print(f"profile_block_copies: torch {torch.__version__}, device {where}; {what}, {res} px{tiny}, "
+    print(f"profile_block_copies: torch {torch.__version__}, device {where}; {what}, {resolution} px{tiny}, "
           f"batch {args.batch}, fast path compiled ({args.backend}), random weights")
-    step = whole_t_step(args, device) if args.whole_step else g_and_d_step(args, device)
     for kind in args.block_gradients:
         for line in profile_one(args, step, device, kind):
             print(line, flush=True)
