@@ -165,6 +165,10 @@ def upsample_conv_blur_fused(xm: torch.Tensor, weight: torch.Tensor, taps: Taps,
     p0, p1 = pad
     q = (max(p0, p1) + 1) // 2
     y = F.conv_transpose2d(F.pad(xm, (q, q, q, q)), weight, stride=2)       # = y padded by 2q
+    # The gradient of y comes out of the slices' backward, which builds it NCHW, and cuDNN's
+    # transposed-conv backward would copy it into the input's NHWC (at 1024 px, batch 4:
+    # [4, 32, 1029, 1029]); asked for NHWC here, the kernel that computes it writes it so.
+    y = gradient_in_layout_of(y)
     y = y[:, :, 2 * q - p0: y.shape[2] - (2 * q - p1), 2 * q - p0: y.shape[3] - (2 * q - p1)]
     return fir_sum(y, taps, (0, 0))
 

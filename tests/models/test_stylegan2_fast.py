@@ -252,6 +252,29 @@ def test_gradients_leave_each_block_in_its_layout_and_no_block_boundary_copies_o
     assert not compile_stats()["failed"]
 
 
+def test_every_convolution_backward_of_g_and_d_reads_its_gradient_in_its_inputs_layout():
+    """cuDNN copies a conv's output gradient into the layout of the conv's input when the two differ
+    (`cudnn_convolution_transpose_backward`: .contiguous(input.suggest_memory_format())). The
+    2026-12-06 H200 profile at 1024 px found that copy at every up-convolution of G ([4, 32, 1029,
+    1029], ...): the FIR slices' backward built the gradient NCHW. Checked here on the backward graphs
+    AOTAutograd hands the compiler (their recorded strides; no code generation)."""
+    from tests.backward_graphs import recording_convolution_backwards
+    seen = []
+    backend = recording_convolution_backwards(seen)
+
+    torch.manual_seed(0)   # 16 px: up-convolutions to 8 and to 16 px
+    g = Generator(16, w_dim=8, n_mlp=1, channels={4: 8, 8: 8, 16: 4})
+    d = Discriminator(16, channels={4: 8, 8: 8, 16: 4})
+    fast = FastPath(dtype=torch.float32, compile=True, backend=backend, devices=("cpu",))
+    g.set_fast_path(fast).requires_grad_(False), d.set_fast_path(fast).requires_grad_(False)
+    w = torch.randn(2, g.n_latent, g.w_dim, requires_grad=True)
+    d(g.synthesis(w, "const")).sum().backward()
+    transposed = [row for row in seen if row[0]]
+    assert len(transposed) == 2 and len(seen) > len(transposed), seen   # G's up-convolutions, and the rest
+    assert all(grad_nhwc == input_nhwc for _, _, grad_nhwc, input_nhwc in seen), seen
+    assert not compile_stats()["failed"]
+
+
 def test_gradient_in_layout_of_hands_an_nchw_gradient_on_as_nhwc():
     from models.stylegan2_fast import gradient_in_layout_of
     x = torch.randn(2, 4, 3, 3).contiguous(memory_format=torch.channels_last).requires_grad_(True)

@@ -213,3 +213,57 @@ def test_measuring_networks_get_nhwc_conv_weights_on_every_device_unless_fast_pa
         # relative to the gradient's norm: float rounding can flip a max-pool's winner, which moves a
         # few elements' gradient (the face-api descriptor: 4e-3 of its norm)
         assert (x_a.grad - x_b.grad).norm() <= 1e-2 * x_b.grad.norm(), type(a).__name__
+
+
+def test_every_nhwc_conv_of_the_judges_reads_an_nhwc_input(starter_cache):
+    """cuDNN's backward copies a conv's output gradient into its *input's* layout and back (twice the
+    gradient's size: VGG's conv1_1 on the NCHW image, 6 ms per step at 1024 px on the H200), so the
+    judges' convs are handed NHWC inputs (registry.nhwc_input), the image-reading first convs included.
+    Checked on the CPU where the layout each conv receives is the same question; once per conv
+    even when the fast path is applied twice."""
+    from pipeline.presets.registry import channels_last_convs, nhwc_input
+    bundle = build_bundle(ModelConfig(preset="starter", cache_dir=str(starter_cache.parent)), "cpu")
+    nets = bundle.measuring_networks()
+    channels_last_convs("compiled", *nets)                                # again: no second hook
+    seen: list[tuple[str, bool]] = []
+
+    def record(conv, args):
+        seen.append((type(conv).__name__, args[0].is_contiguous(memory_format=torch.channels_last)))
+
+    convs = [m for net in nets for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(list(m._forward_pre_hooks.values()).count(nhwc_input) == 1 for m in convs)
+    handles = [m.register_forward_pre_hook(record) for m in convs]     # runs after nhwc_input
+    image = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    try:
+        for net in nets:
+            net(image)                                                    # NCHW image in
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(seen) >= 20 and all(nhwc for _, nhwc in seen), [s for s in seen if not s[1]][:3]
+    off = build_bundle(ModelConfig(preset="starter", cache_dir=str(starter_cache.parent), fast_path="off"), "cpu")
+    assert not any(m._forward_pre_hooks for net in off.measuring_networks() for m in net.modules()
+                   if isinstance(m, torch.nn.Conv2d))
+
+
+def test_the_compiled_backward_of_vgg_gets_every_conv_input_nhwc():
+    """What the GPU needs (2026-12-06 H200 profile at 1024 px: conv1_1's gradient copied to NCHW and
+    back, 6 ms per step): in the graph torch.compile hands its backend, every convolution_backward
+    reads an NHWC input, conv1_1's (the normalised image, NCHW without the hook) included. The graph's
+    own strides are checked, so no code generation is needed; Inductor passes these strides on to
+    convolution_backward (with layout optimisation off, as it evidently was for VGG on the GPU: its
+    saved input was NCHW; on the CPU Inductor converts it anyway)."""
+    from models.paper_nets import VGGPerceptual
+    from pipeline.presets.registry import channels_last_convs
+    from tests.backward_graphs import recording_convolution_backwards
+    rows: list = []
+    backend = recording_convolution_backwards(rows)
+
+    torch._dynamo.reset()
+    vgg = VGGPerceptual().eval().requires_grad_(False)
+    channels_last_convs("compiled", vgg)
+    image = (torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1).requires_grad_(True)
+    sum(f.float().square().sum() for f in torch.compile(vgg, backend=backend)(image)).backward()
+    nhwc_inputs = [input_nhwc for _, _, _, input_nhwc in rows]
+    assert len(nhwc_inputs) == 4 and all(nhwc_inputs), rows            # conv1_1 .. conv2_2
+    assert image.grad is not None and image.grad.abs().sum() > 0
