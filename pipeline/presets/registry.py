@@ -301,8 +301,9 @@ def channels_last_convs(mode: str, *networks: nn.Module | None) -> None:
     measuring networks NHWC: cuDNN then runs their convolutions in its tensor-core layout and keeps
     the activations NHWC, instead of transposing around each convolution. On the CPU oneDNN gains
     the same way (the starter's judges at batch 32 on 2 cores: up to 2x, 1.5x all together;
-    benchmarks/results_cpu_judges_cpu.txt). Each such conv also gets its input NHWC (`nhwc_input`,
-    a forward pre-hook; once per conv however often this runs). Same function (float rounding aside);
+    benchmarks/results_cpu_judges_cpu.txt). Each conv whose weight is now NHWC only (not 1x1 or
+    depthwise) also gets its input NHWC (`nhwc_input`, a forward pre-hook; once per conv however
+    often this runs). Same function (float rounding aside);
     only nn.Conv2d weights change layout, as nothing else in those networks views them."""
     if mode == "off":
         return
@@ -310,7 +311,10 @@ def channels_last_convs(mode: str, *networks: nn.Module | None) -> None:
         for m in (net.modules() if net is not None else ()):
             if isinstance(m, nn.Conv2d) and m.weight.dim() == 4:
                 m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
-                if nhwc_input not in m._forward_pre_hooks.values():
+                # 1x1 and depthwise weights are both layouts at once: cuDNN keeps such a conv in its
+                # input's layout, so an NCHW input costs its backward nothing
+                both_layouts = m.weight.is_contiguous()
+                if not both_layouts and nhwc_input not in m._forward_pre_hooks.values():
                     m.register_forward_pre_hook(nhwc_input)
 
 
