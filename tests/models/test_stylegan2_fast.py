@@ -223,17 +223,27 @@ def test_compiled_regions_match_eager_and_share_graphs_across_batches():
     assert compile_stats()["graphs"] == graphs_nograd
 
 
-def test_gradients_leave_each_block_in_its_layout_and_no_block_boundary_copies_one():
-    """AOTAutograd copies a gradient that reaches a compiled region in another layout than the output
-    it belongs to (`aten::contiguous` under CompiledFunctionBackward; at 1024 px a pass over 268M
-    elements per boundary). Two sources, both removed: the next block's gradient of its input x
-    (now handed on in x's NHWC layout) and the zeros AOTAutograd makes for the last block's unused
-    features (the last block no longer returns them)."""
+def test_the_backward_copies_no_gradient_at_block_boundaries_nor_into_a_convolutions_layout():
+    """Two kinds of layout copy in the fast path's backward, both removed:
+
+    - AOTAutograd copies a gradient that reaches a compiled region in another layout than the output
+      it belongs to (`aten::contiguous` under CompiledFunctionBackward; at 1024 px a pass over 268M
+      elements per boundary): the next block's gradient of its input x (now handed on in x's NHWC
+      layout) and the zeros AOTAutograd made for the last block's unused features (no longer returned);
+    - cuDNN copies a conv's output gradient into the layout of the conv's input when the two differ
+      (`cudnn_convolution_transpose_backward`: .contiguous(input.suggest_memory_format())): the
+      2026-12-06 H200 profile at 1024 px found it at every up-convolution of G ([4, 32, 1029, 1029],
+      ...), whose gradient the FIR slices' backward built NCHW. Checked on the backward graphs
+      AOTAutograd hands the compiler (their recorded strides; no code generation).
+    """
     from torch.profiler import ProfilerActivity, profile
-    torch.manual_seed(0)   # 16 px: two blocks, so there is a block boundary; aot_eager keeps tracing quick
+    from tests.backward_graphs import recording_convolution_backwards
+    convolutions: list = []
+    torch.manual_seed(0)   # 16 px: two blocks, so a block boundary and up-convolutions to 8 and to 16 px
     g = Generator(16, w_dim=8, n_mlp=1, channels={4: 8, 8: 8, 16: 4}, conv_clamp=0.5)
     d = Discriminator(16, channels={4: 8, 8: 8, 16: 4}, conv_clamp=0.5)
-    fast = FastPath(dtype=torch.float32, compile=True, backend="aot_eager", devices=("cpu",))
+    fast = FastPath(dtype=torch.float32, compile=True, backend=recording_convolution_backwards(convolutions),
+                    devices=("cpu",))
     g.set_fast_path(fast), d.set_fast_path(fast)
 
     def step():
@@ -249,29 +259,9 @@ def test_gradients_leave_each_block_in_its_layout_and_no_block_boundary_copies_o
     # Left: D's last block, whose gradient comes from the eager 4x4 head (`.float().contiguous()`).
     assert [shape for shape in copied if shape[-1] > 4] == [], copied
     assert copied == [[2, 8, 4, 4]], "the profile no longer sees the copies this test looks for"
-    assert not compile_stats()["failed"]
-
-
-def test_every_convolution_backward_of_g_and_d_reads_its_gradient_in_its_inputs_layout():
-    """cuDNN copies a conv's output gradient into the layout of the conv's input when the two differ
-    (`cudnn_convolution_transpose_backward`: .contiguous(input.suggest_memory_format())). The
-    2026-12-06 H200 profile at 1024 px found that copy at every up-convolution of G ([4, 32, 1029,
-    1029], ...): the FIR slices' backward built the gradient NCHW. Checked here on the backward graphs
-    AOTAutograd hands the compiler (their recorded strides; no code generation)."""
-    from tests.backward_graphs import recording_convolution_backwards
-    seen = []
-    backend = recording_convolution_backwards(seen)
-
-    torch.manual_seed(0)   # 16 px: up-convolutions to 8 and to 16 px
-    g = Generator(16, w_dim=8, n_mlp=1, channels={4: 8, 8: 8, 16: 4})
-    d = Discriminator(16, channels={4: 8, 8: 8, 16: 4})
-    fast = FastPath(dtype=torch.float32, compile=True, backend=backend, devices=("cpu",))
-    g.set_fast_path(fast).requires_grad_(False), d.set_fast_path(fast).requires_grad_(False)
-    w = torch.randn(2, g.n_latent, g.w_dim, requires_grad=True)
-    d(g.synthesis(w, "const")).sum().backward()
-    transposed = [row for row in seen if row[0]]
-    assert len(transposed) == 2 and len(seen) > len(transposed), seen   # G's up-convolutions, and the rest
-    assert all(grad_nhwc == input_nhwc for _, _, grad_nhwc, input_nhwc in seen), seen
+    transposed = [row for row in convolutions if row[0]]
+    assert len(transposed) == 2 and len(convolutions) > len(transposed), convolutions   # G's up-convs, and the rest
+    assert all(grad_nhwc == input_nhwc for _, _, grad_nhwc, input_nhwc in convolutions), convolutions
     assert not compile_stats()["failed"]
 
 
