@@ -303,8 +303,8 @@ def channels_last_convs(mode: str, *networks: nn.Module | None) -> None:
     the same way (the starter's judges at batch 32 on 2 cores: up to 2x, 1.5x all together;
     benchmarks/results_cpu_judges_cpu.txt). Each conv whose weight is now NHWC only (not 1x1 or
     depthwise) also gets its input NHWC (`nhwc_input`, a forward pre-hook; once per conv however
-    often this runs). Same function (float rounding aside);
-    only nn.Conv2d weights change layout, as nothing else in those networks views them."""
+    often this runs). Same function (float rounding aside); only nn.Conv2d weights change layout, as
+    nothing else in those networks views them."""
     if mode == "off":
         return
     for net in networks:
