@@ -135,6 +135,30 @@ def loss_tolerance(precision: str, term: str, eager_value: float) -> dict | None
     return None
 
 
+def assert_steps_agree(steps: list, label: str, precision: str) -> None:
+    """Each lockstep comparison within the tolerances above: loss terms (LOSS_RTOL, or LOSS_ATOL's
+    bound for an abs-bounded term), gradient of T (GRAD_RTOL), update of T (UPDATE_RTOL); printed per
+    step. The leader's step must move T, or the update's relative difference would say nothing."""
+    worst, worst_abs = 0.0, 0.0
+    for k, c in enumerate(steps, start=1):
+        kind = "graphed" if k > GraphedTrainStep.WARMUP else "warm-up"
+        for term, lead_value in c.leader.items():
+            tolerance = loss_tolerance(precision, term, lead_value)
+            if tolerance is None:
+                worst = max(worst, abs(c.follower[term] - lead_value) / abs(lead_value) if abs(lead_value) > 1e-12 else 0.0)
+                tolerance = dict(rel=LOSS_RTOL[precision], abs=1e-8)
+            else:
+                worst_abs = max(worst_abs, abs(c.follower[term] - lead_value))
+            assert c.follower[term] == pytest.approx(lead_value, **tolerance), f"{label} step {k} ({kind}) {term}"
+        print(f"\n[{label}] step {k} ({kind}): grad of T rel. diff {c.grad_rel:.3g} "
+              f"(tol {GRAD_RTOL[precision]:g}), update of T rel. diff {c.update_rel:.3g} (tol {UPDATE_RTOL[precision]:g})")
+        assert c.update_norm > 0, f"{label} step {k} ({kind}): the leader's step did not move T"
+        assert c.grad_rel <= GRAD_RTOL[precision], f"{label} step {k} ({kind}): gradient of T"
+        assert c.update_rel <= UPDATE_RTOL[precision], f"{label} step {k} ({kind}): update of T"
+    print(f"[{label}] {len(steps)} lockstep steps: max loss rel. diff {worst:.3g} "
+          f"(tol {LOSS_RTOL[precision]:g}; abs-bounded terms {worst_abs:.3g})")
+
+
 @pytest.fixture
 def strict_fp32(monkeypatch):
     """fp32 without TF32 and with cuDNN's deterministic algorithms (no autotuner), for the comparisons
@@ -208,25 +232,7 @@ def test_every_preset_trains_the_same_eager_and_graphed(preset_bundles, preset, 
                      lambda k: draw_batch(cfg, bundle, eager_state, k), GRAPH_STEPS)
     torch.cuda.synchronize()
     assert graph_step.graph is not None, "the graph was never captured"
-    worst, worst_abs = 0.0, 0.0
-    for k, c in enumerate(steps, start=1):
-        kind = "graphed" if k > GraphedTrainStep.WARMUP else "warm-up"
-        for term, eager_value in c.leader.items():
-            tolerance = loss_tolerance(precision, term, eager_value)
-            if tolerance is None:
-                worst = max(worst, abs(c.follower[term] - eager_value) / abs(eager_value) if abs(eager_value) > 1e-12 else 0.0)
-                tolerance = dict(rel=LOSS_RTOL[precision], abs=1e-8)
-            else:
-                worst_abs = max(worst_abs, abs(c.follower[term] - eager_value))
-            assert c.follower[term] == pytest.approx(eager_value, **tolerance), \
-                f"{preset} {precision} step {k} ({kind}) {term}"
-        print(f"\n[{preset} {precision}] step {k} ({kind}): grad of T rel. diff {c.grad_rel:.3g} "
-              f"(tol {GRAD_RTOL[precision]:g}), update of T rel. diff {c.update_rel:.3g} (tol {UPDATE_RTOL[precision]:g})")
-        assert c.update_norm > 0, f"{preset} {precision} step {k} ({kind}): the eager step did not move T"
-        assert c.grad_rel <= GRAD_RTOL[precision], f"{preset} {precision} step {k} ({kind}): gradient of T"
-        assert c.update_rel <= UPDATE_RTOL[precision], f"{preset} {precision} step {k} ({kind}): update of T"
-    print(f"[{preset} {precision}] {GRAPH_STEPS} lockstep steps: max loss rel. diff {worst:.3g} "
-          f"(tol {LOSS_RTOL[precision]:g}; abs-bounded terms {worst_abs:.3g})")
+    assert_steps_agree(steps, f"{preset} {precision}", precision)
 
 
 @pytest.mark.parametrize("preset", ["tiny", "starter", "ffhq256"])
@@ -247,13 +253,4 @@ def test_concurrent_passes_train_like_serial_passes(preset_bundles, preset, stri
                      lambda k: draw_batch(cfg, bundle, serial_state, k), GRAPH_STEPS)
     torch.cuda.synchronize()
     assert serial_step.graph is not None and conc_step.graph is not None, "a graph was never captured"
-    for k, c in enumerate(steps, start=1):
-        for term, serial_value in c.leader.items():
-            assert c.follower[term] == pytest.approx(serial_value, rel=LOSS_RTOL["fp32"], abs=1e-8), \
-                f"{preset} step {k} {term}"
-        print(f"\n[{preset}] step {k}: concurrent vs serial passes (graphed, fp32): grad of T rel. diff "
-              f"{c.grad_rel:.3g}, update of T rel. diff {c.update_rel:.3g} (tol {GRAD_RTOL['fp32']:g} / "
-              f"{UPDATE_RTOL['fp32']:g})")
-        assert c.update_norm > 0, f"{preset} step {k}: the serial step did not move T"
-        assert c.grad_rel <= GRAD_RTOL["fp32"], f"{preset} step {k}: gradient of T"
-        assert c.update_rel <= UPDATE_RTOL["fp32"], f"{preset} step {k}: update of T"
+    assert_steps_agree(steps, f"{preset} concurrent vs serial passes", "fp32")
