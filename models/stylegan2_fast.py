@@ -167,7 +167,9 @@ def upsample_conv_blur_fused(xm: torch.Tensor, weight: torch.Tensor, taps: Taps,
     y = F.conv_transpose2d(F.pad(xm, (q, q, q, q)), weight, stride=2)       # = y padded by 2q
     # The gradient of y comes out of the slices' backward, which builds it NCHW, and cuDNN's
     # transposed-conv backward would copy it into the input's NHWC (at 1024 px, batch 4:
-    # [4, 32, 1029, 1029]); asked for NHWC here, the kernel that computes it writes it so.
+    # [4, 32, 1029, 1029]); asked for NHWC here, the kernel that computes it writes it so in the
+    # graphs the CPU's Inductor builds. Not on the GPU: the copy was still there on an H100
+    # (2026-12-06, benchmarks/results_block_copies_h100.txt); where it comes back is not located.
     y = gradient_in_layout_of(y)
     y = y[:, :, 2 * q - p0: y.shape[2] - (2 * q - p1), 2 * q - p0: y.shape[3] - (2 * q - p1)]
     return fir_sum(y, taps, (0, 0))

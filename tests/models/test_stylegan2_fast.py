@@ -234,7 +234,8 @@ def test_the_backward_copies_no_gradient_at_block_boundaries_nor_into_a_convolut
       (`cudnn_convolution_transpose_backward`: .contiguous(input.suggest_memory_format())): the
       2026-12-06 H200 profile at 1024 px found it at every up-convolution of G ([4, 32, 1029, 1029],
       ...), whose gradient the FIR slices' backward built NCHW. Checked on the backward graphs
-      AOTAutograd hands the compiler (their recorded strides; no code generation).
+      AOTAutograd hands the compiler (their recorded strides; no code generation). Removed on the
+      CPU only: on an H100 (2026-12-06) the GPU's backward still made that copy.
     """
     from torch.profiler import ProfilerActivity, profile
     from tests.backward_graphs import recording_convolution_backwards
